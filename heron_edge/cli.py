@@ -1,0 +1,29 @@
+"""The ``heron-edge`` command line: one subcommand per job, each defined in its own module."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# subcommand -> module with ``add_arguments(parser)`` and ``run(args) -> int``
+SUBCOMMANDS: dict[str, str] = {
+    "simulate": "heron_edge.commands.simulate",
+    "emulate": "heron_edge.commands.emulate",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="heron-edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    modules = {}
+    for name, module_name in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=module.__doc__, description=module.__doc__))
+    args = parser.parse_args(argv)
+    return int(modules[args.command].run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
