@@ -1,0 +1,265 @@
+"""The plant: apply device setpoints (clamped to limits), advance one step, return measurements.
+
+One ``Plant`` is the whole physical system of a scenario: the network, every microgrid's battery,
+generator, PV, wind and loads, the profiles and the clock. It knows nothing of agents or messages;
+the environment (centralized) and the SIL rig (behind emulated devices) drive the same object.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandapower as pp
+
+from sim.devices import BatteryFleet, GeneratorFleet
+from sim.networks import BuiltNetwork, cigre_mv_der, ieee34_3x13
+from sim.powerflow import FastPowerFlow
+from sim.profiles import Profiles, load_profiles
+from sim.scenario import Ieee34Network, Scenario, load_scenario
+
+SETPOINT_FIELDS = ("battery_mw", "generator_mw", "pv_curtailment", "wind_curtailment")
+
+
+@dataclass
+class Setpoints:
+    """What the microgrids ask of their devices, one entry per microgrid.
+
+    battery_mw: + discharge / - charge (MW); generator_mw: output (MW);
+    pv_curtailment, wind_curtailment: fraction of the available power withheld, in [0, 1].
+    """
+
+    battery_mw: np.ndarray
+    generator_mw: np.ndarray
+    pv_curtailment: np.ndarray
+    wind_curtailment: np.ndarray
+
+    @classmethod
+    def zeros(cls, n: int) -> Setpoints:
+        return cls(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n))
+
+
+@dataclass
+class Measurements:
+    """The plant's state after a step. Per-microgrid arrays have one entry per microgrid (MW, USD, p.u.)."""
+
+    step: int  # index into the profile year of the step just simulated
+    converged: bool
+    price_usd_per_mwh: float
+    load_mw: np.ndarray
+    pv_available_mw: np.ndarray
+    wind_available_mw: np.ndarray
+    applied: Setpoints  # what the devices actually did, after clamping
+    clamped: dict[str, np.ndarray]  # setpoint field -> bool per microgrid: was the request limited
+    pv_mw: np.ndarray
+    wind_mw: np.ndarray
+    soc: np.ndarray  # after the step, fraction of capacity
+    exchange_mw: np.ndarray  # import into each microgrid at its point of connection (+ import, - export)
+    fuel_cost_usd: np.ndarray
+    energy_cost_usd: np.ndarray  # exchange * price * dt (negative = revenue)
+    violation_v_pu: np.ndarray  # summed p.u. outside the voltage band over the microgrid's buses
+    overload_percent: np.ndarray  # summed percent above the loading limit over the microgrid's branches
+    penalty_usd: np.ndarray
+    feeder_head_mw: float  # import from the upstream grid at the substation
+    vm_pu: np.ndarray  # every bus, net.bus order
+    line_loading_percent: np.ndarray
+
+    @property
+    def cost_usd(self) -> np.ndarray:
+        """Money each microgrid paid this step: fuel plus energy bought minus energy sold."""
+        return self.fuel_cost_usd + self.energy_cost_usd
+
+
+def build_network(scenario: Scenario) -> BuiltNetwork:
+    """The scenario's pandapower network with each microgrid's devices added at its device bus."""
+    names = [m.name for m in scenario.microgrids]
+    net_cfg = scenario.network
+    if isinstance(net_cfg, Ieee34Network):
+        built = ieee34_3x13(attach_buses=[net_cfg.attach_buses[n] for n in names], microgrid_names=names,
+                            load_scale=net_cfg.load_scale, feeder_load_scale=net_cfg.feeder_load_scale,
+                            source_vm_pu=net_cfg.source_vm_pu, regulator_taps=net_cfg.regulator_taps,
+                            poc_mva=net_cfg.poc_mva)
+    else:
+        built = cigre_mv_der(zones={n: list(net_cfg.zones[n].buses) for n in names},
+                             device_buses={n: net_cfg.zones[n].device_bus for n in names},
+                             poc_lines={n: net_cfg.zones[n].poc_line for n in names}, load_scale=net_cfg.load_scale)
+    net = built.net
+    by_name = {z.name: z for z in built.zones}
+    built.zones = [by_name[n] for n in names]
+    # sgen order: all generators, then all PV, then all wind; storage: one battery per microgrid
+    for kind, rating in (("generator", None), ("pv", "pv_mw"), ("wind", "wind_mw")):
+        for mg, zone in zip(scenario.microgrids, built.zones):
+            p_max = mg.generator.p_max_mw if rating is None else getattr(mg, rating)
+            pp.create_sgen(net, zone.device_bus, p_mw=0.0, max_p_mw=p_max, name=f"{mg.name}.{kind}")
+    for mg, zone in zip(scenario.microgrids, built.zones):
+        pp.create_storage(net, zone.device_bus, p_mw=0.0, max_e_mwh=mg.battery.capacity_mwh, name=f"{mg.name}.battery")
+    return built
+
+
+class Plant:
+    """Apply setpoints, advance one step, measure: the simulated physical system of a scenario."""
+
+    def __init__(self, scenario: Scenario | str = "ieee34_3x13") -> None:
+        self.scenario = load_scenario(scenario)
+        sc = self.scenario
+        self.names = [m.name for m in sc.microgrids]
+        self.n = len(self.names)
+        self.dt_h = sc.step_hours
+        self.built = build_network(sc)
+        self.net = self.built.net
+        self.powerflow = FastPowerFlow(self.net)
+        self.batteries = BatteryFleet.from_configs([m.battery for m in sc.microgrids])
+        self.generators = GeneratorFleet.from_configs([m.generator for m in sc.microgrids])
+        self.pv_rating = np.array([m.pv_mw for m in sc.microgrids])
+        self.wind_rating = np.array([m.wind_mw for m in sc.microgrids])
+        self._setup_profiles_and_zones()
+        self.year = 0
+        self.t = 0
+        self.last: Measurements | None = None
+
+    def _setup_profiles_and_zones(self) -> None:
+        sc, net, zones = self.scenario, self.net, self.built.zones
+        mg_of_load = {load: i for i, z in enumerate(zones) for load in z.loads}
+        names = [sc.feeder_load_profile, sc.price_profile]
+        for m in sc.microgrids:
+            names += [m.load_profile, m.solar_profile, m.wind_profile]
+        self._profile_names = list(dict.fromkeys(names))
+        row = {name: i for i, name in enumerate(self._profile_names)}
+        self._load_row = np.array([row[sc.microgrids[mg_of_load[i]].load_profile] if i in mg_of_load else row[sc.feeder_load_profile]
+                                   for i in range(len(net.load))])
+        self._base_p = net.load.p_mw.to_numpy(np.float64).copy()
+        self._base_q = net.load.q_mvar.to_numpy(np.float64).copy()
+        self._price_row = row[sc.price_profile]
+        self._solar_row = np.array([row[m.solar_profile] for m in sc.microgrids])
+        self._wind_row = np.array([row[m.wind_profile] for m in sc.microgrids])
+        # load -> microgrid aggregation matrix (feeder loads belong to none)
+        self._load_to_mg = np.zeros((self.n, len(net.load)))
+        for load, i in mg_of_load.items():
+            self._load_to_mg[i, load] = 1.0
+        self._bus_to_mg = np.zeros((self.n, len(net.bus)))
+        self._line_to_mg = np.zeros((self.n, len(net.line)))
+        self._trafo_to_mg = np.zeros((self.n, len(net.trafo)))
+        self._poc = []  # (kind, index, sign of the measured side)
+        for i, z in enumerate(zones):
+            self._bus_to_mg[i, z.buses] = 1.0
+            self._line_to_mg[i, z.lines] = 1.0
+            if z.poc_trafo is not None:
+                self._trafo_to_mg[i, z.poc_trafo] = 1.0
+                self._poc.append(("trafo", z.poc_trafo))
+            else:
+                assert z.poc_line is not None
+                self._line_to_mg[i, z.poc_line] = 1.0
+                inside_from = int(net.line.from_bus.at[z.poc_line]) in z.buses
+                self._poc.append(("line_to" if inside_from else "line_from", z.poc_line))
+        self._matrix: np.ndarray | None = None  # profile rows x steps of the current year
+
+    # ------------------------------------------------------------------ clock
+    @property
+    def profiles(self) -> Profiles:
+        return self._profiles
+
+    def reset(self, *, year: int = 2023, start_step: int = 0, soc: np.ndarray | None = None) -> Measurements:
+        """Start at ``start_step`` of ``year`` with idle devices; returns the measurements at idle setpoints."""
+        if self._matrix is None or self.year != year:
+            self._profiles = load_profiles(year, self._profile_names, self.dt_h)  # type: ignore[arg-type]
+            self._matrix = np.stack([self._profiles.series[n] for n in self._profile_names])
+            self.year = year
+        if not 0 <= start_step < self._matrix.shape[1]:
+            raise ValueError(f"start_step {start_step} outside the year's {self._matrix.shape[1]} steps")
+        self.batteries.reset(soc)
+        self.generators.reset()
+        self.powerflow.reset()
+        self.t = start_step
+        self.last = self._simulate(Setpoints.zeros(self.n), advance=False)
+        return self.last
+
+    @property
+    def n_steps_in_year(self) -> int:
+        assert self._matrix is not None, "reset() first"
+        return self._matrix.shape[1]
+
+    def price(self, step: int | None = None) -> float:
+        """Hourly price (USD/MWh) at ``step`` of the year (default: the step about to be simulated)."""
+        assert self._matrix is not None, "reset() first"
+        return float(self._matrix[self._price_row, self.t if step is None else step])
+
+    def forecast(self, step: int | None = None) -> dict[str, np.ndarray]:
+        """Per-microgrid load and available PV / wind (MW) at ``step`` (default: the step about to be simulated)."""
+        assert self._matrix is not None, "reset() first"
+        col = self._matrix[:, self.t if step is None else step]
+        return {"load_mw": self._load_to_mg @ (self._base_p * col[self._load_row]),
+                "pv_mw": self.pv_rating * col[self._solar_row], "wind_mw": self.wind_rating * col[self._wind_row]}
+
+    # ------------------------------------------------------------------ step
+    def clamp(self, request: Setpoints) -> tuple[Setpoints, dict[str, np.ndarray]]:
+        """Limit a request to what each device can do this step; also say which fields were limited."""
+        b_low, b_high = self.batteries.limits(self.dt_h)
+        g_low, g_high = self.generators.limits(self.dt_h)
+        applied = Setpoints(np.clip(request.battery_mw, b_low, b_high), np.clip(request.generator_mw, g_low, g_high),
+                            np.clip(request.pv_curtailment, 0.0, 1.0), np.clip(request.wind_curtailment, 0.0, 1.0))
+        clamped = {f: np.abs(getattr(applied, f) - getattr(request, f)) > 1e-9 for f in SETPOINT_FIELDS}
+        return applied, clamped
+
+    def step(self, request: Setpoints) -> Measurements:
+        """Apply ``request`` (clamped) for one step, solve the network, advance the devices and the clock."""
+        assert self._matrix is not None, "reset() first"
+        if self.t >= self._matrix.shape[1]:
+            raise IndexError(f"the {self.year} profiles end at step {self._matrix.shape[1]}")
+        self.last = self._simulate(request, advance=True)
+        return self.last
+
+    def _simulate(self, request: Setpoints, *, advance: bool) -> Measurements:
+        assert self._matrix is not None
+        n, dt, t = self.n, self.dt_h, self.t
+        col = self._matrix[:, t]
+        factor = col[self._load_row]
+        load_p = self._base_p * factor
+        load_q = self._base_q * factor
+        pv_avail = self.pv_rating * col[self._solar_row]
+        wind_avail = self.wind_rating * col[self._wind_row]
+        applied, clamped = self.clamp(request)
+        pv = pv_avail * (1.0 - applied.pv_curtailment)
+        wind = wind_avail * (1.0 - applied.wind_curtailment)
+        pf = self.powerflow
+        converged = pf.solve(load_p, load_q, np.concatenate((applied.generator_mw, pv, wind)), -applied.battery_mw)
+        mg_load = self._load_to_mg @ load_p
+        if converged:
+            exchange = np.array([self._poc_flow(kind, idx) for kind, idx in self._poc])
+            violation_v, overload = self._violations()
+        else:
+            exchange = mg_load - pv - wind - applied.generator_mw - applied.battery_mw  # lossless balance
+            violation_v = np.zeros(n)
+            overload = np.zeros(n)
+        p_cfg = self.scenario.penalties
+        penalty = p_cfg.usd_per_pu_voltage * violation_v + p_cfg.usd_per_percent_overload * overload
+        if not converged:
+            penalty = penalty + p_cfg.usd_divergence
+        price = float(col[self._price_row])
+        fuel = self.generators.fuel_cost_usd(applied.generator_mw, dt)
+        if advance:
+            self.batteries.advance(applied.battery_mw, dt)
+            self.generators.p_mw[:] = applied.generator_mw
+            self.t = t + 1
+        return Measurements(
+            step=t, converged=converged, price_usd_per_mwh=price, load_mw=mg_load, pv_available_mw=pv_avail,
+            wind_available_mw=wind_avail, applied=applied, clamped=clamped, pv_mw=pv, wind_mw=wind,
+            soc=self.batteries.soc.copy(), exchange_mw=exchange, fuel_cost_usd=fuel, energy_cost_usd=exchange * price * dt,
+            violation_v_pu=violation_v, overload_percent=overload, penalty_usd=penalty,
+            feeder_head_mw=pf.slack_p_mw if converged else float(np.nan), vm_pu=pf.vm_pu.copy(),
+            line_loading_percent=pf.line_loading_percent.copy())
+
+    def _poc_flow(self, kind: str, idx: int) -> float:
+        pf = self.powerflow
+        if kind == "trafo":
+            return float(pf.trafo_p_hv_mw[idx])
+        if kind == "line_from":
+            return float(pf.line_p_from_mw[idx])
+        return float(pf.line_p_to_mw[idx])
+
+    def _violations(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per microgrid: p.u. outside the voltage band summed over its buses; percent overload over its branches."""
+        p = self.scenario.penalties
+        vm = self.powerflow.vm_pu
+        outside = np.maximum(vm - p.v_max_pu, 0.0) + np.maximum(p.v_min_pu - vm, 0.0)
+        over_line = np.maximum(self.powerflow.line_loading_percent - p.loading_max_percent, 0.0)
+        over_trafo = np.maximum(self.powerflow.trafo_loading_percent - p.loading_max_percent, 0.0)
+        return self._bus_to_mg @ outside, self._line_to_mg @ over_line + self._trafo_to_mg @ over_trafo
