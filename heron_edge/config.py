@@ -1,0 +1,50 @@
+"""Validated configuration of the ``MultiAgentMicrogrids`` environment (a dict or this pydantic model)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from heron_edge.errors import ConfigError
+
+
+class EnvConfig(BaseModel):
+    """What the environment runs: the scenario, the mode and the episode layout.
+
+    centralized: True = one loop with full global observations and direct calls; False = every agent
+    runs behind a ProxyAgent and exchanges messages over ``message_broker`` (an InMemoryBroker when
+    omitted) and observes only local state plus received messages.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    centralized: bool = True
+    message_broker: Any = Field(None, description="a heron_edge.brokers.Broker; distributed mode only")
+    max_episode_steps: int = Field(24, gt=0)
+    scenario: str | Path | Any = Field("ieee34_3x13", description="a shipped scenario name, a TOML path or a sim.scenario.Scenario")
+    train: bool = Field(True, description="True: episodes start on a random day of 2023; False: walk 2024 day by day")
+    share_reward: bool = Field(False, description="every agent receives the mean of all agents' rewards")
+    site: str = Field("sim", pattern=r"^[A-Za-z0-9_-]+$", description="MQTT topic namespace in distributed mode")
+    step_timeout_s: float = Field(5.0, gt=0, description="distributed mode: the longest a step waits for messages")
+
+    @model_validator(mode="after")
+    def _broker_only_when_distributed(self) -> EnvConfig:
+        if self.centralized and self.message_broker is not None:
+            raise ValueError("message_broker is only used when centralized is False")
+        return self
+
+
+def parse_config(config: EnvConfig | dict[str, Any] | None) -> EnvConfig:
+    """An EnvConfig from a dict (or as is), raising ConfigError that names every bad key."""
+    if isinstance(config, EnvConfig):
+        return config
+    try:
+        return EnvConfig.model_validate(config or {})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: "
+            f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid MultiAgentMicrogrids config: {problems}") from exc

@@ -1,0 +1,198 @@
+"""MultiAgentMicrogrids: a PettingZoo ParallelEnv of microgrids on one plant, centralized or distributed.
+
+One agent per microgrid. Its action is a Box(4) of normalised setpoints:
+  0 battery   in [-1, 1]: fraction of the battery's power rating, + discharge / - charge
+  1 generator in [0, 1]:  fraction of the generator's rating
+  2 pv_curtailment   in [0, 1]: fraction of the available PV power withheld
+  3 wind_curtailment in [0, 1]: fraction of the available wind power withheld
+The plant clamps what a device cannot do this step (state of charge, ramp) and reports it in infos.
+Reward (USD, per agent, per step): -(fuel cost + energy bought at the hourly price - energy sold)
+minus penalties for its buses outside 0.95-1.05 p.u., its branches over 100 % and a non-converged
+power flow; with ``share_reward`` every agent gets the mean. Observations: see
+``heron_edge.observations``. Episodes are ``max_episode_steps`` long; ``train`` picks a random day
+of 2023 per episode (seeded by ``reset(seed=)``), otherwise 2024 is walked day by day.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+from pettingzoo import ParallelEnv
+
+from heron_edge import observations as ob
+from heron_edge.config import EnvConfig, parse_config
+from heron_edge.errors import ActionError
+from sim.plant import Measurements, Plant, Setpoints
+
+ACTION_LOW = np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+ACTION_HIGH = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+ACTION_NAMES = ("battery", "generator", "pv_curtailment", "wind_curtailment")
+_TOLERANCE = 1e-6  # float32 policies may land a hair outside [low, high]
+
+
+class MultiAgentMicrogrids(ParallelEnv):
+    """Microgrids sharing one distribution feeder, as a PettingZoo ParallelEnv (both modes)."""
+
+    metadata = {"name": "multi_agent_microgrids_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(self, config: EnvConfig | dict[str, Any] | None = None) -> None:
+        self.config = parse_config(config)
+        self.plant = Plant(self.config.scenario)
+        sc = self.plant.scenario
+        self.possible_agents: list[str] = list(self.plant.names)
+        self.agents: list[str] = []
+        n = self.plant.n
+        self._index = {a: i for i, a in enumerate(self.possible_agents)}
+        self._scale = np.array([[m.battery.p_max_mw, m.generator.p_max_mw, 1.0, 1.0] for m in sc.microgrids])
+        self.action_spaces = {a: gymnasium.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32) for a in self.possible_agents}
+        lows, highs = zip(*(ob.local_bounds(m.battery.p_max_mw, m.generator.p_max_mw, m.pv_mw, m.wind_mw) for m in sc.microgrids))
+        if self.config.centralized:
+            low = np.concatenate([ob.CONTEXT_LOW, *lows, np.zeros(n)])
+            high = np.concatenate([ob.CONTEXT_HIGH, *highs, np.ones(n)])
+            self.observation_spaces = {a: gymnasium.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
+                                       for a in self.possible_agents}
+            self._runner = None
+        else:
+            from heron_edge.distributed import DistributedRunner
+
+            self._runner = DistributedRunner(self.plant, self.config, list(zip(lows, highs)))
+            self.observation_spaces = self._runner.observation_spaces
+        self._actions = np.zeros((n, 4))
+        self._local = np.zeros((n, ob.N_LOCAL))
+        self._context = np.zeros(ob.N_CONTEXT)
+        self._rng = np.random.default_rng()
+        self._episode = -1  # test-year episodes walk day by day
+        self._steps = 0
+
+    # ------------------------------------------------------------------ spaces
+    def observation_space(self, agent: str) -> gymnasium.spaces.Box:
+        return self.observation_spaces[agent]
+
+    def action_space(self, agent: str) -> gymnasium.spaces.Box:
+        return self.action_spaces[agent]
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+        """Start an episode; ``options={"start_step": k}`` pins the first step of the year (else by train/test rule)."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+            self._episode = -1
+        year = 2023 if self.config.train else 2024
+        if self.plant.year != year:
+            self.plant.reset(year=year)
+        start = self._start_step(options or {})
+        last = self.plant.reset(year=year, start_step=start)
+        self.agents = list(self.possible_agents)
+        self._steps = 0
+        if self._runner is not None:
+            obs = self._runner.reset(last)
+        else:
+            obs = self._observe(last)
+        infos = {a: {"step_in_year": start} for a in self.agents}
+        return obs, infos
+
+    def _start_step(self, options: dict[str, Any]) -> int:
+        n_steps = self.plant.n_steps_in_year
+        horizon = self.config.max_episode_steps
+        if horizon >= n_steps:
+            raise ValueError(f"max_episode_steps {horizon} does not fit in a year of {n_steps} steps")
+        if "start_step" in options:
+            start = int(options["start_step"])
+            if not 0 <= start <= n_steps - 1 - horizon:
+                raise ValueError(f"start_step must be in [0, {n_steps - 1 - horizon}] for {horizon}-step episodes")
+            return start
+        per_day = self.plant.profiles.steps_per_day
+        days = (n_steps - 1 - horizon) // per_day + 1
+        if self.config.train:
+            return int(self._rng.integers(days)) * per_day
+        self._episode = (self._episode + 1) % days
+        return self._episode * per_day
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        """Apply every live agent's action for one step; returns (obs, rewards, terminations, truncations, infos)."""
+        if not self.agents:
+            raise RuntimeError("the episode is over: call reset()")
+        self._validate(actions)
+        request = Setpoints(*(self._actions * self._scale).T)
+        if self._runner is not None:
+            last, obs = self._runner.step(request)
+        else:
+            last = self.plant.step(request)
+            obs = self._observe(last)
+        self._steps += 1
+        rewards = self._rewards(last)
+        done = self._steps >= self.config.max_episode_steps
+        terminations = dict.fromkeys(self.agents, False)
+        truncations = dict.fromkeys(self.agents, done)
+        infos = self._infos(last)
+        if done:
+            self.agents = []
+        return obs, rewards, terminations, truncations, infos
+
+    def _validate(self, actions: dict[str, Any]) -> None:
+        missing = [a for a in self.agents if a not in actions]
+        unknown = [a for a in actions if a not in self._index]
+        if missing or unknown:
+            raise ActionError(f"actions must have one entry per live agent {self.agents}; missing {missing}, unknown {unknown}")
+        for agent in self.agents:
+            a = np.asarray(actions[agent], dtype=np.float64)
+            if a.shape != (4,):
+                raise ActionError(f"action of {agent!r} must have shape (4,) {ACTION_NAMES}, got shape {a.shape}")
+            self._actions[self._index[agent]] = a
+        bad = ~np.isfinite(self._actions)
+        if bad.any():
+            i, j = np.argwhere(bad)[0]
+            raise ActionError(f"action of {self.possible_agents[i]!r} has a non-finite {ACTION_NAMES[j]}: {self._actions[i, j]}")
+        outside = (self._actions < ACTION_LOW - _TOLERANCE) | (self._actions > ACTION_HIGH + _TOLERANCE)
+        if outside.any():
+            i, j = np.argwhere(outside)[0]
+            raise ActionError(f"action of {self.possible_agents[i]!r}: {ACTION_NAMES[j]} = {self._actions[i, j]} is outside "
+                              f"[{ACTION_LOW[j]}, {ACTION_HIGH[j]}]")
+        np.clip(self._actions, ACTION_LOW, ACTION_HIGH, out=self._actions)
+
+    # ------------------------------------------------------------------ centralized views
+    def _observe(self, last: Measurements) -> dict[str, np.ndarray]:
+        plant = self.plant
+        ob.local_features(last, plant.forecast(), self._local)
+        ob.context(plant.t, plant.profiles.steps_per_day, plant.price(), self._context)
+        n = plant.n
+        rows = np.empty((n, ob.N_CONTEXT + ob.N_LOCAL * n + n), dtype=np.float32)
+        rows[:, : ob.N_CONTEXT] = self._context
+        rows[:, ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL * n] = self._local.reshape(-1)
+        rows[:, ob.N_CONTEXT + ob.N_LOCAL * n :] = np.eye(n, dtype=np.float32)
+        return {a: rows[i] for i, a in enumerate(self.possible_agents)}
+
+    def _rewards(self, last: Measurements) -> dict[str, float]:
+        reward = -(last.cost_usd + last.penalty_usd)
+        if self.config.share_reward:
+            reward = np.full(self.plant.n, reward.mean())
+        return {a: float(reward[self._index[a]]) for a in self.possible_agents}
+
+    def _infos(self, last: Measurements) -> dict[str, dict[str, Any]]:
+        infos: dict[str, dict[str, Any]] = {}
+        for a, i in self._index.items():
+            infos[a] = {
+                "converged": last.converged, "step_in_year": last.step, "price_usd_per_mwh": last.price_usd_per_mwh,
+                "fuel_cost_usd": float(last.fuel_cost_usd[i]), "energy_cost_usd": float(last.energy_cost_usd[i]),
+                "penalty_usd": float(last.penalty_usd[i]), "violation_v_pu": float(last.violation_v_pu[i]),
+                "overload_percent": float(last.overload_percent[i]), "exchange_mw": float(last.exchange_mw[i]),
+                "soc": float(last.soc[i]), "clamped": [f for f, mask in last.clamped.items() if mask[i]],
+            }
+        return infos
+
+    def state(self) -> np.ndarray:
+        """The global state vector (context and every microgrid's local features), whatever the mode."""
+        plant = self.plant
+        assert plant.last is not None, "reset() first"
+        ob.local_features(plant.last, plant.forecast(), self._local)
+        ob.context(plant.t, plant.profiles.steps_per_day, plant.price(), self._context)
+        return np.concatenate([self._context, self._local.reshape(-1)]).astype(np.float32)
+
+    def render(self) -> None:
+        """No rendering: use ``heron-edge simulate --out DIR`` for plots."""
+        return None
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
