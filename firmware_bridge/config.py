@@ -1,0 +1,51 @@
+"""Validated configuration of one Modbus device and the link that reaches it."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from firmware_bridge.sunspec import BASE_ADDRESS
+
+__all__ = ["ModbusDeviceConfig"]
+
+
+class ModbusDeviceConfig(BaseModel):
+    """How to reach one SunSpec device, and how patiently.
+
+    transport: "tcp" (host, port) or "rtu" (serial_port, e.g. /dev/ttyUSB0, or a pyserial URL such as
+    socket://host:port). timeout_s bounds each request; a failed request is retried ``retries``
+    times after backoff_s, 2*backoff_s, ... (capped at backoff_max_s), reconnecting first when the
+    link dropped. min_gap_s is the least idle time between two requests on one link (RTU buses and
+    some TCP gateways need a few ms). setpoint_revert_s is written with every setpoint: the device
+    drops the setpoint if it is not rewritten within that many seconds (0 = never).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = None
+    baudrate: int = Field(9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    unit_id: int = Field(1, ge=1, le=247)
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.05, ge=0, le=10)
+    backoff_max_s: float = Field(2.0, ge=0, le=60)
+    min_gap_s: float = Field(0.0, ge=0, le=5)
+    base_address: int = Field(BASE_ADDRESS, ge=0, le=65535)
+    setpoint_revert_s: int = Field(60, ge=0, le=0xFFFF_FFFE)
+
+    @model_validator(mode="after")
+    def _rtu_needs_a_port(self) -> ModbusDeviceConfig:
+        if self.transport == "rtu" and not self.serial_port:
+            raise ValueError("transport 'rtu' needs serial_port")
+        return self
+
+    @property
+    def link_name(self) -> str:
+        """A readable name of the link, for messages and logs."""
+        return f"{self.host}:{self.port}" if self.transport == "tcp" else f"{self.serial_port} (rtu)"

@@ -1,0 +1,172 @@
+"""Emulated SunSpec inverters and batteries: a pymodbus TCP server over a ``SunSpecDevice``.
+
+    async with Emulator(BatteryModel(battery_nameplate()), port=0) as emu:
+        ...  # emu.port is the port actually bound; 127.0.0.1 unless told otherwise
+
+The server answers only its unit id (others get exception 0x0B, gateway target failed to respond),
+serves holding registers only, and refuses writes outside the 704 WSet group (see
+``sunspec_device``). A background task enforces the setpoint revert timer even when nobody polls.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Literal
+
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusBaseDeviceContext, ModbusServerContext
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusTcpServer
+
+from firmware_bridge.device import DeviceKind, DeviceModel
+from firmware_bridge.errors import DeviceClosedError, FirmwareBridgeError
+from firmware_bridge.models import BatteryModel, PVInverterModel, battery_nameplate, inverter_nameplate
+from firmware_bridge.sunspec_device import ExceptionCode, SunSpecDevice
+
+__all__ = ["Emulator", "EmulatorError", "make_model"]
+
+log = logging.getLogger(__name__)
+
+Framing = Literal["socket", "rtu"]
+_FRAMERS: dict[str, FramerType] = {"socket": FramerType.SOCKET, "rtu": FramerType.RTU}
+
+
+class EmulatorError(FirmwareBridgeError):
+    """The emulator could not start (e.g. the port is taken)."""
+
+
+class _SunSpecContext(ModbusBaseDeviceContext):
+    """pymodbus datastore adapter: holding registers come from, and go to, a SunSpecDevice."""
+
+    def __init__(self, device: SunSpecDevice, on_write: Callable[[], None]) -> None:
+        self.device = device
+        self._on_write = on_write
+
+    def reset(self) -> None:
+        """pymodbus calls this on a diagnostic restart; the image is the device's, so nothing to do."""
+
+    def getValues(self, func_code: int, address: int, count: int = 1) -> list[int] | ExcCodes:  # noqa: N802
+        if self.decode(func_code) != "h":
+            return ExcCodes.ILLEGAL_FUNCTION
+        result = self.device.read(address, count)
+        return ExcCodes(int(result)) if isinstance(result, ExceptionCode) else result
+
+    def setValues(self, func_code: int, address: int, values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:  # noqa: N802
+        if self.decode(func_code) != "h":
+            return ExcCodes.ILLEGAL_FUNCTION
+        result = self.device.write(address, [int(v) for v in values])
+        if result is not None:
+            return ExcCodes(int(result))
+        self._on_write()
+        return None
+
+
+def make_model(kind: DeviceKind) -> DeviceModel:
+    """A standalone device model with the default nameplate: a 5 kW / 10 kWh battery or a 10 kW PV inverter."""
+    if kind == "battery":
+        return BatteryModel(battery_nameplate())
+    if kind == "inverter":
+        return PVInverterModel(inverter_nameplate())
+    raise ValueError(f"unknown device kind {kind!r}; expected 'battery' or 'inverter'")
+
+
+class Emulator:
+    """A SunSpec device on a Modbus TCP port (``framing='rtu'`` serves RTU frames over TCP)."""
+
+    def __init__(
+        self,
+        model: DeviceModel,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        unit_id: int = 1,
+        framing: Framing = "socket",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 1 <= unit_id <= 247:
+            raise ValueError(f"unit_id {unit_id} outside 1..247")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} outside 0..65535")
+        self.device = SunSpecDevice(model, unit_id=unit_id, clock=clock)
+        self.host = host
+        self.unit_id = unit_id
+        self.framing = framing
+        self._clock = clock
+        self._requested_port = port
+        self._port: int | None = None
+        self._server: ModbusTcpServer | None = None
+        self._listener: asyncio.base_events.Server | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._rearm = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful after asking for port 0)."""
+        if self._port is None:
+            raise DeviceClosedError("emulator is not running")
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is listening."""
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Listen on host:port. Starting a running emulator is an error; restarting a stopped one is fine."""
+        if self._server is not None:
+            raise RuntimeError("emulator already running")
+        context = ModbusServerContext(devices={self.unit_id: _SunSpecContext(self.device, self._rearm.set)}, single=False)
+        port = self._port if self._port is not None else self._requested_port  # a restart keeps its port
+        server = ModbusTcpServer(context, framer=_FRAMERS[self.framing], address=(self.host, port))
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            server.close()
+            raise EmulatorError(f"cannot listen on {self.host}:{port}: {exc}") from exc
+        listener = server.transport
+        assert isinstance(listener, asyncio.base_events.Server)
+        self._listener = listener
+        self._port = listener.sockets[0].getsockname()[1]
+        self._server = server
+        self._watchdog = asyncio.create_task(self._revert_watchdog(), name=f"emulator-{self._port}-revert")
+        log.info("emulated %s on %s:%d unit %d", self.device.nameplate.kind, self.host, self._port, self.unit_id)
+
+    async def stop(self) -> None:
+        """Stop listening and drop every connection; stopping twice is harmless."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+            self._watchdog = None
+        await server.shutdown()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
+
+    async def _revert_watchdog(self) -> None:
+        """Sleep until the revert deadline (or a new write), then let the device revert."""
+        while True:
+            self._rearm.clear()
+            deadline = self.device.revert_deadline
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            try:
+                await asyncio.wait_for(self._rearm.wait(), timeout)
+            except asyncio.TimeoutError:
+                if self.device.check_revert():
+                    log.info("setpoint revert timer ran out: back to the default behaviour")
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,54 @@
+"""firmware_bridge's own exception tree; pymodbus errors are translated into these at the boundary.
+
+firmware_bridge does not import heron_edge, so these do not derive from ``heron_edge.errors``;
+the runtime that wires the two together translates again at its own boundary.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "FirmwareBridgeError",
+    "DeviceError",
+    "DeviceTimeoutError",
+    "DeviceConnectionError",
+    "DeviceExceptionResponse",
+    "NotSunSpecError",
+    "ModelMissingError",
+    "DeviceClosedError",
+]
+
+
+class FirmwareBridgeError(Exception):
+    """Base of every error firmware_bridge raises on purpose."""
+
+
+class DeviceError(FirmwareBridgeError):
+    """A Modbus device did not answer, answered an exception, or is not what we expected."""
+
+
+class DeviceTimeoutError(DeviceError, TimeoutError):
+    """No answer within the configured timeout (after all retries)."""
+
+
+class DeviceConnectionError(DeviceError, ConnectionError):
+    """The link (TCP connection or serial port) could not be opened or was lost."""
+
+
+class DeviceExceptionResponse(DeviceError):
+    """The device answered with a Modbus exception code (e.g. 2 illegal address, 3 illegal value)."""
+
+    def __init__(self, message: str, *, function_code: int, exception_code: int) -> None:
+        super().__init__(message)
+        self.function_code = function_code
+        self.exception_code = exception_code
+
+
+class NotSunSpecError(DeviceError):
+    """The device answered, but there is no 'SunS' marker (or a broken model chain) at the base address."""
+
+
+class ModelMissingError(DeviceError):
+    """The device's SunSpec map lacks a model we need (e.g. no 704, so no active-power setpoint)."""
+
+
+class DeviceClosedError(FirmwareBridgeError, RuntimeError):
+    """A closed (or never opened) device or emulator was used."""

@@ -1,0 +1,216 @@
+"""One Modbus link (a TCP connection or a serial port), shared by the devices behind it.
+
+It owns the pymodbus async client and gives every request the same treatment: one request at a
+time, a minimum idle gap between requests, a timeout, retries with exponential backoff, reconnect
+when the link dropped, and pymodbus errors translated into ``firmware_bridge.errors``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
+
+from firmware_bridge.config import ModbusDeviceConfig
+from firmware_bridge.errors import (
+    DeviceClosedError,
+    DeviceConnectionError,
+    DeviceError,
+    DeviceExceptionResponse,
+    DeviceTimeoutError,
+)
+
+__all__ = ["ModbusLink", "LinkStats"]
+
+log = logging.getLogger(__name__)
+
+_TRANSIENT_CODES = frozenset({5, 6})  # acknowledge, device busy: worth another try
+_EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "server device failure",
+    5: "acknowledge",
+    6: "server device busy",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+_Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Counters of one link: requests attempted, those that failed, timeouts, and connects."""
+
+    requests: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    connects: int = 0
+
+
+class ModbusLink:
+    """A Modbus TCP or RTU link configured by a ``ModbusDeviceConfig`` (its transport fields).
+
+    Requests are serialized; ``read``/``write`` raise a ``DeviceError`` subclass after the last
+    retry. Use as an async context manager, or call ``close()``; closing twice is harmless.
+    """
+
+    def __init__(self, config: ModbusDeviceConfig) -> None:
+        self.config = config
+        self.stats = LinkStats()
+        self._client: _Client | None = None
+        self._lock = asyncio.Lock()
+        self._last_end = float("-inf")
+        self._closed = False
+
+    @property
+    def connected(self) -> bool:
+        """Whether the transport is up right now."""
+        return self._client is not None and self._client.connected
+
+    def _new_client(self) -> _Client:
+        c = self.config
+        if c.transport == "tcp":
+            return AsyncModbusTcpClient(
+                c.host, port=c.port, timeout=c.timeout_s, retries=0, reconnect_delay=0, name=c.link_name
+            )
+        assert c.serial_port is not None
+        return AsyncModbusSerialClient(
+            c.serial_port,
+            framer=FramerType.RTU,
+            baudrate=c.baudrate,
+            parity=c.parity,
+            stopbits=c.stopbits,
+            timeout=c.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+            name=c.link_name,
+        )
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def _connect(self) -> _Client:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self._drop()
+        client = self._new_client()
+        self.stats.connects += 1
+        try:
+            ok = await asyncio.wait_for(client.connect(), self.config.timeout_s + 0.5)
+        except (asyncio.TimeoutError, OSError, ModbusException) as exc:
+            client.close()
+            raise DeviceConnectionError(f"{self.config.link_name}: cannot connect: {exc}") from exc
+        if not ok:
+            client.close()
+            raise DeviceConnectionError(f"{self.config.link_name}: cannot connect")
+        self._client = client
+        return client
+
+    async def _once(self, what: str, call: Callable[[_Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        client = await self._connect()
+        gap = self._last_end + self.config.min_gap_s - asyncio.get_running_loop().time()
+        if gap > 0:
+            await asyncio.sleep(gap)
+        self.stats.requests += 1
+        inner = asyncio.ensure_future(call(client))
+        try:
+            # shield: pymodbus turns a cancellation into ModbusIOException; ours must stay a cancellation
+            response = await asyncio.shield(inner)
+        except asyncio.CancelledError:
+            inner.cancel()
+            self._drop()  # a request is in flight; its answer must not meet the next one
+            raise
+        except ConnectionException as exc:
+            self._drop()
+            raise DeviceConnectionError(f"{self.config.link_name}: {what}: {exc}") from exc
+        except ModbusIOException as exc:  # pymodbus: no (matching) answer within the timeout
+            self._drop()
+            self.stats.timeouts += 1
+            raise DeviceTimeoutError(
+                f"{self.config.link_name}: {what}: no answer within {self.config.timeout_s} s ({exc})"
+            ) from exc
+        except ModbusException as exc:
+            self._drop()
+            raise DeviceError(f"{self.config.link_name}: {what}: {exc}") from exc
+        except OSError as exc:
+            self._drop()
+            raise DeviceConnectionError(f"{self.config.link_name}: {what}: {exc}") from exc
+        finally:
+            self._last_end = asyncio.get_running_loop().time()
+        if response.isError():
+            code = int(getattr(response, "exception_code", 0))
+            name = _EXCEPTION_NAMES.get(code, "unknown exception")
+            raise DeviceExceptionResponse(
+                f"{self.config.link_name}: {what}: exception {code} ({name})",
+                function_code=response.function_code,
+                exception_code=code,
+            )
+        return response
+
+    async def _request(self, what: str, call: Callable[[_Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
+        if self._closed:
+            raise DeviceClosedError(f"{self.config.link_name}: link is closed")
+        c = self.config
+        async with self._lock:
+            for attempt in range(c.retries + 1):
+                if attempt:
+                    await asyncio.sleep(min(c.backoff_s * 2 ** (attempt - 1), c.backoff_max_s))
+                try:
+                    return await self._once(what, call)
+                except DeviceExceptionResponse as exc:
+                    self.stats.failures += 1
+                    if exc.exception_code not in _TRANSIENT_CODES or attempt == c.retries:
+                        raise
+                except DeviceError as exc:
+                    self.stats.failures += 1
+                    log.debug("%s (attempt %d of %d)", exc, attempt + 1, c.retries + 1)
+                    if attempt == c.retries:
+                        raise
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def read(self, address: int, count: int, *, unit_id: int) -> list[int]:
+        """Read ``count`` (1..125) holding registers starting at protocol address ``address``."""
+        if not 1 <= count <= 125:
+            raise ValueError(f"count {count} outside 1..125")
+        response = await self._request(
+            f"read {count} @ {address}",
+            lambda client: client.read_holding_registers(address, count=count, device_id=unit_id),
+        )
+        registers = list(response.registers)
+        if len(registers) != count:
+            raise DeviceError(f"{self.config.link_name}: asked for {count} registers at {address}, got {len(registers)}")
+        return registers
+
+    async def write(self, address: int, values: list[int], *, unit_id: int) -> None:
+        """Write holding registers (function 16) starting at protocol address ``address``."""
+        if not 1 <= len(values) <= 123 or any(not 0 <= v <= 0xFFFF for v in values):
+            raise ValueError("need 1..123 register values in 0..65535")
+        await self._request(
+            f"write {len(values)} @ {address}",
+            lambda client: client.write_registers(address, values, device_id=unit_id),
+        )
+
+    async def close(self) -> None:
+        """Close the transport; later requests raise DeviceClosedError. Closing twice is harmless."""
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._drop()
+
+    async def __aenter__(self) -> ModbusLink:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,243 @@
+"""A SunSpec device without sockets: a register image kept in step with a ``DeviceModel``.
+
+Reads refresh the measured points; writes are checked (whole points only, writable points only,
+values within the nameplate) and then applied to the model. The active-power control of model 704
+carries a revert timer: when WSetRvrtTms seconds pass without a rewrite of the WSet group, the
+device falls back to WSetEnaRvrt / WSetRvrt (by default: disabled, i.e. the device's default
+behaviour). This is the in-memory twin the Modbus server in ``emulator`` serves, and the one tests
+use without sockets.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from enum import IntEnum
+
+from firmware_bridge.device import DeviceModel, Measurement, Nameplate
+from firmware_bridge.sunspec import PointDef, SunSpecImage, fit_scale_factor, raw_range
+from firmware_bridge.sunspec_models import COMMON, DER_CAPACITY, DER_CTL_AC, DER_MEASURE_AC, DER_STORAGE_CAPACITY
+
+__all__ = ["ExceptionCode", "SunSpecDevice", "WSET_POINTS"]
+
+_SQRT3 = math.sqrt(3.0)
+_ENABLED, _DISABLED = 1, 0
+_WSET_MOD_WATTS = 1
+_INV_RUNNING, _INV_THROTTLED = 3, 4
+_CTRL_MODES = (1 << 0) | (1 << 1)  # MAX_W | FIXED_W: the two active-power functions we honour
+
+WSET_POINTS = frozenset({"WSetEna", "WSetMod", "WSet", "WSetRvrt", "WSetEnaRvrt", "WSetRvrtTms"})
+"""Writable points of model 704 (the active-power setpoint group); every other write is refused."""
+
+
+class ExceptionCode(IntEnum):
+    """Modbus exception codes the device answers with (same numbers as pymodbus's ExcCodes)."""
+
+    ILLEGAL_FUNCTION = 1
+    ILLEGAL_ADDRESS = 2
+    ILLEGAL_VALUE = 3
+
+
+class SunSpecDevice:
+    """SunSpec image (models 1, 701, 702, 704 and, for a battery, 713) over a device model.
+
+    ``unit_id`` goes into model 1's DA point; ``clock`` (seconds, monotonic) drives the revert timer.
+    """
+
+    def __init__(
+        self,
+        model: DeviceModel,
+        *,
+        unit_id: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model
+        self.nameplate: Nameplate = model.nameplate
+        self._clock = clock
+        models = [COMMON, DER_MEASURE_AC, DER_CAPACITY, DER_CTL_AC]
+        if self.nameplate.kind == "battery":
+            models.append(DER_STORAGE_CAPACITY)
+        self.image = SunSpecImage(models)
+        self.revert_deadline: float | None = None
+        self.reverts = 0
+        self.writes = 0
+        self._fill_static(unit_id)
+        self._ctl = self.image[704]
+        self._measured_spans = [
+            (loc.address, loc.address + loc.length + 2) for loc in self.image.locations if loc.model_id in (701, 713)
+        ]
+        rem = DER_CTL_AC.point("WSetRvrtRem")
+        rem_address = self.image.base + self._ctl.start + rem.offset
+        self._measured_spans.append((rem_address, rem_address + rem.size))
+        self.refresh()
+
+    # ------------------------------------------------------------------ static content
+
+    def _fill_static(self, unit_id: int) -> None:
+        plate = self.nameplate
+        a_max = plate.s_max_va / (_SQRT3 * plate.v_nom_v)
+        v_max = 1.1 * plate.v_nom_v
+
+        common = self.image[1]
+        common.set_raw("Mn", plate.manufacturer)
+        common.set_raw("Md", plate.model)
+        common.set_raw("Vr", plate.version)
+        common.set_raw("SN", plate.serial)
+        common.set_raw("DA", unit_id)
+
+        meas = self.image[701]
+        meas.set_raw("W_SF", fit_scale_factor(plate.s_max_va, "int16"))
+        meas.set_raw("VA_SF", fit_scale_factor(plate.s_max_va, "int16"))
+        meas.set_raw("Var_SF", fit_scale_factor(plate.s_max_va, "int16"))
+        meas.set_raw("PF_SF", -3)
+        meas.set_raw("A_SF", fit_scale_factor(1.2 * a_max, "int16", finest=-2))
+        meas.set_raw("V_SF", fit_scale_factor(1.2 * v_max, "uint16", finest=-1))
+        meas.set_raw("Hz_SF", -3)
+        meas.set_raw("TotWh_SF", 0)
+        meas.set_raw("ACType", 2)  # THREE_PHASE
+        meas.set_raw("St", 1)  # ON
+        meas.set_raw("ConnSt", 1)  # CONNECTED
+        meas.set_raw("Alrm", 0)
+
+        cap = self.image[702]
+        p_rating = max(plate.p_max_w, plate.p_charge_max_w)
+        cap.set_raw("W_SF", fit_scale_factor(max(p_rating, plate.s_max_va), "uint16"))
+        cap.set_raw("VA_SF", fit_scale_factor(plate.s_max_va, "uint16"))
+        cap.set_raw("Var_SF", fit_scale_factor(plate.s_max_va, "uint16"))
+        cap.set_raw("V_SF", fit_scale_factor(v_max, "uint16", finest=-1))
+        cap.set_raw("A_SF", fit_scale_factor(a_max, "uint16", finest=-2))
+        cap.set_value("WMaxRtg", plate.p_max_w)
+        cap.set_value("VAMaxRtg", plate.s_max_va)
+        cap.set_value("VarMaxInjRtg", plate.s_max_va)
+        cap.set_value("VarMaxAbsRtg", plate.s_max_va)
+        cap.set_value("VNomRtg", plate.v_nom_v)
+        cap.set_value("VMaxRtg", v_max)
+        cap.set_value("VMinRtg", 0.9 * plate.v_nom_v)
+        cap.set_value("AMaxRtg", a_max)
+        cap.set_raw("CtrlModes", _CTRL_MODES)
+        cap.set_value("WMax", plate.p_max_w)
+        cap.set_value("VAMax", plate.s_max_va)
+        cap.set_value("VNom", plate.v_nom_v)
+        if plate.kind == "battery":
+            for name in ("WChaRteMaxRtg", "WChaRteMax"):
+                cap.set_value(name, plate.p_charge_max_w)
+            for name in ("WDisChaRteMaxRtg", "WDisChaRteMax"):
+                cap.set_value(name, plate.p_max_w)
+
+        ctl = self.image[704]
+        ctl.set_raw("WSet_SF", fit_scale_factor(p_rating, "int32"))
+        ctl.set_raw("WSetEna", _DISABLED)
+        ctl.set_raw("WSetMod", _WSET_MOD_WATTS)
+        ctl.set_raw("WSet", 0)
+        ctl.set_raw("WSetRvrt", 0)
+        ctl.set_raw("WSetEnaRvrt", _DISABLED)
+        ctl.set_raw("WSetRvrtTms", 0)
+        ctl.set_raw("WSetRvrtRem", 0)
+
+        if plate.kind == "battery":
+            assert plate.energy_wh is not None
+            storage = self.image[713]
+            storage.set_raw("WH_SF", fit_scale_factor(plate.energy_wh, "uint16"))
+            storage.set_raw("Pct_SF", -1)
+            storage.set_value("WHRtg", plate.energy_wh)
+            storage.set_value("SoH", 100.0)
+            storage.set_raw("Sta", 0)  # OK
+
+    # ------------------------------------------------------------------ reads
+
+    def refresh(self) -> None:
+        """Copy the model's measurement into models 701/713 and the revert time left into 704."""
+        self.check_revert()
+        m: Measurement = self.model.measure()
+        meas = self.image[701]
+        s = math.hypot(m.p_w, m.q_var)
+        meas.set_value("W", m.p_w)
+        meas.set_value("VA", s)
+        meas.set_value("Var", m.q_var)
+        meas.set_value("PF", m.p_w / s if s > 0 else 1.0)
+        meas.set_value("A", s / (_SQRT3 * m.v_v) if m.v_v > 0 else 0.0)
+        meas.set_value("LLV", m.v_v)
+        meas.set_value("LNV", m.v_v / _SQRT3)
+        meas.set_value("Hz", m.hz)
+        meas.set_value("TotWhInj", None if m.energy_injected_wh is None else math.floor(m.energy_injected_wh))
+        meas.set_value("TotWhAbs", None if m.energy_absorbed_wh is None else math.floor(m.energy_absorbed_wh))
+        meas.set_raw("InvSt", _INV_THROTTLED if m.throttled else _INV_RUNNING)
+        if 713 in self.image:
+            storage = self.image[713]
+            storage.set_value("SoC", None if m.soc is None else 100.0 * m.soc)
+            storage.set_value("WHAvail", m.energy_available_wh)
+        left = 0 if self.revert_deadline is None else math.ceil(max(0.0, self.revert_deadline - self._clock()))
+        self._ctl.set_raw("WSetRvrtRem", left)
+
+    def touches_measurements(self, address: int, count: int) -> bool:
+        """Whether a read of this range sees values that change over time."""
+        end = address + count
+        return any(address < high and low < end for low, high in self._measured_spans)
+
+    def read(self, address: int, count: int) -> list[int] | ExceptionCode:
+        """Registers ``address .. address+count-1`` (refreshed first), or ILLEGAL_ADDRESS outside the image."""
+        begin = address - self.image.base
+        if begin < 0 or count < 1 or begin + count > len(self.image.registers):
+            return ExceptionCode.ILLEGAL_ADDRESS
+        if self.touches_measurements(address, count):
+            self.refresh()
+        return self.image.registers[begin : begin + count]
+
+    # ------------------------------------------------------------------ writes
+
+    def write(self, address: int, values: Sequence[int]) -> ExceptionCode | None:
+        """Write whole points of the WSet group atomically and apply them; an exception code otherwise."""
+        self.check_revert()
+        covered = self.image.points_in(address, len(values))
+        if covered is None or any(model_id != 704 or p.name not in WSET_POINTS for model_id, p in covered):
+            return ExceptionCode.ILLEGAL_ADDRESS
+        if any(not 0 <= v <= 0xFFFF for v in values):
+            return ExceptionCode.ILLEGAL_VALUE
+        begin = address - self.image.base
+        saved = self.image.registers[begin : begin + len(values)]
+        self.image.registers[begin : begin + len(values)] = list(values)
+        if not all(self._valid(point) for _, point in covered):
+            self.image.registers[begin : begin + len(values)] = saved
+            return ExceptionCode.ILLEGAL_VALUE
+        self.writes += 1
+        now = self._clock()
+        tms = self._ctl.raw("WSetRvrtTms")
+        if self._ctl.raw("WSetEna") == _ENABLED and isinstance(tms, int) and tms > 0:
+            self.revert_deadline = now + tms
+        else:
+            self.revert_deadline = None
+        self._apply()
+        return None
+
+    def _valid(self, point: PointDef) -> bool:
+        raw = self._ctl.raw(point.name)
+        if point.name in ("WSetEna", "WSetEnaRvrt"):
+            return raw in (_ENABLED, _DISABLED)
+        if point.name == "WSetMod":
+            return raw == _WSET_MOD_WATTS
+        if point.name in ("WSet", "WSetRvrt"):
+            value = self._ctl.value(point.name)
+            return value is not None and -self.nameplate.p_charge_max_w <= value <= self.nameplate.p_max_w
+        if point.name == "WSetRvrtTms":
+            return isinstance(raw, int) and raw <= raw_range("uint32")[1]
+        return False
+
+    def _apply(self) -> None:
+        if self._ctl.raw("WSetEna") == _ENABLED:
+            self.model.apply_setpoint(self._ctl.value("WSet"))
+        else:
+            self.model.apply_setpoint(None)
+
+    # ------------------------------------------------------------------ failsafe
+
+    def check_revert(self) -> bool:
+        """Revert the setpoint if its timer has run out; True when it did."""
+        if self.revert_deadline is None or self._clock() < self.revert_deadline:
+            return False
+        self.revert_deadline = None
+        self._ctl.set_raw("WSetEna", self._ctl.raw("WSetEnaRvrt"))
+        self._ctl.set_raw("WSet", self._ctl.raw("WSetRvrt"))
+        self._ctl.set_raw("WSetRvrtRem", 0)
+        self.reverts += 1
+        self._apply()
+        return True
