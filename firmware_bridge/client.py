@@ -186,7 +186,9 @@ class ModbusDevice:
         try:
             head = await self._read(base, 4)
         except DeviceExceptionResponse as exc:
-            raise NotSunSpecError(f"{self.config.link_name}: no SunSpec map at {base}: {exc}") from exc
+            if exc.exception_code != 2:  # only 'illegal data address' says there is no map here
+                raise
+            raise NotSunSpecError(f"no SunSpec map at {base}: {exc}") from exc
         if tuple(head[:2]) != SUNS_MARKER:
             raise NotSunSpecError(
                 f"{self.config.link_name}: no 'SunS' marker at {base} (found {head[0]:#06x} {head[1]:#06x})"
