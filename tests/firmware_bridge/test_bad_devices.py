@@ -1,0 +1,112 @@
+"""Devices that are not what we expect: no 'SunS' marker, exception answers, broken chains.
+
+Each must give a clear error and a stale value, never a crash and never a write.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+from pymodbus.server import ModbusTcpServer
+
+from firmware_bridge import DeviceExceptionResponse, ModbusDevice, ModbusDeviceConfig, NotSunSpecError
+from firmware_bridge.sunspec import SUNS_MARKER
+from tests.firmware_bridge.conftest import run
+
+pytestmark = pytest.mark.modbus
+
+
+class RecordingContext(ModbusDeviceContext):
+    """A plain pymodbus datastore that remembers every write it is asked for."""
+
+    def __init__(self, block: ModbusSequentialDataBlock) -> None:
+        super().__init__(hr=block)
+        self.writes: list[tuple[int, list[int]]] = []
+
+    def setValues(self, func_code, address, values):  # noqa: N802, ANN001, ANN201 - pymodbus's signature
+        self.writes.append((address, list(values)))
+        return super().setValues(func_code, address, values)
+
+
+@asynccontextmanager
+async def plain_server(start: int, registers: list[int]) -> AsyncIterator[tuple[int, RecordingContext]]:
+    """A bare pymodbus server whose holding registers ``start..`` hold ``registers`` (protocol addresses)."""
+    # ModbusDeviceContext adds 1 to the protocol address before asking the block
+    context = RecordingContext(ModbusSequentialDataBlock(start + 1, registers))
+    server = ModbusTcpServer(ModbusServerContext(devices={1: context}, single=False), address=("127.0.0.1", 0))
+    await server.serve_forever(background=True)
+    try:
+        yield server.transport.sockets[0].getsockname()[1], context  # type: ignore[union-attr]
+    finally:
+        await server.shutdown()
+
+
+def _config(port: int) -> ModbusDeviceConfig:
+    return ModbusDeviceConfig(port=port, timeout_s=0.3, retries=0)
+
+
+def test_no_suns_marker() -> None:
+    async def scenario() -> None:
+        async with plain_server(40000, [0x1234] * 200) as (port, context):
+            async with ModbusDevice(_config(port)) as device:
+                with pytest.raises(NotSunSpecError, match="no 'SunS' marker at 40000"):
+                    await device.discover()
+                t = await device.read_telemetry()
+                assert t.stale and "SunS" in (t.error or "")
+                with pytest.raises(NotSunSpecError):
+                    await device.write_setpoint(1000.0)
+            assert context.writes == []
+
+    run(scenario())
+
+
+def test_illegal_address_at_the_base_means_no_sunspec_map() -> None:
+    async def scenario() -> None:
+        async with plain_server(0, [0] * 100) as (port, context):  # nothing mapped near 40000
+            async with ModbusDevice(_config(port)) as device:
+                with pytest.raises(NotSunSpecError, match="exception 2"):
+                    await device.discover()
+                with pytest.raises(NotSunSpecError):
+                    await device.write_setpoint(-500.0)
+                assert (await device.read_telemetry()).stale
+            assert context.writes == []
+
+    run(scenario())
+
+
+def test_a_model_chain_that_runs_off_the_map() -> None:
+    async def scenario() -> None:
+        # 'SunS', then a model 701 claiming 153 registers, and nothing mapped after them
+        async with plain_server(40000, [*SUNS_MARKER, 701, 153] + [0] * 20) as (port, context):
+            async with ModbusDevice(_config(port)) as device:
+                with pytest.raises(DeviceExceptionResponse) as caught:
+                    await device.discover()
+                assert caught.value.exception_code == 2
+                t = await device.read_telemetry()
+                assert t.stale and t.p_w is None
+                with pytest.raises(DeviceExceptionResponse):
+                    await device.write_setpoint(100.0)
+            assert context.writes == []
+
+    run(scenario())
+
+
+def test_a_device_without_setpoint_control_is_never_written() -> None:
+    async def scenario() -> None:
+        # 'SunS', an empty model 713 (7 registers, all 'not implemented'), the end marker
+        image = [*SUNS_MARKER, 713, 7, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF, 0x8000, 0x8000, 0xFFFF, 0]
+        async with plain_server(40000, image) as (port, context):
+            async with ModbusDevice(_config(port)) as device:
+                info = await device.discover()
+                assert [loc.model_id for loc in info.models] == [713] and info.limits is None
+                t = await device.read_telemetry()
+                assert t.stale and "701" in (t.error or "")
+                with pytest.raises(Exception, match="704"):
+                    await device.write_setpoint(100.0)
+                storage = await device.read_model(713)
+                assert storage.value("SoC") is None  # not implemented, not 6553.5 %
+            assert context.writes == []
+
+    run(scenario())
