@@ -61,6 +61,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as mosquitto does: TIME_WAIT is fine
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection((HOST, port), timeout=0.2):
@@ -150,6 +160,8 @@ class MosquittoProcess:
         raise AssertionError("unreachable")
 
     def _spawn(self, port: int, timeout: float) -> None:
+        if not _port_free(port):
+            raise MosquittoError(f"{HOST}:{port} is already in use")
         config = self._write_config(port)
         assert self._binary is not None
         with open(self.log_path, "ab") as log:

@@ -15,7 +15,7 @@ from tests.conftest import require_mosquitto, run_async
 BrokerFactory = Callable[[], Broker]
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", pytest.param("mqtt", marks=pytest.mark.mqtt)])
 def make_broker(request: pytest.FixtureRequest) -> BrokerFactory:
     """A factory of unconnected brokers of one kind (MQTT ones all talk to one fresh Mosquitto)."""
     if request.param == "memory":
@@ -202,6 +202,7 @@ def test_retained_message_is_delivered_on_subscribe(make_broker: BrokerFactory) 
             assert (first.topic, first.payload, first.retain) == (f"{root}/a/status", b"online", True)
             await settle(broker, root)
             assert late.drain() == []
+            assert live.drain() == []  # a second subscription on the filter does not replay to the first
 
     run_async(main())
 
