@@ -114,11 +114,10 @@ class MultiAgentMicrogrids(ParallelEnv):
         if not self.agents:
             raise RuntimeError("the episode is over: call reset()")
         self._validate(actions)
-        request = Setpoints(*(self._actions * self._scale).T)
         if self._runner is not None:
-            last, obs = self._runner.step(request)
+            last, obs = self._runner.step(self._actions)
         else:
-            last = self.plant.step(request)
+            last = self.plant.step(Setpoints(*(self._actions * self._scale).T))
             obs = self._observe(last)
         self._steps += 1
         rewards = self._rewards(last)

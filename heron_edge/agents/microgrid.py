@@ -1,0 +1,62 @@
+"""MicrogridAgent: one microgrid's controller, the same object in every mode.
+
+It owns its devices (a DeviceIO) and a policy; it turns a normalised action (the environment's
+action space) into device setpoints. It knows nothing of messages: ProxyAgent adds those.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from heron_edge.deviceio import DeviceIO
+
+
+class Policy(Protocol):
+    """Anything that maps an observation vector to a normalised action (Box(4), see the env)."""
+
+    def act(self, observation: np.ndarray) -> np.ndarray: ...
+
+
+class ExternalPolicy:
+    """A policy whose next action is set from outside (the environment's ``step(actions)``)."""
+
+    def __init__(self) -> None:
+        self.next_action: np.ndarray | None = None
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        if self.next_action is None:
+            raise RuntimeError("no action was set for this step")
+        action, self.next_action = self.next_action, None
+        return action
+
+
+@dataclass(frozen=True)
+class Ratings:
+    """Device ratings that scale a normalised action to MW."""
+
+    battery_p_max_mw: float
+    generator_p_max_mw: float
+
+
+class MicrogridAgent:
+    """A microgrid controller: observe local devices, decide with its policy, command its devices."""
+
+    def __init__(self, agent_id: str, devices: DeviceIO, policy: Policy, ratings: Ratings) -> None:
+        self.agent_id = agent_id
+        self.devices = devices
+        self.policy = policy
+        self.ratings = ratings
+
+    def observe_local(self) -> np.ndarray:
+        """The 8 local features from the devices."""
+        return self.devices.read()
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        return np.asarray(self.policy.act(observation), dtype=np.float64)
+
+    def apply(self, action: np.ndarray) -> None:
+        """Write a normalised action ([-1,1], [0,1], [0,1], [0,1]) to the devices as setpoints."""
+        a = np.clip(np.asarray(action, dtype=np.float64), (-1.0, 0.0, 0.0, 0.0), 1.0)
+        self.devices.write(a[0] * self.ratings.battery_p_max_mw, a[1] * self.ratings.generator_p_max_mw, a[2], a[3])

@@ -1,0 +1,167 @@
+"""ProxyAgent: turns any agent into a distributed one that sees only local state plus messages.
+
+Each step it publishes its local telemetry, takes what the upstream (price) and its peers
+(telemetry) sent for this step, builds the distributed observation (layout in
+``heron_edge.observations``), asks the wrapped agent for an action and applies it to the devices.
+Every received payload is decoded and validated; a malformed, unknown, expired or unexpected one
+is rejected, logged and counted in ``stats`` and the agent keeps going. A message that does not
+arrive within ``step_timeout_s`` is replaced by the last value received (counted as ``late``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from heron_edge import observations as ob
+from heron_edge.agents.microgrid import MicrogridAgent
+from heron_edge.brokers import Broker, Subscription
+from heron_edge.messages import (
+    DecodeError, PriceBody, StatusBody, TelemetryBody, agent_topic, bus_topic, command_filter, decode, encode,
+    make_envelope,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ProxyAgent:
+    """A distributed wrapper of ``actual_agent``: messages in, local devices, decision, messages out."""
+
+    def __init__(self, agent_id: str, actual_agent: MicrogridAgent, broker: Broker, upstream_id: str, *,
+                 site: str = "sim", peers: Sequence[str] = (), steps_per_day: int = 24, step_timeout_s: float = 2.0) -> None:
+        self.agent_id = agent_id
+        self.actual_agent = actual_agent
+        self.broker = broker
+        self.upstream_id = upstream_id
+        self.site = site
+        self.peers = [p for p in peers if p != agent_id]
+        self.steps_per_day = steps_per_day
+        self.step_timeout_s = step_timeout_s
+        self.stats: Counter[str] = Counter()
+        self.next_step = 0
+        self._peer_index = {p: i for i, p in enumerate(self.peers)}
+        self._price = 0.0
+        self._price_step = -1
+        self._peer_exchange = np.zeros(len(self.peers))
+        self._peer_step = np.full(len(self.peers), -1)
+        self._reports: Subscription | None = None
+        self._commands: Subscription | None = None
+        self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
+        self._price_topic = bus_topic(site, "price")
+        self._site_prefix = f"heron/{site}/"
+
+    @property
+    def observation_size(self) -> int:
+        return ob.N_CONTEXT + ob.N_LOCAL + len(self.peers)
+
+    async def start(self) -> None:
+        """Connect, subscribe to the bus and peers' reports (and our commands), announce ourselves online."""
+        if self._reports is not None:
+            return
+        await self.broker.connect()
+        self._reports = await self.broker.subscribe(f"heron/{self.site}/+/+")
+        self._commands = await self.broker.subscribe(command_filter(self.site, self.agent_id))
+        await self._publish_status("online")
+
+    async def close(self) -> None:
+        """Say offline and drop our subscriptions (closing twice is harmless)."""
+        if self._reports is None:
+            return
+        try:
+            await self._publish_status("offline")
+            for sub in (self._reports, self._commands):
+                if sub is not None:
+                    await self.broker.unsubscribe(sub)
+        finally:
+            self._reports = self._commands = None
+
+    async def _publish_status(self, state: str) -> None:
+        counters = {k: int(v) for k, v in self.stats.items()}
+        body = StatusBody(state=state, counters=counters)  # type: ignore[arg-type]
+        await self.broker.publish(agent_topic(self.site, self.agent_id, "status"),
+                                  make_envelope(self.agent_id, body, step=max(self.next_step, 0)), retain=True)
+
+    # ------------------------------------------------------------------ one step
+    async def step_distributed(self) -> np.ndarray:
+        """One full cycle: observe (local + messages), decide, apply; returns the applied action."""
+        observation = await self.observe(self.next_step)
+        action = self.actual_agent.act(observation)
+        self.actual_agent.apply(action)
+        self.next_step += 1
+        return action
+
+    async def observe(self, step: int) -> np.ndarray:
+        """Publish our telemetry for ``step``, wait for this step's price and peers' telemetry, build the observation."""
+        if self._reports is None:
+            await self.start()
+        self.next_step = step
+        local = self.actual_agent.observe_local()
+        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, map(float, local))))
+        await self.broker.publish(self._telemetry_topic, encode(make_envelope(self.agent_id, body, step=step)))
+        await self._receive(step)
+        obs = np.empty(self.observation_size, dtype=np.float32)
+        ob.context(step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
+        obs[ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL] = local
+        obs[ob.N_CONTEXT + ob.N_LOCAL :] = self._peer_exchange
+        return obs
+
+    def _complete(self, step: int) -> bool:
+        return self._price_step >= step and bool((self._peer_step >= step).all())
+
+    async def _receive(self, step: int) -> None:
+        assert self._reports is not None
+        deadline = time.monotonic() + self.step_timeout_s
+        for delivery in self._reports.drain():
+            self._handle(delivery.topic, delivery.payload, step)
+        while not self._complete(step):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stats["late"] += 1
+                log.warning("%s: step %d incomplete after %.2fs (price step %d, peers %s); using last values",
+                            self.agent_id, step, self.step_timeout_s, self._price_step, self._peer_step.tolist())
+                return
+            try:
+                delivery = await self._reports.get(timeout=remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            self._handle(delivery.topic, delivery.payload, step)
+            for delivery in self._reports.drain():
+                self._handle(delivery.topic, delivery.payload, step)
+
+    def _handle(self, topic: str, payload: bytes, step: int) -> None:
+        """Decode one delivery and keep what it says; anything unusable is rejected and counted."""
+        self.stats["received"] += 1
+        try:
+            envelope = decode(payload)
+        except DecodeError as exc:
+            self.stats[f"rejected_{exc.reason}"] += 1
+            log.warning("%s: rejected a message on %s: %s", self.agent_id, topic, exc)
+            return
+        body: Any = envelope.body
+        if topic == self._price_topic and isinstance(body, PriceBody):
+            if envelope.sender != self.upstream_id:
+                self.stats["rejected_sender"] += 1
+                log.warning("%s: price from %r, not our upstream %r", self.agent_id, envelope.sender, self.upstream_id)
+            elif envelope.step >= self._price_step:
+                self._price = body.price_usd_per_mwh + body.congestion_adder_usd_per_mwh
+                self._price_step = envelope.step
+            return
+        if isinstance(body, TelemetryBody) and topic.endswith("/telemetry"):
+            who = topic[len(self._site_prefix):].split("/", 1)[0]
+            i = self._peer_index.get(who)
+            if who == self.agent_id:
+                return  # our own report, echoed back
+            if i is None or envelope.sender != who:
+                self.stats["rejected_sender"] += 1
+                log.warning("%s: telemetry on %s from %r is not from a known peer", self.agent_id, topic, envelope.sender)
+                return
+            if envelope.step >= self._peer_step[i]:
+                self._peer_exchange[i] = body.values.get("exchange_mw", self._peer_exchange[i])
+                self._peer_step[i] = envelope.step
+            return
+        self.stats["ignored"] += 1  # well-formed, but nothing this agent uses (status, other buses)

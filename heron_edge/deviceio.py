@@ -1,0 +1,49 @@
+"""DeviceIO: how an agent reads and commands its own devices, whatever is behind them.
+
+Two adapters share this port: ``PlantDeviceIO`` over the in-process simulator (centralized and
+in-process distributed runs) and, on a gateway, a Modbus adapter over ``firmware_bridge``.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from heron_edge import observations as ob
+from sim.plant import Plant, Setpoints
+
+
+class DeviceIO(Protocol):
+    """Read the local features (see ``heron_edge.observations``) and write device setpoints."""
+
+    def read(self) -> np.ndarray:
+        """The microgrid's 8 local features, in ``observations.LOCAL_NAMES`` order."""
+        ...
+
+    def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
+        """Command the devices (MW, + discharge; curtailment fractions); the device side clamps to its limits."""
+        ...
+
+
+class PlantDeviceIO:
+    """One microgrid's devices inside an in-process Plant: reads its row, writes into the shared request."""
+
+    def __init__(self, plant: Plant, index: int, request: Setpoints) -> None:
+        self._plant = plant
+        self._index = index
+        self._request = request
+        self._row = np.zeros((plant.n, ob.N_LOCAL))
+
+    def read(self) -> np.ndarray:
+        last = self._plant.last
+        if last is None:
+            raise RuntimeError("the plant has not been reset")
+        ob.local_features(last, self._plant.forecast(), self._row)
+        return self._row[self._index].copy()
+
+    def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
+        i = self._index
+        self._request.battery_mw[i] = battery_mw
+        self._request.generator_mw[i] = generator_mw
+        self._request.pv_curtailment[i] = pv_curtailment
+        self._request.wind_curtailment[i] = wind_curtailment
