@@ -1,0 +1,148 @@
+"""Distributed mode: local observations plus messages, over InMemoryBroker and a real Mosquitto."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from heron_edge import MultiAgentMicrogrids
+from heron_edge.brokers import InMemoryBroker, MqttBroker
+from heron_edge.messages import PriceBody, TelemetryBody, agent_topic, bus_topic, encode, make_envelope
+from pettingzoo.test import parallel_api_test
+
+STEPS = 24
+
+
+def trajectory(env: MultiAgentMicrogrids, seed: int = 5) -> dict[str, np.ndarray]:
+    """Run one seeded episode with seeded actions; return the plant's trajectory."""
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    soc, exchange, vm, rewards = [], [], [], []
+    while env.agents:
+        actions = {a: rng.uniform(env.action_space(a).low, env.action_space(a).high).astype(np.float32) for a in env.agents}
+        _, reward, _, _, infos = env.step(actions)
+        last = env.plant.last
+        soc.append(last.soc.copy())
+        exchange.append(last.exchange_mw.copy())
+        vm.append(last.vm_pu.copy())
+        rewards.append([reward[a] for a in env.possible_agents])
+    return {"soc": np.array(soc), "exchange": np.array(exchange), "vm": np.array(vm), "reward": np.array(rewards)}
+
+
+def test_distributed_in_memory_api_and_layout() -> None:
+    env = MultiAgentMicrogrids({"centralized": False, "message_broker": InMemoryBroker(), "max_episode_steps": STEPS})
+    parallel_api_test(env, num_cycles=10)
+    obs, _ = env.reset(seed=0)
+    price = env.plant.price()
+    for i, agent in enumerate(env.possible_agents):
+        o = obs[agent]
+        assert o.shape == (3 + 8 + 2,)
+        assert o[2] == pytest.approx(price / 100.0)  # the price as received from the operator
+        local = env._runner.proxies[i].actual_agent.observe_local()
+        np.testing.assert_allclose(o[3:11], local, rtol=1e-6)
+        peers = [p for p in env.possible_agents if p != agent]
+        expected = [env.plant.last.exchange_mw[env.possible_agents.index(p)] for p in peers]
+        np.testing.assert_allclose(o[11:], expected, rtol=1e-5)  # peers' telemetry
+    env.close()
+    env.close()  # closing twice is harmless
+
+
+def test_default_broker_is_in_memory() -> None:
+    env = MultiAgentMicrogrids({"centralized": False, "max_episode_steps": 2})
+    assert isinstance(env._runner.broker, InMemoryBroker)
+    env.reset(seed=0)
+    env.step({a: env.action_space(a).sample() for a in env.agents})
+    env.close()
+
+
+@pytest.mark.mqtt
+def test_modes_give_the_same_plant_trajectory(mosquitto) -> None:
+    central = trajectory(MultiAgentMicrogrids({"centralized": True, "max_episode_steps": STEPS}))
+    memory_env = MultiAgentMicrogrids({"centralized": False, "message_broker": InMemoryBroker(), "max_episode_steps": STEPS})
+    memory = trajectory(memory_env)
+    mqtt_env = MultiAgentMicrogrids({"centralized": False, "message_broker": MqttBroker(mosquitto.url),
+                                     "max_episode_steps": STEPS})
+    mqtt = trajectory(mqtt_env)
+    for key in central:
+        np.testing.assert_array_equal(central[key], memory[key], err_msg=key)
+        np.testing.assert_array_equal(central[key], mqtt[key], err_msg=key)
+    # distributed agents really heard each other over Mosquitto, nothing was late
+    for stats in mqtt_env._runner.stats.values():
+        assert stats["received"] >= STEPS * 3 and stats.get("late", 0) == 0
+    memory_env.close()
+    mqtt_env.close()
+
+
+def _inject_garbage(env: MultiAgentMicrogrids) -> None:
+    """Publish one of each kind of bad message onto topics the agents listen to."""
+    broker, site = env._runner.broker, env.config.site
+    step = env.plant.t
+    bad = [
+        (bus_topic(site, "price"), b"not json at all"),
+        (bus_topic(site, "price"), b'{"id": "x", "sender": "system_operator"}'),  # schema
+        (bus_topic(site, "price"), b'{"id":"x","sender":"system_operator","recipient":null,"step":1,"ts":1.0,'
+                                   b'"expires":null,"body":{"kind":"teleport"}}'),  # unknown kind
+        (bus_topic(site, "price"), encode(make_envelope("system_operator", PriceBody(price_usd_per_mwh=9e3), step=step,
+                                                        ttl_s=-1.0))),  # expired
+        (bus_topic(site, "price"), encode(make_envelope("mg2", PriceBody(price_usd_per_mwh=9e3), step=step))),  # not upstream
+        (agent_topic(site, "mg2", "telemetry"), encode(make_envelope("mg3", TelemetryBody(values={"exchange_mw": 9.0}),
+                                                                     step=step))),  # forged sender
+    ]
+
+    async def publish() -> None:
+        for topic, payload in bad:
+            await broker.publish(topic, payload)
+
+    env._runner._loop.run_until_complete(publish())
+
+
+@pytest.mark.parametrize("transport", ["memory", pytest.param("mqtt", marks=pytest.mark.mqtt)])
+def test_bad_messages_are_rejected_counted_and_the_agents_keep_stepping(transport: str, request) -> None:
+    broker = InMemoryBroker() if transport == "memory" else MqttBroker(request.getfixturevalue("mosquitto").url)
+    env = MultiAgentMicrogrids({"centralized": False, "message_broker": broker, "max_episode_steps": 6})
+    env.reset(seed=0)
+    _inject_garbage(env)
+    for _ in range(6):
+        obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
+    for agent, stats in env._runner.stats.items():
+        for reason in ("rejected_not_json", "rejected_schema", "rejected_unknown_kind", "rejected_expired"):
+            assert stats.get(reason) == 1, (agent, reason, stats)
+        assert stats["rejected_sender"] >= 1
+    price = env.plant.price()  # the forged 9000 USD/MWh price never reached an observation
+    assert all(abs(o[2] * 100 - price) < 1e-3 for o in obs.values())
+    assert all(abs(o[-1]) < 5 and abs(o[-2]) < 5 for o in obs.values())
+    env.close()
+
+
+def test_a_silent_upstream_means_late_not_hang() -> None:
+    env = MultiAgentMicrogrids({"centralized": False, "max_episode_steps": 3, "step_timeout_s": 0.05})
+    env.reset(seed=0)
+    runner = env._runner
+
+    async def silent(step: int, price: float, congestion_adder_usd_per_mwh: float = 0.0) -> None:
+        return None
+
+    runner.operator.publish_price = silent  # the operator stops talking
+    before = runner._observations[0][2]
+    obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
+    assert all(s["late"] == 1 for s in runner.stats.values())
+    assert obs["mg1"][2] == before  # last price kept
+    env.close()
+
+
+def test_seed_document_proxy_example_runs() -> None:
+    """The user's ProxyAgent snippet, with grid_agent taken from a distributed environment."""
+    from heron_edge.agents import ProxyAgent
+
+    env = MultiAgentMicrogrids({"centralized": False, "max_episode_steps": 2})
+    env.reset(seed=0)
+    grid_agent = env._runner.proxies[0].actual_agent
+    grid_agent.policy = type("Idle", (), {"act": staticmethod(lambda obs: np.zeros(4))})()
+    broker = InMemoryBroker()
+    proxy = ProxyAgent(agent_id="mg1_proxy", actual_agent=grid_agent, broker=broker, upstream_id="system_operator")
+    proxy.step_timeout_s = 0.05
+    action = asyncio.run(proxy.step_distributed())
+    np.testing.assert_array_equal(action, np.zeros(4))
+    assert proxy.next_step == 1
+    env.close()
