@@ -25,6 +25,7 @@ from heron_edge.errors import ConfigError, MessageError
 
 __all__ = [
     "ActionBody",
+    "AnyBody",
     "BODY_TYPES",
     "Body",
     "BodyKind",
@@ -56,6 +57,7 @@ __all__ = [
     "make_envelope",
     "offline_will",
     "parse_topic",
+    "topics_markdown",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -159,27 +161,26 @@ class ClockBody(BaseModel):
     done: bool = False
 
 
-Body = Annotated[
-    Union[
-        SetpointBody,
-        PriceBody,
-        OrderBody,
-        ClearingBody,
-        ConsensusBody,
-        TelemetryBody,
-        ActionBody,
-        StatusBody,
-        ClockBody,
-    ],
-    Field(discriminator="kind"),
+AnyBody = Union[
+    SetpointBody,
+    PriceBody,
+    OrderBody,
+    ClearingBody,
+    ConsensusBody,
+    TelemetryBody,
+    ActionBody,
+    StatusBody,
+    ClockBody,
 ]
-"""Any message body; pydantic picks the model from the ``kind`` field."""
+"""Any message body (for type hints)."""
+
+Body = Annotated[AnyBody, Field(discriminator="kind")]
+"""Any message body, discriminated: pydantic picks the model from the ``kind`` field."""
 
 BodyKind = Literal["setpoint", "price", "order", "clearing", "consensus", "telemetry", "action", "status", "clock"]
 
 BODY_TYPES: Final[dict[str, type[BaseModel]]] = {
-    get_args(model.model_fields["kind"].annotation)[0]: model
-    for model in get_args(get_args(Body)[0])
+    get_args(model.model_fields["kind"].annotation)[0]: model for model in get_args(AnyBody)
 }
 """kind -> body model."""
 
@@ -200,7 +201,7 @@ class Envelope(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
     id: str = Field(default_factory=_new_id, min_length=1, description="Message id (uuid4 hex).")
     sender: str = Field(min_length=1)
-    recipient: str | None = Field(default=None, description="Recipient agent id; None = broadcast.")
+    recipient: str | None = Field(default=None, min_length=1, description="Recipient agent id; None = broadcast.")
     step: int = Field(ge=0, description="Environment / control step this message belongs to.")
     ts: float = Field(default_factory=time.time, description="Creation time, unix seconds.")
     expires: float | None = Field(default=None, description="Not valid after this time, unix seconds.")
@@ -268,7 +269,7 @@ def _decode_error(exc: ValidationError) -> DecodeError:
 
 def make_envelope(
     sender: str,
-    body: BaseModel,
+    body: AnyBody,
     *,
     step: int,
     recipient: str | None = None,
@@ -282,7 +283,7 @@ def make_envelope(
         step=step,
         ts=now,
         expires=None if ttl_s is None else now + ttl_s,
-        body=body,  # type: ignore[arg-type]
+        body=body,
     )
 
 
@@ -397,3 +398,18 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
               False, "lock-step: step N starts / agent finished step N"),
 )
 """The topic scheme as a table (the README lists it)."""
+
+
+def topics_markdown() -> str:
+    """:data:`TOPICS` as a Markdown table (what the README lists)."""
+    rows = [
+        "| topic | body kinds | published by | subscribed by | QoS | retained | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for spec in TOPICS:
+        kinds = ", ".join(spec.body_kinds)
+        retained = "yes" if spec.retained else "no"
+        rows.append(
+            f"| `{spec.pattern}` | {kinds} | {spec.publisher} | {spec.subscribers} | {spec.qos} | {retained} | {spec.note} |"
+        )
+    return "\n".join(rows) + "\n"

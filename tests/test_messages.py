@@ -34,6 +34,7 @@ from heron_edge.messages import (
     make_envelope,
     offline_will,
     parse_topic,
+    topics_markdown,
 )
 from heron_edge.brokers import topic_matches
 
@@ -159,6 +160,8 @@ def test_topic_table_is_consistent() -> None:
         assert spec.qos in (0, 1, 2)
     status = [s for s in TOPICS if s.pattern.endswith("/status")]
     assert len(status) == 1 and status[0].retained
+    table = topics_markdown()
+    assert table.count("\n") == len(TOPICS) + 2 and "`heron/{site}/bus/clock`" in table
 
 
 def test_offline_will_is_a_valid_status() -> None:

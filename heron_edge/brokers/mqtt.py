@@ -287,6 +287,10 @@ class MqttBroker:
             return
         was = self._state
         self._state = "closing"
+        if self._loop is not None and self._loop is not asyncio.get_running_loop():
+            # the loop we connected on is gone or elsewhere: no goodbye, just release everything
+            self._hard_close()
+            return
         task, self._reconnect_task = self._reconnect_task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -301,14 +305,27 @@ class MqttBroker:
                 await asyncio.wait([self._closed_ack], timeout=min(self._timeout, 2.0))
         self._drop_socket()
         self._fail_pending("broker closed")
+        self._end_all("broker closed")
+        if self._connected_event is not None:
+            self._connected_event.set()
+
+    def _hard_close(self) -> None:
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+        self._fd = None
+        self._end_all("broker closed")
+
+    def _end_all(self, reason: str) -> None:
         for flt in self._filters.values():
             for sub in flt.subs:
-                sub._fail("broker closed")
+                sub._fail(reason)
         self._filters.clear()
         self._by_sid.clear()
         self._state = "closed"
-        if self._connected_event is not None:
-            self._connected_event.set()
 
     async def __aenter__(self) -> MqttBroker:
         await self.connect()

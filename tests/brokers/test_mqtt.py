@@ -184,6 +184,10 @@ def test_use_from_another_event_loop_is_refused(mosquitto: MosquittoProcess) -> 
     async def second() -> None:
         with pytest.raises(BrokerError, match="different event loop"):
             await broker.publish("a/b", b"x")
+        await broker.close()  # still releases the socket
+        assert broker._client.socket() is None or broker._client.socket().fileno() == -1
+        with pytest.raises(BrokerError, match="closed"):
+            await broker.publish("a/b", b"x")
 
     run_async(second())
 
