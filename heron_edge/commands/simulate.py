@@ -1,0 +1,244 @@
+"""Run centralized days of a scenario with a baseline policy; print a cost summary and write the trajectory (CSV) and a plot (PNG)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sim.scenario import Scenario
+
+CSV_NAME = "trajectory.csv"
+PNG_NAME = "trajectory.png"
+COLUMNS = (
+    "step", "day", "step_in_year", "hour", "microgrid", "price_usd_per_mwh", "load_mw", "pv_available_mw", "pv_mw",
+    "wind_available_mw", "wind_mw", "battery_mw", "generator_mw", "soc", "exchange_mw", "fuel_cost_usd",
+    "energy_cost_usd", "cost_usd", "penalty_usd", "violation_v_pu", "overload_percent", "vm_min_pu", "vm_max_pu",
+    "converged",
+)
+"""CSV columns, one row per step and microgrid: MW, USD, p.u.; battery + discharge, exchange + import;
+cost = fuel + energy (bought - sold); vm_min/max over the microgrid's buses; step counts from 0 over the run."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``heron-edge simulate``."""
+    parser.add_argument("--scenario", default="ieee34_3x13", metavar="NAME_OR_TOML",
+                        help="a shipped scenario (ieee34_3x13, cigre_mv_der) or a path to a scenario TOML file (default: %(default)s)")
+    parser.add_argument("--days", type=_positive_int, default=1, metavar="N", help="number of one-day episodes (default: %(default)s)")
+    parser.add_argument("--policy", choices=("rule", "random"), default="rule", help="rule-based or uniform random actions (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, metavar="S",
+                        help="seeds the choice of training days and the random policy (default: %(default)s)")
+    parser.add_argument("--test-year", action="store_true", help="walk 2024 day by day from 1 January instead of random days of 2023")
+    parser.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
+                        help=f"directory for {CSV_NAME} and {PNG_NAME} (default: %(default)s)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+@dataclass
+class Trajectory:
+    """Per-step, per-microgrid records of a run: ``columns[name]`` is an array of (steps x microgrids) values."""
+
+    names: list[str]
+    columns: dict[str, np.ndarray]
+    step_hours: float
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.columns["price_usd_per_mwh"].shape[0])
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the scenario, simulate, print the summary, write the CSV and PNG; 0 on success, 2 on bad input."""
+    try:
+        scenario = _load_scenario(args.scenario)
+    except ValueError as exc:
+        print(f"heron-edge simulate: error: {exc}", file=sys.stderr)
+        return 2
+    trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year)
+    print(summary_table(summarize(trajectory)))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = write_csv(trajectory, out / CSV_NAME)
+    png_path = plot(trajectory, out / PNG_NAME, title=f"{scenario.name}, {args.policy} policy, {args.days} day(s)")
+    print(f"trajectory: {csv_path}\nplot:       {png_path}")
+    return 0
+
+
+def _load_scenario(name_or_path: str) -> Scenario:
+    """The scenario, or a ValueError that says what is wrong (unknown name, missing file, bad TOML, which field)."""
+    from pydantic import ValidationError
+
+    from sim.scenario import load_scenario
+
+    try:
+        return load_scenario(name_or_path)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"scenario file {name_or_path} is not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'scenario'}: {err['msg']}" for err in exc.errors())
+        raise ValueError(f"scenario {name_or_path} does not validate: {problems}") from exc
+
+
+def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year: bool = False,
+             progress: bool = True) -> Trajectory:
+    """Run ``days`` one-day centralized episodes with ``policy`` ("rule" or "random") and record every step."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from heron_edge.env import MultiAgentMicrogrids
+    from heron_edge.policies import RandomPolicy, RulePolicy
+
+    steps_per_day = int(round(24 * 60 / scenario.step_minutes))
+    env = MultiAgentMicrogrids({"centralized": True, "max_episode_steps": steps_per_day, "scenario": scenario,
+                                "train": not test_year})
+    agents = list(env.possible_agents)
+    policies: dict[str, Any]
+    if policy == "rule":
+        policies = {a: RulePolicy.from_scenario(scenario, i) for i, a in enumerate(agents)}
+    elif policy == "random":
+        policies = {a: RandomPolicy(env.action_space(a).low, env.action_space(a).high, seed=seed * 1000 + i)
+                    for i, a in enumerate(agents)}
+    else:
+        raise ValueError(f"policy must be 'rule' or 'random', got {policy!r}")
+    zones = [np.asarray(z.buses) for z in env.plant.built.zones]
+    total = days * steps_per_day
+    records: dict[str, np.ndarray] = {c: np.empty((total, len(agents))) for c in COLUMNS if c != "microgrid"}
+    k = 0
+    with tqdm(total=total, unit="step", desc=f"simulate {policy}", disable=not progress) as bar:
+        for day in range(days):
+            obs, _ = env.reset(seed=seed if day == 0 else None)
+            while env.agents:
+                actions = {a: policies[a].act(obs[a]) for a in env.agents}
+                obs, _, _, _, _ = env.step(actions)
+                m = env.plant.last
+                assert m is not None
+                row = {
+                    "step": k, "day": day, "step_in_year": m.step, "hour": (m.step % steps_per_day) * scenario.step_hours,
+                    "price_usd_per_mwh": m.price_usd_per_mwh, "load_mw": m.load_mw, "pv_available_mw": m.pv_available_mw,
+                    "pv_mw": m.pv_mw, "wind_available_mw": m.wind_available_mw, "wind_mw": m.wind_mw,
+                    "battery_mw": m.applied.battery_mw, "generator_mw": m.applied.generator_mw, "soc": m.soc,
+                    "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "energy_cost_usd": m.energy_cost_usd,
+                    "cost_usd": m.cost_usd, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
+                    "overload_percent": m.overload_percent,
+                    "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
+                    "converged": float(m.converged),
+                }
+                for name, value in row.items():
+                    records[name][k] = value
+                k += 1
+                bar.update()
+    env.close()
+    return Trajectory(names=agents, columns=records, step_hours=scenario.step_hours)
+
+
+SUMMARY_FIELDS = ("cost_usd", "fuel_usd", "bought_mwh", "sold_mwh", "penalty_usd", "v_violation_steps", "overload_steps",
+                  "nonconverged_steps")
+
+
+def summarize(trajectory: Trajectory) -> dict[str, dict[str, float]]:
+    """Per microgrid and "total": cost (fuel + energy, USD), fuel (USD), energy bought / sold (MWh), penalty (USD),
+    steps with a voltage violation / an overload, and non-converged steps. The total of non-converged steps counts
+    each step once (a power flow covers every microgrid); every other total is the sum over microgrids."""
+    import numpy as np
+
+    c, dt = trajectory.columns, trajectory.step_hours
+    per = {
+        "cost_usd": c["cost_usd"].sum(axis=0), "fuel_usd": c["fuel_cost_usd"].sum(axis=0),
+        "bought_mwh": np.maximum(c["exchange_mw"], 0.0).sum(axis=0) * dt,
+        "sold_mwh": np.maximum(-c["exchange_mw"], 0.0).sum(axis=0) * dt,
+        "penalty_usd": c["penalty_usd"].sum(axis=0), "v_violation_steps": (c["violation_v_pu"] > 0).sum(axis=0),
+        "overload_steps": (c["overload_percent"] > 0).sum(axis=0), "nonconverged_steps": (c["converged"] == 0).sum(axis=0),
+    }
+    table = {name: {f: float(per[f][i]) for f in SUMMARY_FIELDS} for i, name in enumerate(trajectory.names)}
+    table["total"] = {f: float(per[f].sum()) for f in SUMMARY_FIELDS}
+    table["total"]["nonconverged_steps"] = float((c["converged"][:, 0] == 0).sum())
+    return table
+
+
+def summary_table(summary: dict[str, dict[str, float]]) -> str:
+    """The summary as a fixed-width text table."""
+    headers = ("microgrid", "cost USD", "fuel USD", "bought MWh", "sold MWh", "penalty USD", "V viol.", "overload", "non-conv.")
+    rows = [headers]
+    for name, s in summary.items():
+        rows.append((name, f"{s['cost_usd']:.2f}", f"{s['fuel_usd']:.2f}", f"{s['bought_mwh']:.3f}", f"{s['sold_mwh']:.3f}",
+                     f"{s['penalty_usd']:.2f}", f"{s['v_violation_steps']:.0f}", f"{s['overload_steps']:.0f}",
+                     f"{s['nonconverged_steps']:.0f}"))
+    widths = [max(len(r[j]) for r in rows) for j in range(len(headers))]
+    lines = ["  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+_INTEGER_COLUMNS = {"step", "day", "step_in_year", "converged"}
+
+
+def write_csv(trajectory: Trajectory, path: Path) -> Path:
+    """Write one row per step and microgrid with ``COLUMNS``; returns the path."""
+    import csv
+
+    c = trajectory.columns
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for k in range(trajectory.n_steps):
+            for i, name in enumerate(trajectory.names):
+                writer.writerow([name if col == "microgrid" else
+                                 int(c[col][k, i]) if col in _INTEGER_COLUMNS else repr(float(c[col][k, i]))
+                                 for col in COLUMNS])
+    return path
+
+
+def plot(trajectory: Trajectory, path: Path, *, title: str = "") -> Path:
+    """PNG with four panels over time (h): state of charge, device power, price, voltage range per microgrid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    c = trajectory.columns
+    hours = np.arange(trajectory.n_steps) * trajectory.step_hours
+    fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True, constrained_layout=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, name in enumerate(trajectory.names):
+        color = colors[i % len(colors)]
+        axes[0].step(hours, c["soc"][:, i], where="post", color=color, label=name)
+        axes[1].step(hours, c["battery_mw"][:, i], where="post", color=color, label=f"{name} battery")
+        axes[1].step(hours, c["generator_mw"][:, i], where="post", color=color, linestyle="--", label=f"{name} generator")
+        axes[1].step(hours, c["pv_mw"][:, i] + c["wind_mw"][:, i], where="post", color=color, linestyle=":",
+                     label=f"{name} PV + wind")
+        axes[3].fill_between(hours, c["vm_min_pu"][:, i], c["vm_max_pu"][:, i], step="post", color=color, alpha=0.3,
+                             label=f"{name} min-max")
+    axes[2].step(hours, c["price_usd_per_mwh"][:, 0], where="post", color="black")
+    axes[2].axhline(0.0, color="grey", linewidth=0.5)
+    for limit in (0.95, 1.05):
+        axes[3].axhline(limit, color="red", linestyle="--", linewidth=0.8)
+    axes[0].set_ylabel("state of charge")
+    axes[1].set_ylabel("power (MW)\n+ injection")
+    axes[2].set_ylabel("price (USD/MWh)")
+    axes[3].set_ylabel("bus voltage (p.u.)")
+    axes[3].set_xlabel("time (h)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper right", fontsize="small")
+    axes[1].legend(loc="upper right", fontsize="x-small", ncol=len(trajectory.names))
+    axes[3].legend(loc="upper right", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
