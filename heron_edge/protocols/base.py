@@ -1,0 +1,207 @@
+"""What every distributed protocol role uses: a :class:`Link` (one agent's endpoint on a broker).
+
+A role coroutine (operator, microgrid, market, participant, consensus node) takes a Link. The Link
+keeps, across steps, the agent's subscriptions, messages that arrived early (for a later step or
+round), the last values a role falls back on, and counters. Rules every role follows through it:
+
+- every wait is bounded by a deadline (``timeout_s``); a missing message yields ``None``, never a hang;
+- a payload that does not decode (not JSON, bad schema, unknown kind, expired) is rejected and
+  counted in ``stats.rejected[reason]``; the role keeps going;
+- a message from an older step is ignored (``stats.stale``); one from a later step is kept for then;
+- a duplicate (same envelope id) is ignored (``stats.duplicates``).
+
+Subscribe before the peers publish: call the protocol's ``prepare(link, role)`` once per Link
+(e.g. at ``reset``), or a first-step message may be missed (and then handled as lost).
+"""
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from heron_edge.brokers import Broker, Subscription
+from heron_edge.errors import ConfigError
+from heron_edge.messages import DecodeError, Envelope, decode, make_envelope
+
+__all__ = ["Link", "LinkStats", "ProtocolConfig", "load_config"]
+
+_STASH_MAX: Final = 4096
+_SEEN_MAX: Final = 8192
+
+
+class ProtocolConfig(BaseModel):
+    """Parameters shared by every protocol (keyword-only, validated, immutable)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ttl_s: float = Field(default=30.0, gt=0.0, description="Expiry of every protocol message, seconds.")
+
+
+C = TypeVar("C", bound=ProtocolConfig)
+
+
+def load_config(model: type[C], config: C | Mapping[str, Any] | None) -> C:
+    """``config`` as a validated ``model`` (a mapping is validated; None = defaults); raises ConfigError."""
+    if isinstance(config, model):
+        return config
+    try:
+        return model.model_validate({} if config is None else config)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {model.__name__}: {exc}") from None
+
+
+@dataclass
+class LinkStats:
+    """Counters of one Link: messages ``sent``, ``received`` (accepted), ``rejected`` by decode
+    reason, ``stale`` (older step), ``ignored`` (valid but not for this role), ``duplicates``,
+    ``overflow`` (early messages dropped when the stash was full) and ``timeouts`` (waits that ended
+    without the expected message)."""
+
+    sent: int = 0
+    received: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    stale: int = 0
+    ignored: int = 0
+    duplicates: int = 0
+    overflow: int = 0
+    timeouts: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        """All rejected payloads, whatever the reason."""
+        return sum(self.rejected.values())
+
+
+@dataclass
+class _Mailbox:
+    sub: Subscription
+    stash: deque[Envelope] = field(default_factory=deque)
+
+
+class Link:
+    """One agent's endpoint for the protocols: broker, site, agent id, current step, timeout.
+
+    ``step`` is set by the caller before each step (or use :meth:`at`, which returns a view sharing
+    subscriptions, memory and counters). ``memory`` holds what roles fall back on (last price, last
+    setpoint). Steps must increase on a given (broker, site); start a new site for a new run.
+    """
+
+    def __init__(self, broker: Broker, *, site: str, agent_id: str, step: int = 0, timeout_s: float = 1.0) -> None:
+        if not timeout_s > 0.0:
+            raise ConfigError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
+        if step < 0:
+            raise ConfigError(f"step must be >= 0, got {step!r}")
+        self.broker: Broker = broker
+        self.site: str = site
+        self.agent_id: str = agent_id
+        self.step: int = step
+        self.timeout_s: float = timeout_s
+        self.stats: LinkStats = LinkStats()
+        self.memory: dict[str, Any] = {}
+        self._boxes: dict[str, _Mailbox] = {}
+        self._seen: deque[str] = deque()
+        self._seen_set: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"<Link {self.site}/{self.agent_id} step={self.step} filters={list(self._boxes)}>"
+
+    def at(self, step: int) -> Link:
+        """A view of this Link at ``step`` that shares its subscriptions, memory and counters."""
+        view = object.__new__(Link)
+        view.__dict__.update(self.__dict__)
+        view.step = step
+        return view
+
+    # -- subscriptions --------------------------------------------------------------------------
+    async def subscribe(self, topic_filter: str) -> None:
+        """Subscribe to ``topic_filter`` once (idempotent); deliveries are kept until received."""
+        if topic_filter not in self._boxes:
+            sub = await self.broker.subscribe(topic_filter, qos=1)
+            self._boxes.setdefault(topic_filter, _Mailbox(sub))
+
+    async def close(self) -> None:
+        """Unsubscribe everything this Link subscribed (idempotent)."""
+        boxes, self._boxes = self._boxes, {}
+        for box in boxes.values():
+            await self.broker.unsubscribe(box.sub)
+
+    # -- sending ----------------------------------------------------------------------------------
+    async def send(self, topic: str, body: BaseModel, *, recipient: str | None = None,
+                   ttl_s: float | None = None) -> Envelope:
+        """Publish ``body`` in an envelope stamped with this agent and step (QoS 1)."""
+        env = make_envelope(self.agent_id, body, step=self.step, recipient=recipient, ttl_s=ttl_s)
+        await self.broker.publish(topic, env, qos=1)
+        self.stats.sent += 1
+        return env
+
+    # -- receiving --------------------------------------------------------------------------------
+    def deadline(self, timeout_s: float | None = None) -> float:
+        """Event-loop time ``timeout_s`` (default: the Link's) from now."""
+        return asyncio.get_running_loop().time() + (self.timeout_s if timeout_s is None else timeout_s)
+
+    def _fresh(self, env: Envelope) -> bool:
+        if env.id in self._seen_set:
+            self.stats.duplicates += 1
+            return False
+        self._seen.append(env.id)
+        self._seen_set.add(env.id)
+        if len(self._seen) > _SEEN_MAX:
+            self._seen_set.discard(self._seen.popleft())
+        return True
+
+    async def receive(self, topic_filter: str, body_type: type[BaseModel], *, deadline: float,
+                      senders: Collection[str] | None = None,
+                      accept: Callable[[Envelope], bool] | None = None) -> Envelope | None:
+        """The next envelope of this step on ``topic_filter`` whose body is ``body_type``, from one of
+        ``senders`` (None: anyone), for which ``accept`` holds; None once ``deadline`` (event-loop
+        time) passes. Other bodies and senders are ignored; messages of the right body and sender
+        that ``accept`` refuses now (e.g. a later round) or that belong to a later step are kept."""
+        await self.subscribe(topic_filter)
+        box = self._boxes[topic_filter]
+
+        def wanted(env: Envelope) -> bool:
+            return (env.step == self.step and isinstance(env.body, body_type)
+                    and (senders is None or env.sender in senders) and (accept is None or accept(env)))
+
+        kept = [env for env in box.stash if env.step >= self.step]
+        self.stats.stale += len(box.stash) - len(kept)
+        box.stash = deque(kept)
+        for env in box.stash:
+            if wanted(env):
+                box.stash.remove(env)
+                self.stats.received += 1
+                return env
+        loop = asyncio.get_running_loop()
+        while True:
+            delivery = box.sub.get_nowait()
+            if delivery is None:
+                remaining = deadline - loop.time()
+                if remaining <= 0.0:
+                    return None
+                try:
+                    delivery = await box.sub.get(timeout=remaining)
+                except TimeoutError:
+                    return None
+            try:
+                env = decode(delivery.payload)
+            except DecodeError as exc:
+                self.stats.rejected[exc.reason] += 1
+                continue
+            if not self._fresh(env):
+                continue
+            if env.step < self.step:
+                self.stats.stale += 1
+                continue
+            if not isinstance(env.body, body_type) or (senders is not None and env.sender not in senders):
+                self.stats.ignored += 1  # valid, but for another role on this topic
+                continue
+            if wanted(env):
+                self.stats.received += 1
+                return env
+            if len(box.stash) >= _STASH_MAX:
+                box.stash.popleft()
+                self.stats.overflow += 1
+            box.stash.append(env)
