@@ -1,8 +1,10 @@
 """Start and stop a real Mosquitto broker on a loopback port (tests, benchmarks, the SIL rig).
 
 The broker only ever listens on 127.0.0.1, with a generated config: anonymous access,
-``set_tcp_nodelay true`` (without it QoS-1 round trips stall at tens of ms, see DESIGN.md) and no
-persistence. It is stopped by PID: terminate, then kill after a timeout.
+``set_tcp_nodelay true`` (without it QoS-1 round trips stall at tens of ms, see DESIGN.md), no
+persistence, and ``max_queued_messages 100000`` (Mosquitto's default of 1000 silently drops QoS-1
+messages to a subscriber that falls behind a burst). It is stopped by PID: terminate, then kill
+after a timeout.
 """
 from __future__ import annotations
 
@@ -137,6 +139,7 @@ class MosquittoProcess:
             "allow_anonymous true\n"
             "set_tcp_nodelay true\n"
             "persistence false\n"
+            "max_queued_messages 100000\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )

@@ -264,3 +264,31 @@ def test_concurrent_consumers_share_a_loop(make_broker: BrokerFactory) -> None:
             assert [r.payload for r in results] == [b"tick"] * 5
 
     run_async(main())
+
+
+def test_concurrent_publishes_all_arrive_in_per_topic_order(make_broker: BrokerFactory) -> None:
+    async def main() -> None:
+        async with make_broker() as broker:
+            root = unique()
+            sub = await broker.subscribe(f"{root}/#")
+            await asyncio.gather(*(broker.publish(f"{root}/{i % 4}", str(i).encode()) for i in range(1500)))
+            await settle(broker, root)
+            got = [d for d in sub.drain() if not d.topic.endswith("__settle")]
+            assert len(got) == 1500 and sub.dropped == 0
+            for t in range(4):
+                seq = [int(d.payload) for d in got if d.topic == f"{root}/{t}"]
+                assert seq == sorted(seq)
+
+    run_async(main())
+
+
+def test_large_payload_is_carried_verbatim(make_broker: BrokerFactory) -> None:
+    async def main() -> None:
+        async with make_broker() as broker:
+            root = unique()
+            sub = await broker.subscribe(f"{root}/big")
+            big = bytes(range(256)) * 4096  # 1 MiB
+            await broker.publish(f"{root}/big", big)
+            assert (await sub.get(timeout=10.0)).payload == big
+
+    run_async(main())

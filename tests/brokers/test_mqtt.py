@@ -206,3 +206,23 @@ def test_configuration_is_validated() -> None:
         MqttBroker("mqtt://127.0.0.1:1883", password="secret")
     tls = MqttBroker("mqtts://127.0.0.1", tls=TlsOptions(check_hostname=False))
     assert tls._client._ssl_context is not None  # paho got our verified context
+
+
+def test_a_burst_to_another_client_is_not_dropped_by_the_broker(mosquitto: MosquittoProcess) -> None:
+    """Mosquitto's default max_queued_messages (1000) silently drops QoS-1 messages to a subscriber
+    that falls behind; the launcher raises it. 3000 concurrent publishes must all arrive."""
+
+    async def main() -> None:
+        async with MqttBroker(mosquitto.url) as publisher, MqttBroker(mosquitto.url) as subscriber:
+            sub = await subscriber.subscribe("burst/+")
+            await asyncio.gather(*(publisher.publish(f"burst/{i % 5}", str(i).encode()) for i in range(3000)))
+            await publisher.publish("burst/end", b"end")
+            got = []
+            while (delivery := await sub.get(timeout=10)).topic != "burst/end":
+                got.append(delivery)
+            assert len(got) == 3000 and sub.dropped == 0
+            for t in range(5):
+                seq = [int(d.payload) for d in got if d.topic == f"burst/{t}"]
+                assert seq == sorted(seq)
+
+    run_async(main())
