@@ -1,0 +1,129 @@
+"""P2PTradingProtocol: the distributed market gives the same trades and price as one order book;
+a silent participant is excluded after the order window; malformed orders are counted."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from heron_edge.brokers import InMemoryBroker
+from heron_edge.errors import ConfigError
+from heron_edge.messages import ClearingBody, OrderBody, bus_topic, make_envelope
+from heron_edge.protocols import Clearing, Confirmation, Link, Order, P2PTradingProtocol
+from tests.conftest import run_async
+from tests.protocols.conftest import Transport
+
+MGS = ("mg1", "mg2", "mg3", "mg4")
+STEPS = [  # (net need MW, limit price $/MWh) per microgrid, three steps
+    ([1.2, -0.7, 0.5, -1.0], [60.0, 30.0, 45.5, 41.0]),
+    ([0.0, 0.0, 0.3, -0.3], [10.0, 10.0, 20.0, 25.0]),  # spread below the fee: nothing clears
+    ([-2.0, 0.75, 0.75, 1.0], [12.0, 80.0, 80.0, 15.0]),  # tie at 80 broken by id
+]
+
+
+async def _round(proto: P2PTradingProtocol, links: dict[str, Link], orders: list[Order],
+                 participants: tuple[str, ...]) -> tuple[Clearing, list[Confirmation]]:
+    by_id = {o.agent_id: o for o in orders}
+    market, *confs = await asyncio.gather(
+        proto.market(links["market"], participants),
+        *(proto.participant(links[p], by_id.get(p)) for p in participants if p in links))
+    return market, confs
+
+
+def test_distributed_market_equals_the_single_order_book(transport: Transport) -> None:
+    proto = P2PTradingProtocol({"fee_usd_per_mwh": 1.0})
+
+    async def main() -> list[tuple[Clearing, list[Confirmation]]]:
+        async with transport.links(("market", *MGS)) as links:
+            await proto.prepare(links["market"], "market")
+            await asyncio.gather(*(proto.prepare(links[m], "participant") for m in MGS))
+            out = []
+            for step, (net, limit) in enumerate(STEPS):
+                for link in links.values():
+                    link.step = step
+                out.append(await _round(proto, links, proto.orders_from_net(MGS, np.array(net), np.array(limit)), MGS))
+            return out
+
+    results = run_async(main())
+    for (net, limit), (market, confs) in zip(STEPS, results):
+        expected = proto.clear(proto.orders_from_net(MGS, np.array(net), np.array(limit)))
+        assert market == expected  # same trades, same price, nobody excluded
+        for mg, conf in zip(MGS, confs):
+            assert conf.clearing == expected and conf.trades == expected.trades_of(mg)
+            assert conf.net_mw == pytest.approx(float(expected.net_mw([mg])[0]))
+    assert results[0][0].volume_mw > 0 and results[1][0].trades == ()
+    assert [t.buyer for t in results[2][0].trades][:2] == ["mg2", "mg3"]
+
+
+def test_a_silent_participant_is_excluded_and_nobody_hangs() -> None:
+    proto = P2PTradingProtocol({"order_window_s": 0.2})
+    orders = [Order("mg1", "bid", 1.0, 50.0), Order("mg2", "ask", 0.6, 20.0), Order("mg3", "ask", 1.0, 10.0)]
+
+    async def main() -> tuple[Clearing, list[Confirmation], float]:
+        async with InMemoryBroker() as broker:
+            links = {a: Link(broker, site="s", agent_id=a, timeout_s=0.2) for a in ("market", "mg1", "mg2")}
+            for a, link in links.items():
+                await proto.prepare(link, "market" if a == "market" else "participant")
+            t0 = time.perf_counter()
+            market, confs = await _round(proto, links, orders, ("mg1", "mg2", "mg3"))  # mg3 never answers
+            return market, confs, time.perf_counter() - t0
+
+    market, confs, elapsed = run_async(main(), timeout=10.0)
+    assert 0.15 < elapsed < 1.0
+    assert market.excluded == ("mg3",)
+    assert market.trades == proto.clear(orders[:2]).trades  # cleared without the silent one
+    assert all(c.clearing is not None and c.clearing.trades == market.trades for c in confs)
+
+
+def test_a_participant_without_clearing_trades_nothing() -> None:
+    proto = P2PTradingProtocol({"order_window_s": 0.05})
+
+    async def main() -> tuple[Confirmation, float]:
+        async with InMemoryBroker() as broker:
+            link = Link(broker, site="s", agent_id="mg1", timeout_s=0.05)
+            await proto.prepare(link, "participant")
+            t0 = time.perf_counter()
+            conf = await proto.participant(link, Order("mg1", "bid", 1.0, 50.0))  # no market running
+            return conf, time.perf_counter() - t0
+
+    conf, elapsed = run_async(main())
+    assert conf.clearing is None and conf.trades == () and conf.net_mw == 0.0 and conf.cash_usd() == 0.0
+    assert elapsed < 0.5
+
+
+def test_malformed_and_foreign_market_messages_are_counted_not_fatal() -> None:
+    proto = P2PTradingProtocol()
+
+    async def main() -> tuple[Clearing, Confirmation, Link, Link]:
+        async with InMemoryBroker() as broker:
+            links = {a: Link(broker, site="s", agent_id=a, step=1) for a in ("market", "mg1", "mg2")}
+            for a, link in links.items():
+                await proto.prepare(link, "market" if a == "market" else "participant")
+            topic = bus_topic("s", "market")
+            await broker.publish(topic, b"[]")
+            await broker.publish(topic, b'{"sender":"mg1","step":1,"body":{"kind":"order","side":"bid","quantity_mw":-1,"limit_price_usd_per_mwh":1}}')
+            await broker.publish(topic, make_envelope("mg1", OrderBody(side="bid", quantity_mw=5, limit_price_usd_per_mwh=99), step=0))
+            await broker.publish(topic, make_envelope("mallory", OrderBody(side="ask", quantity_mw=5, limit_price_usd_per_mwh=0), step=1))
+            await broker.publish(topic, make_envelope("mallory", ClearingBody(clearing_price_usd_per_mwh=1.0, trades=[]), step=1))
+            market, c1, _ = await asyncio.gather(
+                proto.market(links["market"], ("mg1", "mg2")),
+                proto.participant(links["mg1"], Order("mg1", "bid", 1.0, 40.0)),
+                proto.participant(links["mg2"], Order("mg2", "ask", 2.0, 30.0)))
+            return market, c1, links["market"], links["mg1"]
+
+    market, c1, mlink, plink = run_async(main())
+    assert market.excluded == () and market.price_usd_per_mwh == 35.0 and market.volume_mw == 1.0
+    assert c1.clearing == market
+    assert mlink.stats.rejected["schema"] == 2 and mlink.stats.stale == 1 and mlink.stats.ignored >= 1
+    assert plink.stats.rejected_total == 2 and plink.stats.ignored >= 1  # mallory's clearing ignored
+
+
+def test_orders_through_the_wrong_link_are_refused() -> None:
+    async def main() -> None:
+        async with InMemoryBroker() as broker:
+            await P2PTradingProtocol().participant(Link(broker, site="s", agent_id="mg1"), Order("mg2", "bid", 1.0, 1.0))
+
+    with pytest.raises(ConfigError):
+        run_async(main())
