@@ -5,12 +5,11 @@
 
 The server answers only its unit id (others get exception 0x0B, gateway target failed to respond),
 serves holding registers only, and refuses writes outside the 704 WSet group (see
-``sunspec_device``). A background task enforces the setpoint revert timer even when nobody polls.
+``sunspec_device``). A loop timer enforces the setpoint revert timer even when nobody polls.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -100,8 +99,8 @@ class Emulator:
         self._port: int | None = None
         self._server: ModbusTcpServer | None = None
         self._listener: asyncio.base_events.Server | None = None
-        self._watchdog: asyncio.Task[None] | None = None
-        self._rearm = asyncio.Event()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = 0.0
 
     @property
     def port(self) -> int:
@@ -119,7 +118,7 @@ class Emulator:
         """Listen on host:port. Starting a running emulator is an error; restarting a stopped one is fine."""
         if self._server is not None:
             raise RuntimeError("emulator already running")
-        context = ModbusServerContext(devices={self.unit_id: _SunSpecContext(self.device, self._rearm.set)}, single=False)
+        context = ModbusServerContext(devices={self.unit_id: _SunSpecContext(self.device, self._arm_timer)}, single=False)
         port = self._port if self._port is not None else self._requested_port  # a restart keeps its port
         server = ModbusTcpServer(context, framer=_FRAMERS[self.framing], address=(self.host, port))
         try:
@@ -132,7 +131,7 @@ class Emulator:
         self._listener = listener
         self._port = listener.sockets[0].getsockname()[1]
         self._server = server
-        self._watchdog = asyncio.create_task(self._revert_watchdog(), name=f"emulator-{self._port}-revert")
+        self._arm_timer()
         log.info("emulated %s on %s:%d unit %d", self.device.nameplate.kind, self.host, self._port, self.unit_id)
 
     async def stop(self) -> None:
@@ -140,27 +139,36 @@ class Emulator:
         server, self._server = self._server, None
         if server is None:
             return
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
-            self._watchdog = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         await server.shutdown()
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
 
-    async def _revert_watchdog(self) -> None:
-        """Sleep until the revert deadline (or a new write), then let the device revert."""
-        while True:
-            self._rearm.clear()
-            deadline = self.device.revert_deadline
-            timeout = None if deadline is None else max(0.0, deadline - self._clock())
-            try:
-                await asyncio.wait_for(self._rearm.wait(), timeout)
-            except asyncio.TimeoutError:
-                if self.device.check_revert():
-                    log.info("setpoint revert timer ran out: back to the default behaviour")
+    def _arm_timer(self) -> None:
+        """Make sure a loop timer fires by the device's revert deadline; called after every accepted write.
+
+        A rewrite only pushes the deadline later, so a pending earlier timer is kept: when it fires
+        early it looks again (no timer churn on the hot write path).
+        """
+        deadline = self.device.revert_deadline
+        if deadline is None or self._server is None:
+            return
+        if self._timer is not None and self._timer_deadline <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_deadline = deadline
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, deadline - self._clock()), self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        if self.device.check_revert():
+            log.info("setpoint revert timer ran out: back to the default behaviour")
+        else:
+            self._arm_timer()  # the deadline moved (a rewrite) or the clocks differ: look again later
 
     async def __aenter__(self) -> Emulator:
         await self.start()

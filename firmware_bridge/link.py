@@ -123,12 +123,9 @@ class ModbusLink:
         if gap > 0:
             await asyncio.sleep(gap)
         self.stats.requests += 1
-        inner = asyncio.ensure_future(call(client))
         try:
-            # shield: pymodbus turns a cancellation into ModbusIOException; ours must stay a cancellation
-            response = await asyncio.shield(inner)
+            response = await call(client)
         except asyncio.CancelledError:
-            inner.cancel()
             self._drop()  # a request is in flight; its answer must not meet the next one
             raise
         except ConnectionException as exc:
@@ -136,6 +133,9 @@ class ModbusLink:
             raise DeviceConnectionError(f"{self.config.link_name}: {what}: {exc}") from exc
         except ModbusIOException as exc:  # pymodbus: no (matching) answer within the timeout
             self._drop()
+            if isinstance(exc.__cause__, asyncio.CancelledError):
+                # pymodbus turns our cancellation into an I/O error; it must stay a cancellation
+                raise asyncio.CancelledError() from exc
             self.stats.timeouts += 1
             raise DeviceTimeoutError(
                 f"{self.config.link_name}: {what}: no answer within {self.config.timeout_s} s ({exc})"

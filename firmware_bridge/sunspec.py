@@ -12,7 +12,7 @@ uint16, 0x80000000 for int32, ...); we decode it to ``None`` and encode ``None``
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, MutableSequence, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -267,15 +267,18 @@ class ModelView:
         self.start = start
         self.length = model.length if length is None else length
 
-    def _present(self, point: PointDef) -> bool:
-        return point.offset + point.size <= self.length + 2
-
     def raw(self, name: str) -> int | str | None:
         """The point's raw value (None if not implemented or absent)."""
-        point = self.model.point(name)
-        if not self._present(point):
+        point = self.model.points_by_name.get(name) or self.model.point(name)
+        if point.offset + point.size > self.length + 2:
             return None
         begin = self.start + point.offset
+        if point.size == 1 and point.type != "string":  # the common case, without slicing
+            value = self.regs[begin]
+            info = _TYPES[point.type]
+            if value == info.sentinel:
+                return None
+            return value - 0x10000 if info.signed and value >= 0x8000 else value
         return decode_point(point, self.regs[begin : begin + point.size])
 
     def sf(self, name: str) -> int | None:
@@ -306,6 +309,37 @@ class ModelView:
         point = self.model.point(name)
         begin = self.start + point.offset
         self.regs[begin : begin + point.size] = encode_point(point, raw)
+
+    def value_setter(self, name: str) -> Callable[[float | None], None]:
+        """A fast setter for point ``name`` that binds its scale factor now (it must stay fixed).
+
+        For hot paths (the emulator refreshes measurements on every read); same checks as set_value.
+        """
+        point = self.model.point(name)
+        sf = 0 if point.sf is None else self.sf(name)
+        if sf is None:
+            raise ValueError(f"{name}: scale factor {point.sf} is not implemented")
+        regs, begin, size = self.regs, self.start + point.offset, point.size
+        low, high = raw_range(point.type)
+        mask = (1 << (16 * size)) - 1
+        sentinel = not_implemented(point.type, size)
+        step = 10.0**sf
+
+        def set_value(value: float | None) -> None:
+            if value is None:
+                regs[begin : begin + size] = sentinel
+                return
+            if not math.isfinite(value):
+                raise ValueError(f"{name}: {value!r} is not finite")
+            raw = round(value / step)
+            if not low <= raw <= high:
+                raise ValueError(f"{name}: {value} at sf {sf} is outside {point.type} range")
+            if size == 1:
+                regs[begin] = raw & 0xFFFF
+            else:
+                regs[begin : begin + size] = _int_to_regs(raw & mask, size)
+
+        return set_value
 
     def set_value(self, name: str, value: float | None) -> None:
         """Store an engineering value, scaled by the point's current scale factor."""

@@ -25,6 +25,7 @@ _ENABLED, _DISABLED = 1, 0
 _WSET_MOD_WATTS = 1
 _INV_RUNNING, _INV_THROTTLED = 3, 4
 _CTRL_MODES = (1 << 0) | (1 << 1)  # MAX_W | FIXED_W: the two active-power functions we honour
+_MEASURED_701 = ("W", "VA", "Var", "PF", "A", "LLV", "LNV", "Hz", "TotWhInj", "TotWhAbs", "InvSt")
 
 WSET_POINTS = frozenset({"WSetEna", "WSetMod", "WSet", "WSetRvrt", "WSetEnaRvrt", "WSetRvrtTms"})
 """Writable points of model 704 (the active-power setpoint group); every other write is refused."""
@@ -63,12 +64,19 @@ class SunSpecDevice:
         self.writes = 0
         self._fill_static(unit_id)
         self._ctl = self.image[704]
-        self._measured_spans = [
-            (loc.address, loc.address + loc.length + 2) for loc in self.image.locations if loc.model_id in (701, 713)
-        ]
+        # scale factors are static from here on: bind fast setters for what changes over time
+        meas = self.image[701]
+        self._set_701 = {name: meas.value_setter(name) for name in _MEASURED_701}
+        self._set_713 = {name: self.image[713].value_setter(name) for name in ("SoC", "WHAvail")} if 713 in self.image else {}
+        self._set_rem = self._ctl.value_setter("WSetRvrtRem")
         rem = DER_CTL_AC.point("WSetRvrtRem")
         rem_address = self.image.base + self._ctl.start + rem.offset
-        self._measured_spans.append((rem_address, rem_address + rem.size))
+        self._sections: list[tuple[int, int, Callable[[Measurement | None], None]]] = [
+            (loc.address, loc.address + loc.length + 2, self._refresh_701 if loc.model_id == 701 else self._refresh_713)
+            for loc in self.image.locations
+            if loc.model_id in (701, 713)
+        ]
+        self._sections.append((rem_address, rem_address + rem.size, self._refresh_rem))
         self.refresh()
 
     # ------------------------------------------------------------------ static content
@@ -148,39 +156,47 @@ class SunSpecDevice:
     def refresh(self) -> None:
         """Copy the model's measurement into models 701/713 and the revert time left into 704."""
         self.check_revert()
-        m: Measurement = self.model.measure()
-        meas = self.image[701]
-        s = math.hypot(m.p_w, m.q_var)
-        meas.set_value("W", m.p_w)
-        meas.set_value("VA", s)
-        meas.set_value("Var", m.q_var)
-        meas.set_value("PF", m.p_w / s if s > 0 else 1.0)
-        meas.set_value("A", s / (_SQRT3 * m.v_v) if m.v_v > 0 else 0.0)
-        meas.set_value("LLV", m.v_v)
-        meas.set_value("LNV", m.v_v / _SQRT3)
-        meas.set_value("Hz", m.hz)
-        meas.set_value("TotWhInj", None if m.energy_injected_wh is None else math.floor(m.energy_injected_wh))
-        meas.set_value("TotWhAbs", None if m.energy_absorbed_wh is None else math.floor(m.energy_absorbed_wh))
-        meas.set_raw("InvSt", _INV_THROTTLED if m.throttled else _INV_RUNNING)
-        if 713 in self.image:
-            storage = self.image[713]
-            storage.set_value("SoC", None if m.soc is None else 100.0 * m.soc)
-            storage.set_value("WHAvail", m.energy_available_wh)
-        left = 0 if self.revert_deadline is None else math.ceil(max(0.0, self.revert_deadline - self._clock()))
-        self._ctl.set_raw("WSetRvrtRem", left)
+        m = self.model.measure()
+        for _, _, section in self._sections:
+            section(m)
 
-    def touches_measurements(self, address: int, count: int) -> bool:
-        """Whether a read of this range sees values that change over time."""
-        end = address + count
-        return any(address < high and low < end for low, high in self._measured_spans)
+    def _refresh_701(self, m: Measurement | None) -> None:
+        assert m is not None
+        s = math.hypot(m.p_w, m.q_var)
+        set_ = self._set_701
+        set_["W"](m.p_w)
+        set_["VA"](s)
+        set_["Var"](m.q_var)
+        set_["PF"](m.p_w / s if s > 0 else 1.0)
+        set_["A"](s / (_SQRT3 * m.v_v) if m.v_v > 0 else 0.0)
+        set_["LLV"](m.v_v)
+        set_["LNV"](m.v_v / _SQRT3)
+        set_["Hz"](m.hz)
+        set_["TotWhInj"](None if m.energy_injected_wh is None else math.floor(m.energy_injected_wh))
+        set_["TotWhAbs"](None if m.energy_absorbed_wh is None else math.floor(m.energy_absorbed_wh))
+        set_["InvSt"](_INV_THROTTLED if m.throttled else _INV_RUNNING)
+
+    def _refresh_713(self, m: Measurement | None) -> None:
+        assert m is not None
+        self._set_713["SoC"](None if m.soc is None else 100.0 * m.soc)
+        self._set_713["WHAvail"](m.energy_available_wh)
+
+    def _refresh_rem(self, m: Measurement | None) -> None:
+        left = 0 if self.revert_deadline is None else math.ceil(max(0.0, self.revert_deadline - self._clock()))
+        self._set_rem(left)
 
     def read(self, address: int, count: int) -> list[int] | ExceptionCode:
-        """Registers ``address .. address+count-1`` (refreshed first), or ILLEGAL_ADDRESS outside the image."""
+        """Registers ``address .. address+count-1`` (what they cover refreshed first), or ILLEGAL_ADDRESS."""
         begin = address - self.image.base
         if begin < 0 or count < 1 or begin + count > len(self.image.registers):
             return ExceptionCode.ILLEGAL_ADDRESS
-        if self.touches_measurements(address, count):
-            self.refresh()
+        end = address + count
+        touched = [section for low, high, section in self._sections if address < high and low < end]
+        if touched:
+            self.check_revert()
+            m = self.model.measure() if any(section != self._refresh_rem for section in touched) else None
+            for section in touched:
+                section(m)
         return self.image.registers[begin : begin + count]
 
     # ------------------------------------------------------------------ writes
