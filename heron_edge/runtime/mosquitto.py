@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -29,6 +30,7 @@ __all__ = [
     "MosquittoError",
     "MosquittoNotFoundError",
     "MosquittoProcess",
+    "TlsListener",
     "find_mosquitto",
     "running_mosquitto",
 ]
@@ -44,6 +46,17 @@ class MosquittoError(HeronError, RuntimeError):
 
 class MosquittoNotFoundError(MosquittoError, FileNotFoundError):
     """No mosquitto executable on PATH nor in the usual sbin directories."""
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """Serve MQTT over TLS (``mqtts://``): the CA that signed the server (and client) certificates,
+    the server's certificate and key, and whether clients must present a certificate."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    require_certificate: bool = False
 
 
 def find_mosquitto() -> str | None:
@@ -88,11 +101,12 @@ class MosquittoProcess:
     can reconnect to the same URL after :meth:`stop` or :meth:`kill`).
     """
 
-    def __init__(self, *, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, *, port: int | None = None, binary: str | None = None, tls: TlsListener | None = None) -> None:
         self._binary = binary or find_mosquitto()
         if self._binary is None:
             raise MosquittoNotFoundError(f"mosquitto not found; {INSTALL_HINT}")
         self._port: int | None = port
+        self._tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="heron-mosquitto-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -114,8 +128,8 @@ class MosquittoProcess:
 
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT``, what MqttBroker takes."""
-        return f"mqtt://{HOST}:{self.port}"
+        """``mqtt://127.0.0.1:PORT`` (``mqtts://`` with TLS), what MqttBroker takes."""
+        return f"{'mqtts' if self._tls else 'mqtt'}://{HOST}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -134,8 +148,18 @@ class MosquittoProcess:
 
     def _write_config(self, port: int) -> Path:
         config = self._dir / "mosquitto.conf"
+        tls = ""
+        if self._tls is not None:
+            tls = (
+                f"cafile {self._tls.ca_file}\ncertfile {self._tls.cert_file}\nkeyfile {self._tls.key_file}\n"
+                f"require_certificate {'true' if self._tls.require_certificate else 'false'}\n"
+            )
+        # Started as root, mosquitto drops to user "mosquitto", which cannot read files in private
+        # temporary directories (e.g. pytest's certificates); a loopback test broker keeps the user.
+        user = "user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         config.write_text(
             f"listener {port} {HOST}\n"
+            f"{user}{tls}"
             "allow_anonymous true\n"
             "set_tcp_nodelay true\n"
             "persistence false\n"
@@ -231,9 +255,11 @@ class MosquittoProcess:
 
 
 @contextmanager
-def running_mosquitto(*, port: int | None = None, binary: str | None = None) -> Iterator[MosquittoProcess]:
+def running_mosquitto(
+    *, port: int | None = None, binary: str | None = None, tls: TlsListener | None = None
+) -> Iterator[MosquittoProcess]:
     """A started :class:`MosquittoProcess`, stopped and cleaned up on exit."""
-    process = MosquittoProcess(port=port, binary=binary)
+    process = MosquittoProcess(port=port, binary=binary, tls=tls)
     try:
         yield process.start()
     finally:
