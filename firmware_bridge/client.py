@@ -261,7 +261,7 @@ class ModbusDevice:
                 )
                 soc, available = storage.value("SoC"), storage.value("WHAvail")
         except DeviceError as exc:
-            if not isinstance(exc, DeviceExceptionResponse):
+            if not isinstance(exc, (DeviceExceptionResponse, ModelMissingError)):
                 self._info = None  # rediscover next time: the device may have been replaced or restarted
             log.warning("%s", exc)
             last = self._telemetry
