@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -129,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
         "payload_bytes": len(PAYLOAD),
         "rounds": args.rounds,
     }
+    report["cpus"] = os.cpu_count()
+    report["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     run: Callable[..., Any] = asyncio.run
     report["in_memory"] = run(memory_suite(args.rounds))
     with running_mosquitto() as broker:
         report["mosquitto"] = run(mqtt_suite(broker.url, args.rounds))
+    # p99 and the 30-client fan-out are sensitive to other load on the machine (Mosquitto and this
+    # process compete for the same cores), so the load is recorded with the numbers.
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
