@@ -113,6 +113,7 @@ class _Session:
         self.round = 0
         self.topic = bus_topic(link.site, "consensus")
         self.threshold = self.config.tol * (1.0 - self.graph.lambda2) / math.sqrt(len(self.graph.nodes))
+        self.w = {j: self.graph.weight(self.me, j) for j in self.graph.neighbours[self.me]}
 
     async def exchange(self, values: np.ndarray, *, flood: bool) -> dict[str, np.ndarray]:
         """Send ``values`` for this round, gather the neighbours' (excluding the silent ones)."""
@@ -150,11 +151,11 @@ class _Session:
         g = 0.0
         for s in range(self.config.max_rounds):
             got = await self.exchange(np.append(x, g), flood=False)
-            w_self = 1.0 - sum(self.graph.weight(self.me, j) for j in got)
+            w_self = 1.0 - sum(self.w[j] for j in got)
             x_new = w_self * x
-            for j in self.graph.neighbours[self.me]:  # fixed order: same sums on every run
+            for j, w in self.w.items():  # fixed neighbour order: the same sums on every run
                 if j in got:
-                    x_new = x_new + self.graph.weight(self.me, j) * got[j][:-1]
+                    x_new = x_new + w * got[j][:-1]
             change = float(np.max(np.abs(x_new - x))) if x.size else 0.0
             g = change if s % epoch == 0 else max([g, *(float(v[-1]) for v in got.values())])
             x = x_new
