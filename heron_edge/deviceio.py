@@ -14,13 +14,17 @@ from sim.plant import Plant, Setpoints
 
 
 class DeviceIO(Protocol):
-    """Read the local features (see ``heron_edge.observations``) and write device setpoints."""
+    """Read the local features (see ``heron_edge.observations``) and write device setpoints.
 
-    def read(self) -> np.ndarray:
+    Async because a field adapter waits on Modbus; ``read`` raises ``heron_edge.errors.DeviceError``
+    when a value could not be read fresh (the runtime's failsafe reacts to that).
+    """
+
+    async def read(self) -> np.ndarray:
         """The microgrid's 8 local features, in ``observations.LOCAL_NAMES`` order."""
         ...
 
-    def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
+    async def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
         """Command the devices (MW, + discharge; curtailment fractions); the device side clamps to its limits."""
         ...
 
@@ -34,14 +38,14 @@ class PlantDeviceIO:
         self._request = request
         self._row = np.zeros((plant.n, ob.N_LOCAL))
 
-    def read(self) -> np.ndarray:
+    async def read(self) -> np.ndarray:
         last = self._plant.last
         if last is None:
             raise RuntimeError("the plant has not been reset")
         ob.local_features(last, self._plant.forecast(), self._row)
         return self._row[self._index].copy()
 
-    def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
+    async def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
         i = self._index
         self._request.battery_mw[i] = battery_mw
         self._request.generator_mw[i] = generator_mw

@@ -74,7 +74,7 @@ class DistributedRunner:
     async def _step(self, actions: np.ndarray) -> tuple[Measurements, dict[str, np.ndarray]]:
         for proxy, policy, action, observation in zip(self.proxies, self.policies, actions, self._observations):
             policy.next_action = action
-            proxy.actual_agent.apply(proxy.actual_agent.act(observation))
+            await proxy.actual_agent.apply(proxy.actual_agent.act(observation))
         last = self.plant.step(self.request)
         return last, await self._observe_all()
 

@@ -39,7 +39,7 @@ def test_distributed_in_memory_api_and_layout() -> None:
         o = obs[agent]
         assert o.shape == (3 + 8 + 2,)
         assert o[2] == pytest.approx(price / 100.0)  # the price as received from the operator
-        local = env._runner.proxies[i].actual_agent.observe_local()
+        local = env._runner._loop.run_until_complete(env._runner.proxies[i].actual_agent.observe_local())
         np.testing.assert_allclose(o[3:11], local, rtol=1e-6)
         peers = [p for p in env.possible_agents if p != agent]
         expected = [env.plant.last.exchange_mw[env.possible_agents.index(p)] for p in peers]
@@ -145,4 +145,22 @@ def test_seed_document_proxy_example_runs() -> None:
     action = asyncio.run(proxy.step_distributed())
     np.testing.assert_array_equal(action, np.zeros(4))
     assert proxy.next_step == 1
+    env.close()
+
+
+def test_messages_from_another_step_never_count_as_fresh() -> None:
+    """An episode restarting on an earlier day must wait for this step's messages, not reuse old ones."""
+    env = MultiAgentMicrogrids({"centralized": False, "max_episode_steps": 2, "step_timeout_s": 0.05})
+    env.reset(seed=0, options={"start_step": 5000})
+    env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
+    runner = env._runner
+
+    async def publish_future_price() -> None:  # a leftover from a later step of the year
+        await runner.broker.publish(bus_topic(env.config.site, "price"),
+                                    make_envelope("system_operator", PriceBody(price_usd_per_mwh=777.0), step=9000))
+
+    runner._loop.run_until_complete(publish_future_price())
+    obs, _ = env.reset(options={"start_step": 100})
+    assert all(abs(o[2] * 100 - env.plant.price()) < 1e-3 for o in obs.values())
+    assert all(s["stale"] >= 1 and s.get("late", 0) == 0 for s in runner.stats.values())
     env.close()

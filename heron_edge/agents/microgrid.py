@@ -49,14 +49,14 @@ class MicrogridAgent:
         self.policy = policy
         self.ratings = ratings
 
-    def observe_local(self) -> np.ndarray:
+    async def observe_local(self) -> np.ndarray:
         """The 8 local features from the devices."""
-        return self.devices.read()
+        return await self.devices.read()
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         return np.asarray(self.policy.act(observation), dtype=np.float64)
 
-    def apply(self, action: np.ndarray) -> None:
+    async def apply(self, action: np.ndarray) -> None:
         """Write a normalised action ([-1,1], [0,1], [0,1], [0,1]) to the devices as setpoints."""
         a = np.clip(np.asarray(action, dtype=np.float64), (-1.0, 0.0, 0.0, 0.0), 1.0)
-        self.devices.write(a[0] * self.ratings.battery_p_max_mw, a[1] * self.ratings.generator_p_max_mw, a[2], a[3])
+        await self.devices.write(a[0] * self.ratings.battery_p_max_mw, a[1] * self.ratings.generator_p_max_mw, a[2], a[3])

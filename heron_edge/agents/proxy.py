@@ -4,7 +4,9 @@ Each step it publishes its local telemetry, takes what the upstream (price) and 
 (telemetry) sent for this step, builds the distributed observation (layout in
 ``heron_edge.observations``), asks the wrapped agent for an action and applies it to the devices.
 Every received payload is decoded and validated; a malformed, unknown, expired or unexpected one
-is rejected, logged and counted in ``stats`` and the agent keeps going. A message that does not
+is rejected, logged and counted in ``stats`` and the agent keeps going. Only messages stamped with
+the current step count; others are ``stale`` (a step number is the step of the profile year, so an
+episode that restarts on another day never mixes with the last one). A message that does not
 arrive within ``step_timeout_s`` is replaced by the last value received (counted as ``late``).
 """
 from __future__ import annotations
@@ -91,7 +93,7 @@ class ProxyAgent:
         """One full cycle: observe (local + messages), decide, apply; returns the applied action."""
         observation = await self.observe(self.next_step)
         action = self.actual_agent.act(observation)
-        self.actual_agent.apply(action)
+        await self.actual_agent.apply(action)
         self.next_step += 1
         return action
 
@@ -100,7 +102,7 @@ class ProxyAgent:
         if self._reports is None:
             await self.start()
         self.next_step = step
-        local = self.actual_agent.observe_local()
+        local = await self.actual_agent.observe_local()
         body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, map(float, local))))
         await self.broker.publish(self._telemetry_topic, encode(make_envelope(self.agent_id, body, step=step)))
         await self._receive(step)
@@ -111,7 +113,7 @@ class ProxyAgent:
         return obs
 
     def _complete(self, step: int) -> bool:
-        return self._price_step >= step and bool((self._peer_step >= step).all())
+        return self._price_step == step and bool((self._peer_step == step).all())
 
     async def _receive(self, step: int) -> None:
         assert self._reports is not None
@@ -135,6 +137,8 @@ class ProxyAgent:
 
     def _handle(self, topic: str, payload: bytes, step: int) -> None:
         """Decode one delivery and keep what it says; anything unusable is rejected and counted."""
+        if topic == self._telemetry_topic:
+            return  # our own report, echoed back by the broker
         self.stats["received"] += 1
         try:
             envelope = decode(payload)
@@ -147,21 +151,23 @@ class ProxyAgent:
             if envelope.sender != self.upstream_id:
                 self.stats["rejected_sender"] += 1
                 log.warning("%s: price from %r, not our upstream %r", self.agent_id, envelope.sender, self.upstream_id)
-            elif envelope.step >= self._price_step:
+            elif envelope.step == step:
                 self._price = body.price_usd_per_mwh + body.congestion_adder_usd_per_mwh
-                self._price_step = envelope.step
+                self._price_step = step
+            else:
+                self.stats["stale"] += 1
             return
         if isinstance(body, TelemetryBody) and topic.endswith("/telemetry"):
             who = topic[len(self._site_prefix):].split("/", 1)[0]
             i = self._peer_index.get(who)
-            if who == self.agent_id:
-                return  # our own report, echoed back
             if i is None or envelope.sender != who:
                 self.stats["rejected_sender"] += 1
                 log.warning("%s: telemetry on %s from %r is not from a known peer", self.agent_id, topic, envelope.sender)
                 return
-            if envelope.step >= self._peer_step[i]:
+            if envelope.step == step:
                 self._peer_exchange[i] = body.values.get("exchange_mw", self._peer_exchange[i])
-                self._peer_step[i] = envelope.step
+                self._peer_step[i] = step
+            else:
+                self.stats["stale"] += 1
             return
         self.stats["ignored"] += 1  # well-formed, but nothing this agent uses (status, other buses)
