@@ -151,6 +151,8 @@ class Plant:
                 inside_from = int(net.line.from_bus.at[z.poc_line]) in z.buses
                 self._poc.append(("line_to" if inside_from else "line_from", z.poc_line))
         self._matrix: np.ndarray | None = None  # profile rows x steps of the current year
+        self._forecast_key: tuple[int, int] | None = None
+        self._forecast: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ clock
     @property
@@ -183,11 +185,20 @@ class Plant:
         return float(self._matrix[self._price_row, self.t if step is None else step])
 
     def forecast(self, step: int | None = None) -> dict[str, np.ndarray]:
-        """Per-microgrid load and available PV / wind (MW) at ``step`` (default: the step about to be simulated)."""
+        """Per-microgrid load and available PV / wind (MW) at ``step`` (default: the step about to be simulated).
+
+        Read-only arrays, computed once per step and year (every agent of a step asks for the same).
+        """
         assert self._matrix is not None, "reset() first"
-        col = self._matrix[:, self.t if step is None else step]
-        return {"load_mw": self._load_to_mg @ (self._base_p * col[self._load_row]),
-                "pv_mw": self.pv_rating * col[self._solar_row], "wind_mw": self.wind_rating * col[self._wind_row]}
+        step = self.t if step is None else step
+        if self._forecast_key != (self.year, step):
+            col = self._matrix[:, step]
+            self._forecast = {"load_mw": self._load_to_mg @ (self._base_p * col[self._load_row]),
+                              "pv_mw": self.pv_rating * col[self._solar_row], "wind_mw": self.wind_rating * col[self._wind_row]}
+            for values in self._forecast.values():
+                values.setflags(write=False)
+            self._forecast_key = (self.year, step)
+        return self._forecast
 
     # ------------------------------------------------------------------ step
     def clamp(self, request: Setpoints) -> tuple[Setpoints, dict[str, np.ndarray]]:
