@@ -122,10 +122,20 @@ class Link:
             sub = await self.broker.subscribe(topic_filter, qos=1)
             self._boxes.setdefault(topic_filter, _Mailbox(sub))
 
+    def reset(self, step: int = 0) -> None:
+        """Start a new run at ``step`` (e.g. an episode reset): drop queued and early messages and
+        the remembered last values; subscriptions and counters stay."""
+        for box in self._boxes.values():
+            box.sub.drain()
+            box.stash.clear()
+        self.memory.clear()
+        self.step = step
+
     async def close(self) -> None:
-        """Unsubscribe everything this Link subscribed (idempotent)."""
-        boxes, self._boxes = self._boxes, {}
-        for box in boxes.values():
+        """Unsubscribe everything this Link subscribed (idempotent; views made by :meth:`at` included)."""
+        boxes = list(self._boxes.values())
+        self._boxes.clear()
+        for box in boxes:
             await self.broker.unsubscribe(box.sub)
 
     # -- sending ----------------------------------------------------------------------------------

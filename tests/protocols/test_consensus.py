@@ -214,3 +214,21 @@ def test_distributed_dispatch_agrees_over_each_transport(transport: Transport, t
     results = run_async(main())
     assert all(r.converged and r.rounds > 0 for r in results)
     _assert_within_one_percent(results, GENS, demands)
+
+
+def test_dispatch_with_a_silent_node_balances_among_the_others_in_bounded_time() -> None:
+    ids = ("mg1", "mg2", "mg3", "mg4")
+    proto = ConsensusProtocol({"nodes": ids, "topology": "complete"})
+    demands = [2.0, 3.0, 2.5]
+
+    async def main() -> tuple[list, float]:
+        async with InMemoryBroker() as broker:
+            links = {a: Link(broker, site="s", agent_id=a, timeout_s=0.2) for a in ids[:3]}  # mg4 is down
+            t0 = time.perf_counter()
+            out = await _distributed_dispatch(proto, links, GENS, demands)
+            return out, time.perf_counter() - t0
+
+    results, elapsed = run_async(main(), timeout=10.0)
+    assert elapsed < 1.0
+    assert all(r.excluded == ("mg4",) and r.converged for r in results)
+    _assert_within_one_percent(results, GENS, demands)  # the optimum of the units still talking
