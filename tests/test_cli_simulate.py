@@ -139,6 +139,12 @@ def test_invalid_scenario_file_names_the_field(tmp_path: Path, capsys: pytest.Ca
     assert re.search(r"microgrids\.1\.pv_mw", err), err
     assert "Traceback" not in err + out
 
+    unknown_profile = tmp_path / "unknown_profile.toml"
+    unknown_profile.write_text(text.replace('load_profile = "load_pge"', 'load_profile = "load_atlantis"'))
+    code, out, err = _simulate(capsys, "--scenario", str(unknown_profile), "--out", str(tmp_path))
+    assert code != 0 and "load_atlantis" in err
+    assert "Traceback" not in err + out
+
     broken = tmp_path / "broken.toml"
     broken.write_text("name = [")
     code, _, err = _simulate(capsys, "--scenario", str(broken), "--out", str(tmp_path))

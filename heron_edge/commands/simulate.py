@@ -45,6 +45,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class ScenarioError(ValueError):
+    """The scenario cannot be loaded or run (unknown name, missing file, bad TOML, invalid field, unknown profile)."""
+
+
 @dataclass
 class Trajectory:
     """Per-step, per-microgrid records of a run: ``columns[name]`` is an array of (steps x microgrids) values."""
@@ -62,10 +66,10 @@ def run(args: argparse.Namespace) -> int:
     """Load the scenario, simulate, print the summary, write the CSV and PNG; 0 on success, 2 on bad input."""
     try:
         scenario = _load_scenario(args.scenario)
-    except ValueError as exc:
+        trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year)
+    except ScenarioError as exc:
         print(f"heron-edge simulate: error: {exc}", file=sys.stderr)
         return 2
-    trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year)
     print(summary_table(summarize(trajectory)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_scenario(name_or_path: str) -> Scenario:
-    """The scenario, or a ValueError that says what is wrong (unknown name, missing file, bad TOML, which field)."""
+    """The scenario, or a ScenarioError that says what is wrong (unknown name, missing file, bad TOML, which field)."""
     from pydantic import ValidationError
 
     from sim.scenario import load_scenario
@@ -84,12 +88,12 @@ def _load_scenario(name_or_path: str) -> Scenario:
     try:
         return load_scenario(name_or_path)
     except FileNotFoundError as exc:
-        raise ValueError(str(exc)) from exc
+        raise ScenarioError(str(exc)) from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"scenario file {name_or_path} is not valid TOML: {exc}") from exc
+        raise ScenarioError(f"scenario file {name_or_path} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'scenario'}: {err['msg']}" for err in exc.errors())
-        raise ValueError(f"scenario {name_or_path} does not validate: {problems}") from exc
+        raise ScenarioError(f"scenario {name_or_path} does not validate: {problems}") from exc
 
 
 def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year: bool = False,
@@ -102,8 +106,12 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
     from heron_edge.policies import RandomPolicy, RulePolicy
 
     steps_per_day = int(round(24 * 60 / scenario.step_minutes))
-    env = MultiAgentMicrogrids({"centralized": True, "max_episode_steps": steps_per_day, "scenario": scenario,
-                                "train": not test_year})
+    try:  # the network and the profiles are only checked when the plant is built and first reset
+        env = MultiAgentMicrogrids({"centralized": True, "max_episode_steps": steps_per_day, "scenario": scenario,
+                                    "train": not test_year})
+        env.reset(seed=seed)
+    except (KeyError, ValueError) as exc:
+        raise ScenarioError(f"scenario {scenario.name} cannot be run: {exc}") from exc
     agents = list(env.possible_agents)
     policies: dict[str, Any]
     if policy == "rule":
@@ -119,7 +127,7 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
     k = 0
     with tqdm(total=total, unit="step", desc=f"simulate {policy}", disable=not progress) as bar:
         for day in range(days):
-            obs, _ = env.reset(seed=seed if day == 0 else None)
+            obs, _ = env.reset(seed=seed if day == 0 else None)  # the same seed again: the same days as above
             while env.agents:
                 actions = {a: policies[a].act(obs[a]) for a in env.agents}
                 obs, _, _, _, _ = env.step(actions)
