@@ -7,6 +7,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ConfigError
@@ -127,3 +129,52 @@ def test_orders_through_the_wrong_link_are_refused() -> None:
 
     with pytest.raises(ConfigError):
         run_async(main())
+
+
+def test_a_late_order_is_excluded_and_never_used_in_a_later_step() -> None:
+    proto = P2PTradingProtocol({"order_window_s": 0.1})
+
+    async def late(link: Link) -> Confirmation:
+        await asyncio.sleep(0.2)  # misses the window
+        return await proto.participant(link, Order("mg2", "ask", 1.0, 10.0))
+
+    async def main() -> tuple[Clearing, Clearing, Confirmation, Link]:
+        async with InMemoryBroker() as broker:
+            links = {a: Link(broker, site="s", agent_id=a, timeout_s=0.3) for a in ("market", "mg1", "mg2")}
+            for a, link in links.items():
+                await proto.prepare(link, "market" if a == "market" else "participant")
+            first, _, conf = await asyncio.gather(proto.market(links["market"], ("mg1", "mg2")),
+                                                  proto.participant(links["mg1"], Order("mg1", "bid", 1.0, 50.0)),
+                                                  late(links["mg2"]))
+            for link in links.values():
+                link.step = 1
+            second, _, _ = await asyncio.gather(proto.market(links["market"], ("mg1", "mg2")),
+                                                proto.participant(links["mg1"], Order("mg1", "bid", 1.0, 50.0)),
+                                                proto.participant(links["mg2"], None))
+            return first, second, conf, links["market"]
+
+    first, second, conf, market_link = run_async(main(), timeout=10.0)
+    assert first.excluded == ("mg2",) and first.trades == ()
+    assert conf.clearing is not None and conf.trades == ()  # it still learns step 0's outcome: no trade for it
+    assert second.excluded == () and second.trades == ()  # step 0's late ask is stale at step 1
+    assert market_link.stats.stale >= 1
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3.0, 3.0), st.floats(0.0, 100.0).map(lambda p: round(p, 1))),
+                min_size=2, max_size=6), st.sampled_from([0.0, 0.5, 2.0]))
+def test_random_books_clear_identically_in_both_forms(rows: list[tuple[float, float]], fee: float) -> None:
+    proto = P2PTradingProtocol({"fee_usd_per_mwh": fee})
+    ids = tuple(f"p{k}" for k in range(len(rows)))
+    book = proto.orders_from_net(ids, np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
+
+    async def main() -> tuple[Clearing, list[Confirmation]]:
+        async with InMemoryBroker() as broker:
+            links = {a: Link(broker, site="s", agent_id=a) for a in ("market", *ids)}
+            for a, link in links.items():
+                await proto.prepare(link, "market" if a == "market" else "participant")
+            return await _round(proto, links, book, ids)
+
+    market, confs = run_async(main())
+    assert market == proto.clear(book)
+    assert all(c.clearing == market for c in confs)
