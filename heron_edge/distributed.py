@@ -63,8 +63,11 @@ class DistributedRunner:
     async def _observe_all(self) -> dict[str, np.ndarray]:
         step = self.plant.t
         await self.operator.publish_price(step, self.plant.price())
-        observations = await asyncio.gather(*(proxy.observe(step) for proxy in self.proxies))
-        self._observations = list(observations)
+        # Every agent reports first (concurrently: over MQTT each publish waits for its PUBACK),
+        # then collects; by then the peers' reports are in flight, so collecting rarely waits.
+        await asyncio.gather(*(proxy.report(step) for proxy in self.proxies))
+        observations = [await proxy.collect(step) for proxy in self.proxies]
+        self._observations = observations
         return dict(zip(self.plant.names, observations))
 
     def step(self, actions: np.ndarray) -> tuple[Measurements, dict[str, np.ndarray]]:

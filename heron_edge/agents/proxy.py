@@ -24,11 +24,38 @@ from heron_edge import observations as ob
 from heron_edge.agents.microgrid import MicrogridAgent
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.messages import (
-    DecodeError, PriceBody, StatusBody, TelemetryBody, agent_topic, bus_topic, command_filter, decode, encode,
+    DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_topic, bus_topic, command_filter, decode, encode,
     make_envelope,
 )
 
 log = logging.getLogger(__name__)
+
+_DECODED_CAPACITY = 256
+
+
+class _DecodeOnce:
+    """Decodes each distinct payload once per process: every agent of a site receives the same bytes.
+
+    Envelopes are immutable, so sharing one between agents is safe; expiry is still checked on every
+    use (it depends on the time), and a rejected payload is decoded again (and rejected again).
+    """
+
+    def __init__(self) -> None:
+        self._envelopes: dict[bytes, Envelope] = {}
+
+    def __call__(self, payload: bytes) -> Envelope:
+        envelope = self._envelopes.get(payload)
+        if envelope is None:
+            envelope = decode(payload)
+            if len(self._envelopes) >= _DECODED_CAPACITY:
+                del self._envelopes[next(iter(self._envelopes))]
+            self._envelopes[payload] = envelope
+        elif envelope.is_expired():
+            raise DecodeError("expired", f"message {envelope.id} from {envelope.sender} expired at {envelope.expires}")
+        return envelope
+
+
+_decode_once = _DecodeOnce()
 
 
 class ProxyAgent:
@@ -51,6 +78,7 @@ class ProxyAgent:
         self._price_step = -1
         self._peer_exchange = np.zeros(len(self.peers))
         self._peer_step = np.full(len(self.peers), -1)
+        self._local = np.zeros(ob.N_LOCAL)
         self._reports: Subscription | None = None
         self._commands: Subscription | None = None
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
@@ -99,16 +127,24 @@ class ProxyAgent:
 
     async def observe(self, step: int) -> np.ndarray:
         """Publish our telemetry for ``step``, wait for this step's price and peers' telemetry, build the observation."""
+        await self.report(step)
+        return await self.collect(step)
+
+    async def report(self, step: int) -> None:
+        """Read the local devices and publish them as telemetry for ``step`` (peers use our exchange)."""
         if self._reports is None:
             await self.start()
         self.next_step = step
-        local = await self.actual_agent.observe_local()
-        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, map(float, local))))
+        self._local = await self.actual_agent.observe_local()
+        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, map(float, self._local))))
         await self.broker.publish(self._telemetry_topic, encode(make_envelope(self.agent_id, body, step=step)))
+
+    async def collect(self, step: int) -> np.ndarray:
+        """Wait (bounded) for this step's price and peers' telemetry; the observation of ``step``."""
         await self._receive(step)
         obs = np.empty(self.observation_size, dtype=np.float32)
         ob.context(step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
-        obs[ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL] = local
+        obs[ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL] = self._local
         obs[ob.N_CONTEXT + ob.N_LOCAL :] = self._peer_exchange
         return obs
 
@@ -141,7 +177,7 @@ class ProxyAgent:
             return  # our own report, echoed back by the broker
         self.stats["received"] += 1
         try:
-            envelope = decode(payload)
+            envelope = _decode_once(payload)
         except DecodeError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
             log.warning("%s: rejected a message on %s: %s", self.agent_id, topic, exc)
