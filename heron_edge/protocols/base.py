@@ -55,8 +55,8 @@ def load_config(model: type[C], config: C | Mapping[str, Any] | None) -> C:
 
 @dataclass
 class LinkStats:
-    """Counters of one Link: messages ``sent``, ``received`` (accepted), ``rejected`` by decode
-    reason, ``stale`` (older step), ``ignored`` (valid but not for this role), ``duplicates``,
+    """Counters of one Link: messages ``sent``, ``received`` (accepted), ``rejected`` by reason (a
+    decode reason, or ``shape`` for a consensus vector of the wrong length), ``stale`` (older step), ``ignored`` (valid but not for this role), ``duplicates``,
     ``overflow`` (early messages dropped when the stash was full) and ``timeouts`` (waits that ended
     without the expected message)."""
 
