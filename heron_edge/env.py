@@ -59,6 +59,7 @@ class MultiAgentMicrogrids(ParallelEnv):
             self._runner = DistributedRunner(self.plant, self.config, list(zip(lows, highs)))
             self.observation_spaces = self._runner.observation_spaces
         self._actions = np.zeros((n, 4))
+        self._one_hot = np.eye(n, dtype=np.float32)
         self._local = np.zeros((n, ob.N_LOCAL))
         self._context = np.zeros(ob.N_CONTEXT)
         self._rng = np.random.default_rng()
@@ -159,7 +160,7 @@ class MultiAgentMicrogrids(ParallelEnv):
         rows = np.empty((n, ob.N_CONTEXT + ob.N_LOCAL * n + n), dtype=np.float32)
         rows[:, : ob.N_CONTEXT] = self._context
         rows[:, ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL * n] = self._local.reshape(-1)
-        rows[:, ob.N_CONTEXT + ob.N_LOCAL * n :] = np.eye(n, dtype=np.float32)
+        rows[:, ob.N_CONTEXT + ob.N_LOCAL * n :] = self._one_hot
         return {a: rows[i] for i, a in enumerate(self.possible_agents)}
 
     def _rewards(self, last: Measurements) -> dict[str, float]:

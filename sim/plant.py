@@ -205,8 +205,11 @@ class Plant:
         """Limit a request to what each device can do this step; also say which fields were limited."""
         b_low, b_high = self.batteries.limits(self.dt_h)
         g_low, g_high = self.generators.limits(self.dt_h)
-        applied = Setpoints(np.clip(request.battery_mw, b_low, b_high), np.clip(request.generator_mw, g_low, g_high),
-                            np.clip(request.pv_curtailment, 0.0, 1.0), np.clip(request.wind_curtailment, 0.0, 1.0))
+        # np.minimum/np.maximum: np.clip costs ~3 us on arrays this small
+        applied = Setpoints(np.minimum(np.maximum(request.battery_mw, b_low), b_high),
+                            np.minimum(np.maximum(request.generator_mw, g_low), g_high),
+                            np.minimum(np.maximum(request.pv_curtailment, 0.0), 1.0),
+                            np.minimum(np.maximum(request.wind_curtailment, 0.0), 1.0))
         clamped = {f: np.abs(getattr(applied, f) - getattr(request, f)) > 1e-9 for f in SETPOINT_FIELDS}
         return applied, clamped
 
