@@ -10,6 +10,7 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "simulate": "heron_edge.commands.simulate",
     "emulate": "heron_edge.commands.emulate",
+    "broker-config": "heron_edge.commands.broker_config",
 }
 
 

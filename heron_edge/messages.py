@@ -206,6 +206,12 @@ class Envelope(BaseModel):
     ts: float = Field(default_factory=time.time, description="Creation time, unix seconds.")
     expires: float | None = Field(default=None, description="Not valid after this time, unix seconds.")
     body: Body
+    mac: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="HMAC-SHA256 (hex) over the encoding without this field; see heron_edge.security.auth. "
+        "Absent from the wire when None, so unsigned messages encode exactly as before.",
+    )
 
     @property
     def kind(self) -> BodyKind:
@@ -220,6 +226,7 @@ class Envelope(BaseModel):
 
 
 _ENVELOPE: Final = TypeAdapter(Envelope)
+_NO_MAC: Final = {"mac"}
 
 DecodeReason = Literal["not_json", "schema", "unknown_kind", "expired"]
 DECODE_REASONS: Final[tuple[DecodeReason, ...]] = get_args(DecodeReason)
@@ -234,7 +241,9 @@ class DecodeError(MessageError):
 
 
 def encode(envelope: Envelope) -> bytes:
-    """Compact JSON bytes of an envelope (what goes on the wire)."""
+    """Compact JSON bytes of an envelope (what goes on the wire); ``mac`` only when set."""
+    if envelope.mac is None:
+        return _ENVELOPE.dump_json(envelope, exclude=_NO_MAC)
     return _ENVELOPE.dump_json(envelope)
 
 

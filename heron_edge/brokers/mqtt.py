@@ -15,6 +15,7 @@ subscription; paho errors and return codes become :class:`~heron_edge.errors.Bro
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import socket
@@ -46,7 +47,7 @@ from heron_edge.brokers.base import (
 from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import StatusBody, encode, make_envelope, parse_topic
 
-__all__ = ["MqttBroker", "TlsOptions"]
+__all__ = ["MqttBroker", "TlsOptions", "is_loopback_host"]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,32 @@ def _parse_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); no DNS lookup."""
+    if host.rstrip(".").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_secure(url: str, host: str, use_tls: bool, username: str | None, tls: TlsOptions | None) -> None:
+    """Refuse plaintext or unauthenticated MQTT to a non-loopback host (see MqttBroker, allow_insecure)."""
+    if is_loopback_host(host):
+        return
+    if not use_tls:
+        raise ConfigError(
+            f"broker url {url!r}: plaintext MQTT to a non-loopback host exposes credentials and commands; "
+            "use mqtts:// with TLS, or pass allow_insecure=True to opt in explicitly"
+        )
+    if username is None and (tls is None or tls.cert_file is None):
+        raise ConfigError(
+            f"broker url {url!r}: no authentication (neither username/password nor a client certificate) "
+            "for a non-loopback host; configure credentials, or pass allow_insecure=True to opt in explicitly"
+        )
+
+
 class MqttBroker:
     """A :class:`~heron_edge.brokers.Broker` over an MQTT 5 broker (e.g. Mosquitto).
 
@@ -128,6 +155,12 @@ class MqttBroker:
     ``reconnect_max_delay_s``; after ``reconnect_max_attempts`` failures (None = forever) the
     broker gives up and subscriptions raise BrokerError. Counters: :attr:`published`,
     :attr:`published_bytes`, :attr:`reconnects`.
+
+    Security: to a non-loopback host the connection must use TLS (``mqtts://``) and authenticate
+    (username/password or a client certificate); anything else raises ConfigError unless
+    ``allow_insecure=True`` is given explicitly. Loopback hosts (``localhost``, 127.0.0.0/8,
+    ``::1``) are exempt: the traffic never leaves the machine, and tests, benchmarks and the
+    in-process and SIL runs use a plaintext anonymous Mosquitto on 127.0.0.1.
     """
 
     def __init__(
@@ -145,12 +178,15 @@ class MqttBroker:
         reconnect_min_delay_s: float = 0.1,
         reconnect_max_delay_s: float = 10.0,
         reconnect_max_attempts: int | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         host, port, use_tls = _parse_url(url)
         if tls is not None and not use_tls:
             raise ConfigError("TLS options given for an mqtt:// url; use mqtts://")
         if password is not None and username is None:
             raise ConfigError("password given without username")
+        if not allow_insecure:
+            _check_secure(url, host, use_tls, username, tls)
         if will is not None and status_topic is not None:
             raise ConfigError("give either will or status_topic, not both")
         if keepalive < 1 or request_timeout_s <= 0:

@@ -1,0 +1,66 @@
+"""Write a Mosquitto configuration for a site: TLS listener, password file, per-agent ACL, credentials."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from heron_edge.errors import ConfigError
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--site", required=True, help="site name (heron/{site}/...)")
+    parser.add_argument("--agents", required=True, type=_names, help="comma-separated agent ids, e.g. mg1,mg2,mg3")
+    parser.add_argument("--operator", default="system_operator", help="the upstream that commands the agents")
+    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--self-signed-ca", action="store_true",
+                        help="also generate a CA, a server certificate and client certificates (tests, SIL)")
+    parser.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    parser.add_argument("--bind", default=None, help="listen on this address only (default: all)")
+    parser.add_argument("--server-name", action="append", dest="server_names", default=None,
+                        help="DNS name or IP in the server certificate (repeatable; default localhost, 127.0.0.1)")
+    parser.add_argument("--agent-bus-write", type=_names, default=(),
+                        help="bus kinds agents may publish too, e.g. clock,consensus,market (default: none)")
+    parser.add_argument("--require-certificate", action="store_true", help="clients must present a certificate")
+    parser.add_argument("--config-dir", type=Path, default=None,
+                        help="where the files will live on the broker host (paths in mosquitto.conf; default --out)")
+    parser.add_argument("--force", action="store_true", help="replace existing credentials in --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from heron_edge.security.broker_config import BrokerSiteConfig, write_broker_config
+
+    try:
+        config = BrokerSiteConfig(
+            site=args.site,
+            agents=args.agents,
+            operator=args.operator,
+            port=args.port,
+            bind_address=args.bind,
+            server_names=tuple(args.server_names or ("localhost", "127.0.0.1")),
+            agent_bus_writes=args.agent_bus_write,
+            require_certificate=args.require_certificate,
+            config_dir=args.config_dir,
+        )
+        files = write_broker_config(config, args.out, self_signed_ca=args.self_signed_ca, overwrite=args.force)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        print(f"broker-config: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    except (ConfigError, ImportError) as exc:
+        print(f"broker-config: {exc}", file=sys.stderr)
+        return 2
+    print(f"site {config.site!r}: users {', '.join(config.users)} (operator {config.operator})")
+    for path in sorted(files.directory.iterdir()):
+        print(f"  {path}")
+    print(f"credentials (passwords, command keys; mode 0600): {files.credentials_file}")
+    if not args.self_signed_ca:
+        print(f"provide ca.crt, server.crt and server.key in {config.config_dir or files.directory}")
+    print(f"run: mosquitto -c {files.conf}  (the broker's user must be able to read passwd, acl and server.key)")
+    return 0
