@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from heron_edge.coordination import ProtocolName
 from heron_edge.errors import ConfigError
 
 
@@ -27,6 +28,10 @@ class EnvConfig(BaseModel):
     share_reward: bool = Field(False, description="every agent receives the mean of all agents' rewards")
     site: str = Field("sim", pattern=r"^[A-Za-z0-9_-]+$", description="MQTT topic namespace in distributed mode")
     step_timeout_s: float = Field(5.0, gt=0, description="distributed mode: the longest a step waits for messages")
+    protocol: ProtocolName | list[ProtocolName] | None = Field(
+        None, description="coordination: one of, or one vertical plus one horizontal of, setpoint, price_signal, p2p_trading, consensus")
+    protocol_options: dict[ProtocolName, dict[str, Any]] = Field(
+        default_factory=dict, description="per protocol, its configuration (see heron_edge.protocols)")
 
     @model_validator(mode="after")
     def _broker_only_when_distributed(self) -> EnvConfig:

@@ -2,7 +2,10 @@
 
 The plant still runs in process (each agent reaches its devices through a PlantDeviceIO); the
 agents see only their local state plus what the system operator and their peers sent. One private
-asyncio loop drives the agents and the broker, so ``env.step`` stays synchronous.
+asyncio loop drives the agents, the operator and the broker, so ``env.step`` stays synchronous.
+A step: agents report telemetry -> the operator sends price (and setpoints), the microgrids run
+the dispatch consensus -> agents collect their observation; next call: agents apply their actions
+-> orders and clearing (trading) -> the plant steps.
 """
 from __future__ import annotations
 
@@ -15,17 +18,19 @@ from heron_edge import observations as ob
 from heron_edge.agents import ExternalPolicy, MicrogridAgent, ProxyAgent, Ratings, SystemOperator
 from heron_edge.brokers import Broker, InMemoryBroker
 from heron_edge.config import EnvConfig
+from heron_edge.coordination import UPSTREAM_ID, Coordination, MicrogridRoles, Signals
 from heron_edge.deviceio import PlantDeviceIO
+from heron_edge.protocols import Clearing, Link
 from sim.plant import Measurements, Plant, Setpoints
-
-UPSTREAM_ID = "system_operator"
 
 
 class DistributedRunner:
     """Wires agents, proxies, operator and broker for one environment, and steps them."""
 
-    def __init__(self, plant: Plant, config: EnvConfig, local_bounds: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    def __init__(self, plant: Plant, config: EnvConfig, coordination: Coordination,
+                 local_bounds: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.plant = plant
+        self.coordination = coordination
         self.broker: Broker = config.message_broker if config.message_broker is not None else InMemoryBroker()
         self.request = Setpoints.zeros(plant.n)
         self.policies = [ExternalPolicy() for _ in plant.names]
@@ -34,66 +39,92 @@ class DistributedRunner:
             ProxyAgent(agent_id=name, broker=self.broker, upstream_id=UPSTREAM_ID, site=config.site, peers=plant.names,
                        step_timeout_s=config.step_timeout_s,
                        actual_agent=MicrogridAgent(name, PlantDeviceIO(plant, i, self.request), self.policies[i],
-                                                   Ratings(mg.battery.p_max_mw, mg.generator.p_max_mw)))
+                                                   Ratings(mg.battery.p_max_mw, mg.generator.p_max_mw)),
+                       roles=MicrogridRoles(coordination, Link(self.broker, site=config.site, agent_id=name,
+                                                               timeout_s=config.step_timeout_s), i))
             for i, (name, mg) in enumerate(zip(plant.names, scenario.microgrids))
         ]
-        self.operator = SystemOperator(UPSTREAM_ID, self.broker, site=config.site)
-        n_peers = plant.n - 1
+        self.operator = SystemOperator(UPSTREAM_ID, self.broker, coordination, site=config.site,
+                                       step_timeout_s=config.step_timeout_s)
+        n_extra = plant.n - 1 + coordination.n_features
         self.observation_spaces = {
             name: gymnasium.spaces.Box(
-                np.concatenate([ob.CONTEXT_LOW, low, np.full(n_peers, -np.inf)]).astype(np.float32),
-                np.concatenate([ob.CONTEXT_HIGH, high, np.full(n_peers, np.inf)]).astype(np.float32), dtype=np.float32)
+                np.concatenate([ob.CONTEXT_LOW, low, np.full(n_extra, -np.inf)]).astype(np.float32),
+                np.concatenate([ob.CONTEXT_HIGH, high, np.full(n_extra, np.inf)]).astype(np.float32), dtype=np.float32)
             for name, (low, high) in zip(plant.names, local_bounds)
         }
+        self.signals: Signals | None = None
         self._loop = asyncio.new_event_loop()
         self._observations: list[np.ndarray] = []
         self._loop.run_until_complete(self._start())
 
     async def _start(self) -> None:
         await self.broker.connect()
+        await self.operator.start()
         for proxy in self.proxies:
-            proxy.steps_per_day = self.plant.profiles.steps_per_day if self.plant.last else proxy.steps_per_day
             await proxy.start()
 
-    def reset(self, last: Measurements) -> dict[str, np.ndarray]:
+    def reset(self) -> dict[str, np.ndarray]:
+        step = self.plant.t
+        self.operator.reset(step)
         for proxy in self.proxies:
             proxy.steps_per_day = self.plant.profiles.steps_per_day
+            proxy.reset(step)
         return self._loop.run_until_complete(self._observe_all())
 
     async def _observe_all(self) -> dict[str, np.ndarray]:
-        step = self.plant.t
-        await self.operator.publish_price(step, self.plant.price())
-        # Every agent reports first (concurrently: over MQTT each publish waits for its PUBACK),
-        # then collects; by then the peers' reports are in flight, so collecting rarely waits.
+        plant, step = self.plant, self.plant.t
+        assert plant.last is not None
+        # Every agent reports first (concurrently: over MQTT each publish waits for its PUBACK); then
+        # the operator and the protocols' pre-decision roles run together; then each agent collects.
         await asyncio.gather(*(proxy.report(step) for proxy in self.proxies))
-        observations = [await proxy.collect(step) for proxy in self.proxies]
-        self._observations = observations
-        return dict(zip(self.plant.names, observations))
+        operator = self.operator.before_decision(step, plant.price(), self.coordination.head_loading_pu(plant.last))
+        (price, setpoints), *_ = await asyncio.gather(operator, *(proxy.coordinate(step) for proxy in self.proxies))
+        self._observations = [await proxy.collect(step) for proxy in self.proxies]
+        dispatch = None
+        if self.coordination.consensus:
+            dispatch = np.array([proxy.dispatch_mw if proxy.dispatch_mw is not None else np.nan for proxy in self.proxies])
+        self.signals = Signals(price=price, setpoint_mw=setpoints, dispatch_mw=dispatch,
+                               consensus_rounds=max(proxy.consensus_rounds for proxy in self.proxies))
+        return dict(zip(self.plant.names, self._observations))
 
-    def step(self, actions: np.ndarray) -> tuple[Measurements, dict[str, np.ndarray]]:
-        """Each agent applies its action (normalised, one row per agent) through its devices; the plant steps."""
+    def step(self, actions: np.ndarray) -> tuple[Measurements, Signals, Clearing | None, dict[str, np.ndarray]]:
+        """Each agent applies its action (normalised, one row per agent) through its devices; the plant steps.
+
+        Returns the measurements, the signals the step ran under, the market's clearing (or None)
+        and the next observations.
+        """
         return self._loop.run_until_complete(self._step(actions))
 
-    async def _step(self, actions: np.ndarray) -> tuple[Measurements, dict[str, np.ndarray]]:
+    async def _step(self, actions: np.ndarray) -> tuple[Measurements, Signals, Clearing | None, dict[str, np.ndarray]]:
+        step, signals = self.plant.t, self.signals
+        assert signals is not None, "reset() first"
         for proxy, policy, action, observation in zip(self.proxies, self.policies, actions, self._observations):
             policy.next_action = action
             await proxy.actual_agent.apply(proxy.actual_agent.act(observation))
+        clearing = None
+        if self.coordination.p2p:
+            clearing, *_ = await asyncio.gather(self.operator.market(step),
+                                                *(proxy.settle(step, action) for proxy, action in zip(self.proxies, actions)))
         last = self.plant.step(self.request)
-        return last, await self._observe_all()
+        return last, signals, clearing, await self._observe_all()
 
     @property
     def stats(self) -> dict[str, dict[str, int]]:
-        """Each agent's message counters (received, rejected by reason, late, ignored)."""
+        """Each agent's message counters (received, rejected by reason, late, stale, ignored)."""
         return {proxy.agent_id: dict(proxy.stats) for proxy in self.proxies}
 
     def close(self) -> None:
-        """Stop the agents and close the broker (closing twice is harmless)."""
+        """Stop the agents and the operator, close the broker (closing twice is harmless)."""
         if self._loop.is_closed():
             return
+
         async def _close() -> None:
             for proxy in self.proxies:
                 await proxy.close()
+            await self.operator.close()
             await self.broker.close()
+
         try:
             self._loop.run_until_complete(_close())
         finally:

@@ -6,11 +6,13 @@ One agent per microgrid. Its action is a Box(4) of normalised setpoints:
   2 pv_curtailment   in [0, 1]: fraction of the available PV power withheld
   3 wind_curtailment in [0, 1]: fraction of the available wind power withheld
 The plant clamps what a device cannot do this step (state of charge, ramp) and reports it in infos.
-Reward (USD, per agent, per step): -(fuel cost + energy bought at the hourly price - energy sold)
-minus penalties for its buses outside 0.95-1.05 p.u., its branches over 100 % and a non-converged
-power flow; with ``share_reward`` every agent gets the mean. Observations: see
-``heron_edge.observations``. Episodes are ``max_episode_steps`` long; ``train`` picks a random day
-of 2023 per episode (seeded by ``reset(seed=)``), otherwise 2024 is walked day by day.
+Reward (USD, per agent, per step): -(fuel cost + energy bought at the signalled price - energy sold
+at the export credit, net of peer-to-peer trades) minus penalties for its buses outside 0.95-1.05
+p.u., its branches over 100 % and a non-converged power flow; with ``share_reward`` every agent gets
+the mean. Observations: see ``heron_edge.observations``, plus the protocol features of
+``heron_edge.coordination`` when ``protocol`` is set. Episodes are ``max_episode_steps`` long;
+``train`` picks a random day of 2023 per episode (seeded by ``reset(seed=)``), otherwise 2024 is
+walked day by day.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from pettingzoo import ParallelEnv
 
 from heron_edge import observations as ob
 from heron_edge.config import EnvConfig, parse_config
-from heron_edge.errors import ActionError
+from heron_edge.coordination import Coordination, Settlement, Signals
+from heron_edge.errors import ActionError, ConfigError
+from heron_edge.protocols import Clearing
 from sim.plant import Measurements, Plant, Setpoints
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
@@ -40,6 +44,11 @@ class MultiAgentMicrogrids(ParallelEnv):
         self.config = parse_config(config)
         self.plant = Plant(self.config.scenario)
         sc = self.plant.scenario
+        try:
+            self.coordination = Coordination(sc, self.config.protocol, dict(self.config.protocol_options))
+        except (ValueError, TypeError) as exc:  # a protocol's own config validation
+            raise ConfigError(f"invalid protocol configuration: {exc}") from exc
+        k = self.coordination.n_features
         self.possible_agents: list[str] = list(self.plant.names)
         self.agents: list[str] = []
         n = self.plant.n
@@ -48,20 +57,21 @@ class MultiAgentMicrogrids(ParallelEnv):
         self.action_spaces = {a: gymnasium.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32) for a in self.possible_agents}
         lows, highs = zip(*(ob.local_bounds(m.battery.p_max_mw, m.generator.p_max_mw, m.pv_mw, m.wind_mw) for m in sc.microgrids))
         if self.config.centralized:
-            low = np.concatenate([ob.CONTEXT_LOW, *lows, np.zeros(n)])
-            high = np.concatenate([ob.CONTEXT_HIGH, *highs, np.ones(n)])
+            low = np.concatenate([ob.CONTEXT_LOW, *lows, np.zeros(n), np.full(n * k, -np.inf)])
+            high = np.concatenate([ob.CONTEXT_HIGH, *highs, np.ones(n), np.full(n * k, np.inf)])
             self.observation_spaces = {a: gymnasium.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
                                        for a in self.possible_agents}
             self._runner = None
         else:
             from heron_edge.distributed import DistributedRunner
 
-            self._runner = DistributedRunner(self.plant, self.config, list(zip(lows, highs)))
+            self._runner = DistributedRunner(self.plant, self.config, self.coordination, list(zip(lows, highs)))
             self.observation_spaces = self._runner.observation_spaces
         self._actions = np.zeros((n, 4))
         self._one_hot = np.eye(n, dtype=np.float32)
         self._local = np.zeros((n, ob.N_LOCAL))
         self._context = np.zeros(ob.N_CONTEXT)
+        self._signals: Signals | None = None
         self._rng = np.random.default_rng()
         self._episode = -1  # test-year episodes walk day by day
         self._steps = 0
@@ -86,8 +96,9 @@ class MultiAgentMicrogrids(ParallelEnv):
         last = self.plant.reset(year=year, start_step=start)
         self.agents = list(self.possible_agents)
         self._steps = 0
+        self.coordination.reset()
         if self._runner is not None:
-            obs = self._runner.reset(last)
+            obs = self._runner.reset()
         else:
             obs = self._observe(last)
         infos = {a: {"step_in_year": start} for a in self.agents}
@@ -116,16 +127,21 @@ class MultiAgentMicrogrids(ParallelEnv):
             raise RuntimeError("the episode is over: call reset()")
         self._validate(actions)
         if self._runner is not None:
-            last, obs = self._runner.step(self._actions)
+            last, signals, clearing, obs = self._runner.step(self._actions)
+            settlement = self.coordination.settle(last, signals, clearing)
         else:
+            signals = self._signals
+            assert signals is not None
+            clearing = self.coordination.clear(self._local, self._actions, signals.price.total_usd_per_mwh)
             last = self.plant.step(Setpoints(*(self._actions * self._scale).T))
+            settlement = self.coordination.settle(last, signals, clearing)
             obs = self._observe(last)
         self._steps += 1
-        rewards = self._rewards(last)
+        rewards = self._rewards(last, settlement)
         done = self._steps >= self.config.max_episode_steps
         terminations = dict.fromkeys(self.agents, False)
         truncations = dict.fromkeys(self.agents, done)
-        infos = self._infos(last)
+        infos = self._infos(last, signals, settlement)
         if done:
             self.agents = []
         return obs, rewards, terminations, truncations, infos
@@ -153,32 +169,51 @@ class MultiAgentMicrogrids(ParallelEnv):
 
     # ------------------------------------------------------------------ centralized views
     def _observe(self, last: Measurements) -> dict[str, np.ndarray]:
-        plant = self.plant
+        """Centralized observations of the coming step, after computing the signals it runs under."""
+        plant, coordination = self.plant, self.coordination
+        self._signals = signals = coordination.signals(plant)
         ob.local_features(last, plant.forecast(), self._local)
-        ob.context(plant.t, plant.profiles.steps_per_day, plant.price(), self._context)
+        ob.context(plant.t, plant.profiles.steps_per_day, signals.price.total_usd_per_mwh, self._context)
         n = plant.n
-        rows = np.empty((n, ob.N_CONTEXT + ob.N_LOCAL * n + n), dtype=np.float32)
+        one_hot = ob.N_CONTEXT + ob.N_LOCAL * n
+        rows = np.empty((n, one_hot + n + n * coordination.n_features), dtype=np.float32)
         rows[:, : ob.N_CONTEXT] = self._context
-        rows[:, ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL * n] = self._local.reshape(-1)
-        rows[:, ob.N_CONTEXT + ob.N_LOCAL * n :] = self._one_hot
+        rows[:, ob.N_CONTEXT : one_hot] = self._local.reshape(-1)
+        rows[:, one_hot : one_hot + n] = self._one_hot
+        if coordination.n_features:
+            rows[:, one_hot + n :] = coordination.features(signals).reshape(-1)
         return {a: rows[i] for i, a in enumerate(self.possible_agents)}
 
-    def _rewards(self, last: Measurements) -> dict[str, float]:
-        reward = -(last.cost_usd + last.penalty_usd)
+    def _rewards(self, last: Measurements, settlement: Settlement) -> dict[str, float]:
+        reward = -(last.fuel_cost_usd + settlement.energy_cost_usd + last.penalty_usd)
         if self.config.share_reward:
             reward = np.full(self.plant.n, reward.mean())
         return {a: float(reward[self._index[a]]) for a in self.possible_agents}
 
-    def _infos(self, last: Measurements) -> dict[str, dict[str, Any]]:
+    def _infos(self, last: Measurements, signals: Signals, settlement: Settlement) -> dict[str, dict[str, Any]]:
         infos: dict[str, dict[str, Any]] = {}
+        clearing: Clearing | None = settlement.clearing
         for a, i in self._index.items():
-            infos[a] = {
-                "converged": last.converged, "step_in_year": last.step, "price_usd_per_mwh": last.price_usd_per_mwh,
-                "fuel_cost_usd": float(last.fuel_cost_usd[i]), "energy_cost_usd": float(last.energy_cost_usd[i]),
+            info: dict[str, Any] = {
+                "converged": last.converged, "step_in_year": last.step, "price_usd_per_mwh": signals.price.total_usd_per_mwh,
+                "congestion_adder_usd_per_mwh": signals.price.congestion_adder_usd_per_mwh,
+                "fuel_cost_usd": float(last.fuel_cost_usd[i]), "energy_cost_usd": float(settlement.energy_cost_usd[i]),
                 "penalty_usd": float(last.penalty_usd[i]), "violation_v_pu": float(last.violation_v_pu[i]),
                 "overload_percent": float(last.overload_percent[i]), "exchange_mw": float(last.exchange_mw[i]),
                 "soc": float(last.soc[i]), "clamped": [f for f, mask in last.clamped.items() if mask[i]],
             }
+            if signals.setpoint_mw is not None:
+                info["setpoint_mw"] = float(signals.setpoint_mw[i])
+                info["tracking_error_mw"] = float(last.exchange_mw[i] - signals.setpoint_mw[i])
+            if signals.dispatch_mw is not None:
+                info["dispatch_mw"] = float(signals.dispatch_mw[i])
+                info["consensus_rounds"] = signals.consensus_rounds
+            if self.coordination.p2p:
+                info["traded_mw"] = float(settlement.traded_mw[i])
+                info["trade_cash_usd"] = float(settlement.trade_cash_usd[i])
+                info["clearing_price_usd_per_mwh"] = clearing.price_usd_per_mwh if clearing else None
+                info["trades"] = len(clearing.trades_of(a)) if clearing else 0
+            infos[a] = info
         return infos
 
     def state(self) -> np.ndarray:

@@ -113,6 +113,8 @@ class Scenario(_Model):
     feeder_load_profile: str = "load_caiso"
     price_profile: str = "price_usd_per_mwh"
     step_minutes: int = Field(60, gt=0, le=24 * 60)
+    export_price_ratio: float = Field(1.0, ge=0, le=1, description="exports are credited at this fraction of the hourly price")
+    feeder_head_rating_mva: float = Field(2.5, gt=0, description="substation rating, for the feeder-head loading in p.u.")
     penalties: PenaltyConfig = PenaltyConfig()
 
     @model_validator(mode="after")

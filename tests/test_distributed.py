@@ -120,10 +120,10 @@ def test_a_silent_upstream_means_late_not_hang() -> None:
     env.reset(seed=0)
     runner = env._runner
 
-    async def silent(step: int, price: float, congestion_adder_usd_per_mwh: float = 0.0) -> None:
+    async def silent(topic, body, *, recipient=None, ttl_s=None):  # the operator's messages are lost
         return None
 
-    runner.operator.publish_price = silent  # the operator stops talking
+    runner.operator.roles.link.send = silent
     before = runner._observations[0][2]
     obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
     assert all(s["late"] == 1 for s in runner.stats.values())

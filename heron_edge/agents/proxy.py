@@ -1,8 +1,10 @@
 """ProxyAgent: turns any agent into a distributed one that sees only local state plus messages.
 
-Each step it publishes its local telemetry, takes what the upstream (price) and its peers
-(telemetry) sent for this step, builds the distributed observation (layout in
-``heron_edge.observations``), asks the wrapped agent for an action and applies it to the devices.
+Each step it publishes its local telemetry, runs its side of the configured protocols (setpoint,
+consensus), takes what the upstream (price) and its peers (telemetry) sent for this step, builds the
+distributed observation (layouts in ``heron_edge.observations`` and ``heron_edge.coordination``),
+asks the wrapped agent for an action, applies it to the devices and, when trading runs, posts its
+order and takes the clearing back.
 Every received payload is decoded and validated; a malformed, unknown, expired or unexpected one
 is rejected, logged and counted in ``stats`` and the agent keeps going. Only messages stamped with
 the current step count; others are ``stale`` (a step number is the step of the profile year, so an
@@ -23,10 +25,11 @@ import numpy as np
 from heron_edge import observations as ob
 from heron_edge.agents.microgrid import MicrogridAgent
 from heron_edge.brokers import Broker, Subscription
+from heron_edge.coordination import MicrogridRoles
 from heron_edge.messages import (
-    DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_topic, bus_topic, command_filter, decode, encode,
-    make_envelope,
+    DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_topic, bus_topic, decode, encode, make_envelope,
 )
+from heron_edge.protocols import Clearing
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ class ProxyAgent:
     """A distributed wrapper of ``actual_agent``: messages in, local devices, decision, messages out."""
 
     def __init__(self, agent_id: str, actual_agent: MicrogridAgent, broker: Broker, upstream_id: str, *,
-                 site: str = "sim", peers: Sequence[str] = (), steps_per_day: int = 24, step_timeout_s: float = 2.0) -> None:
+                 site: str = "sim", peers: Sequence[str] = (), steps_per_day: int = 24, step_timeout_s: float = 2.0,
+                 roles: MicrogridRoles | None = None) -> None:
         self.agent_id = agent_id
         self.actual_agent = actual_agent
         self.broker = broker
@@ -78,16 +82,31 @@ class ProxyAgent:
         self._price_step = -1
         self._peer_exchange = np.zeros(len(self.peers))
         self._peer_step = np.full(len(self.peers), -1)
+        self.roles = roles
         self._local = np.zeros(ob.N_LOCAL)
+        self.setpoint_mw: float | None = None
+        self.dispatch_mw: float | None = None
+        self.consensus_rounds = 0
+        self.last_clearing: Clearing | None = None
         self._reports: Subscription | None = None
-        self._commands: Subscription | None = None
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
         self._price_topic = bus_topic(site, "price")
         self._site_prefix = f"heron/{site}/"
 
     @property
+    def price_step(self) -> int:
+        """Step of the last price accepted from the upstream (-1: none yet); equal to a step = fresh for it."""
+        return self._price_step
+
+    @property
+    def last_local(self) -> np.ndarray:
+        """The local features read by the last ``report`` (zeros before the first)."""
+        return self._local
+
+    @property
     def observation_size(self) -> int:
-        return ob.N_CONTEXT + ob.N_LOCAL + len(self.peers)
+        n_protocol = self.roles.coordination.n_features if self.roles else 0
+        return ob.N_CONTEXT + ob.N_LOCAL + len(self.peers) + n_protocol
 
     async def start(self) -> None:
         """Connect, subscribe to the bus and peers' reports (and our commands), announce ourselves online."""
@@ -95,7 +114,8 @@ class ProxyAgent:
             return
         await self.broker.connect()
         self._reports = await self.broker.subscribe(f"heron/{self.site}/+/+")
-        self._commands = await self.broker.subscribe(command_filter(self.site, self.agent_id))
+        if self.roles:
+            await self.roles.prepare()  # commands (setpoints), market and consensus arrive on the roles' link
         await self._publish_status("online")
 
     async def close(self) -> None:
@@ -104,11 +124,11 @@ class ProxyAgent:
             return
         try:
             await self._publish_status("offline")
-            for sub in (self._reports, self._commands):
-                if sub is not None:
-                    await self.broker.unsubscribe(sub)
+            await self.broker.unsubscribe(self._reports)
+            if self.roles:
+                await self.roles.link.close()
         finally:
-            self._reports = self._commands = None
+            self._reports = None
 
     async def _publish_status(self, state: str) -> None:
         counters = {k: int(v) for k, v in self.stats.items()}
@@ -118,17 +138,39 @@ class ProxyAgent:
 
     # ------------------------------------------------------------------ one step
     async def step_distributed(self) -> np.ndarray:
-        """One full cycle: observe (local + messages), decide, apply; returns the applied action."""
-        observation = await self.observe(self.next_step)
+        """One full cycle: observe (local + messages), decide, apply, trade; returns the applied action."""
+        step = self.next_step
+        observation = await self.observe(step)
         action = self.actual_agent.act(observation)
         await self.actual_agent.apply(action)
-        self.next_step += 1
+        await self.settle(step, action)
+        self.next_step = step + 1
         return action
 
     async def observe(self, step: int) -> np.ndarray:
-        """Publish our telemetry for ``step``, wait for this step's price and peers' telemetry, build the observation."""
+        """Publish our telemetry for ``step``, run the protocols' pre-decision roles, collect; the observation."""
         await self.report(step)
+        await self.coordinate(step)
         return await self.collect(step)
+
+    async def coordinate(self, step: int) -> None:
+        """Receive this step's setpoint and take part in the dispatch consensus (when those protocols run)."""
+        if self.roles:
+            self.setpoint_mw, self.dispatch_mw, self.consensus_rounds = await self.roles.before_decision(step, self._local)
+
+    async def settle(self, step: int, action: np.ndarray) -> Clearing | None:
+        """Post this step's order and take the clearing back (when trading runs)."""
+        if not self.roles:
+            return None
+        self.last_clearing = await self.roles.after_decision(step, self._local, action, self._price)
+        return self.last_clearing
+
+    def reset(self, step: int) -> None:
+        """A new episode starting at ``step``: forget protocol state carried between steps."""
+        self.next_step = step
+        self.last_clearing = None
+        if self.roles:
+            self.roles.reset(step)
 
     async def report(self, step: int) -> None:
         """Read the local devices and publish them as telemetry for ``step`` (peers use our exchange)."""
@@ -145,7 +187,13 @@ class ProxyAgent:
         obs = np.empty(self.observation_size, dtype=np.float32)
         ob.context(step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
         obs[ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL] = self._local
-        obs[ob.N_CONTEXT + ob.N_LOCAL :] = self._peer_exchange
+        start = ob.N_CONTEXT + ob.N_LOCAL
+        obs[start : start + len(self.peers)] = self._peer_exchange
+        if self.roles:
+            clearing = self.last_clearing
+            traded = float(clearing.net_mw([self.agent_id])[0]) if clearing else 0.0
+            price = clearing.price_usd_per_mwh if clearing and clearing.price_usd_per_mwh is not None else 0.0
+            obs[start + len(self.peers) :] = self.roles.coordination.agent_features(self.setpoint_mw, self.dispatch_mw, traded, price)
         return obs
 
     def _complete(self, step: int) -> bool:

@@ -53,7 +53,8 @@ def test_curtailment_and_energy_cost(plant: Plant) -> None:
     assert (m.pv_available_mw > 0).all()
     np.testing.assert_allclose(m.pv_mw, 0.75 * m.pv_available_mw)
     np.testing.assert_allclose(m.wind_mw, 0.0)
-    np.testing.assert_allclose(m.energy_cost_usd, m.exchange_mw * m.price_usd_per_mwh * 1.0)
+    credit = np.where(m.exchange_mw > 0, 1.0, plant.scenario.export_price_ratio)
+    np.testing.assert_allclose(m.energy_cost_usd, m.exchange_mw * credit * m.price_usd_per_mwh * 1.0)
     # the exchange is the physical flow: load and losses minus local production
     assert (m.exchange_mw > m.load_mw - m.pv_mw - 1e-9).all()
 
