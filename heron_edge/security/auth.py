@@ -51,7 +51,9 @@ MAC_CONTEXT: Final = b"heron-edge/command-mac/v1\n"
 MIN_KEY_BYTES: Final = 16
 COMMAND_KINDS: Final = frozenset({"setpoint", "action"})
 
-GuardReason = Literal["kind", "topic", "sender", "recipient", "unsigned", "bad_mac", "replay_id", "replay_step"]
+GuardReason = Literal[
+    "kind", "topic", "sender", "recipient", "unsigned", "bad_mac", "no_expiry", "replay_id", "replay_step"
+]
 RejectReason = Literal[GuardReason, DecodeReason]
 REJECT_REASONS: Final[tuple[str, ...]] = (*get_args(GuardReason), *get_args(DecodeReason))
 
@@ -129,7 +131,9 @@ class CommandGuard:
 
     ``stats`` holds ``accepted`` and ``rejected_<reason>`` counters. With ``key=None`` no MAC is
     required (a MAC present is then ignored); with a key, unsigned and wrongly signed commands are
-    refused. ``clock`` gives unix seconds (for expiry checks).
+    refused. ``require_expiry`` refuses commands without ``expires``; ``accept_broadcast`` also
+    accepts ``recipient=None`` (default: a command must name this agent). ``clock`` gives unix
+    seconds (for expiry checks).
     """
 
     def __init__(
@@ -140,6 +144,8 @@ class CommandGuard:
         key: bytes | None = None,
         kinds: Collection[str] = COMMAND_KINDS,
         max_seen_ids: int = 4096,
+        require_expiry: bool = False,
+        accept_broadcast: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not agent_id or not upstream_id:
@@ -150,6 +156,8 @@ class CommandGuard:
         self.upstream_id = upstream_id
         self.kinds = frozenset(kinds)
         self.max_seen_ids = max_seen_ids
+        self.require_expiry = require_expiry
+        self._recipients = (agent_id, None) if accept_broadcast else (agent_id,)
         self._key = None if key is None else _checked(key)
         self._clock = clock
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -204,13 +212,15 @@ class CommandGuard:
                 raise CommandRejected("topic", f"{what} arrived on {topic!r}, not {self.agent_id}'s cmd/{envelope.kind}")
         if envelope.sender != self.upstream_id:
             raise CommandRejected("sender", f"{what}: only the upstream {self.upstream_id!r} may command {self.agent_id!r}")
-        if envelope.recipient != self.agent_id:
+        if envelope.recipient not in self._recipients:
             raise CommandRejected("recipient", f"{what} is addressed to {envelope.recipient!r}, not {self.agent_id!r}")
         if self._key is not None:
             if envelope.mac is None:
                 raise CommandRejected("unsigned", f"{what} carries no MAC")
             if not verify(envelope, self._key):
                 raise CommandRejected("bad_mac", f"{what}: MAC does not verify")
+        if envelope.expires is None and self.require_expiry:
+            raise CommandRejected("no_expiry", f"{what} carries no expiry")
         if envelope.is_expired(self._clock()):
             raise CommandRejected("expired", f"{what} expired at {envelope.expires}")
         if envelope.id in self._seen:

@@ -164,3 +164,18 @@ def test_action_commands_are_commands_too() -> None:
     env = sign(make_envelope("op", ActionBody(values=[0.1, 0.2]), step=1, recipient="mg1"), KEY)
     guard.check(env, topic=command_topic("s", "mg1", "action"))
     assert guard.stats["accepted"] == 1
+
+
+def test_expiry_can_be_required_and_broadcast_accepted() -> None:
+    strict = CommandGuard("mg1", "op", require_expiry=True)
+    assert rejection(strict, command(ttl_s=None)) == "no_expiry"
+    strict.check(command(ttl_s=5.0))
+    assert rejection(strict, command(recipient=None)) == "recipient"
+    lenient = CommandGuard("mg1", "op", accept_broadcast=True)
+    lenient.check(command(recipient=None))
+    assert rejection(lenient, command(recipient="mg2")) == "recipient"
+    clock = [1000.0]
+    timed = CommandGuard("mg1", "op", clock=lambda: clock[0])
+    env = make_envelope("op", SetpointBody(p_mw=1.0), step=1, recipient="mg1").model_copy(update={"expires": 1001.0})
+    clock[0] = 1002.0
+    assert rejection(timed, env) == "expired"
