@@ -209,9 +209,11 @@ class CommandGuard:
         if topic is not None:
             parts = parse_topic(topic)
             if parts is None or not parts.command or parts.agent_id != self.agent_id or parts.kind != envelope.kind:
-                raise CommandRejected("topic", f"{what} arrived on {topic!r}, not {self.agent_id}'s cmd/{envelope.kind}")
+                raise CommandRejected("topic", f"{what} arrived on {topic!r}, "
+                                      f"not {self.agent_id}'s cmd/{envelope.kind}")
         if envelope.sender != self.upstream_id:
-            raise CommandRejected("sender", f"{what}: only the upstream {self.upstream_id!r} may command {self.agent_id!r}")
+            raise CommandRejected("sender", f"{what}: only the upstream {self.upstream_id!r} "
+                                  f"may command {self.agent_id!r}")
         if envelope.recipient not in self._recipients:
             raise CommandRejected("recipient", f"{what} is addressed to {envelope.recipient!r}, not {self.agent_id!r}")
         if self._key is not None:

@@ -300,7 +300,8 @@ def write_broker_config(
     out.mkdir(parents=True, exist_ok=True)
     credentials_file = out / CREDENTIALS_NAME
     if credentials_file.exists() and not overwrite:
-        raise ConfigError(f"{credentials_file} exists; refusing to replace a site's credentials (overwrite=True, or --force)")
+        raise ConfigError(f"{credentials_file} exists; refusing to replace a site's credentials "
+                          "(overwrite=True, or --force)")
     directory = config.config_dir or out
     passwords = dict(passwords or {})
     unknown = set(passwords) - set(config.users)

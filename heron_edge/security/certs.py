@@ -84,7 +84,9 @@ class CertificateAuthority:
             _write_private(Path(key_file), self._key_pem(self._key))
         return Path(cert_file)
 
-    def issue_server(self, common_name: str, names: Sequence[str], cert_file: Path, key_file: Path) -> IssuedCertificate:
+    def issue_server(
+        self, common_name: str, names: Sequence[str], cert_file: Path, key_file: Path
+    ) -> IssuedCertificate:
         """A server certificate whose subjectAltName lists ``names`` (DNS names or IP addresses)."""
         if not names:
             raise ConfigError("a server certificate needs at least one name (DNS name or IP address)")
@@ -94,13 +96,16 @@ class CertificateAuthority:
                 alt.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:
                 alt.append(x509.DNSName(name))
-        extensions = [(x509.SubjectAlternativeName(alt), False), (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)]
+        extensions: list[tuple[x509.ExtensionType, bool]] = [
+            (x509.SubjectAlternativeName(alt), False),
+            (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False),
+        ]
         return self._issue(common_name, extensions, Path(cert_file), Path(key_file))
 
     def issue_client(self, common_name: str, cert_file: Path, key_file: Path) -> IssuedCertificate:
         """A client certificate (extendedKeyUsage clientAuth) with ``common_name`` as subject CN."""
-        return self._issue(common_name, [(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)], Path(cert_file),
-                           Path(key_file))
+        usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+        return self._issue(common_name, [(usage, False)], Path(cert_file), Path(key_file))
 
     def _issue(self, common_name: str, extensions: list[tuple[x509.ExtensionType, bool]], cert_file: Path,
                key_file: Path) -> IssuedCertificate:

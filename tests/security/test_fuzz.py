@@ -182,11 +182,13 @@ def seed_mutated_on_its_topic(draw: st.DrawFn) -> tuple[str, bytes]:
     return topic, draw(mutation(seed))
 
 
-report_batch = st.lists(st.tuples(st.sampled_from(REPORT_TOPICS), fuzz_payload(report_seeds)) | seed_mutated_on_its_topic(),
-                        min_size=8, max_size=40)
+report_item = st.tuples(st.sampled_from(REPORT_TOPICS), fuzz_payload(report_seeds)) | seed_mutated_on_its_topic()
+report_batch = st.lists(report_item, min_size=8, max_size=40)
+FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
+                         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@FUZZ_SETTINGS
 @given(batch=report_batch)
 def test_proxy_agent_survives_and_counts_every_bad_report(rig: Rig, batch: list[tuple[str, bytes]]) -> None:
     proxy = rig.proxy
@@ -219,7 +221,7 @@ def command_batch(draw: st.DrawFn) -> tuple[bytes, list[tuple[str, bytes]]]:
     return genuine, fuzz
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@FUZZ_SETTINGS
 @given(batch=command_batch())
 def test_command_guard_accepts_only_the_genuine_command(rig: Rig, batch: tuple[bytes, list[tuple[str, bytes]]]) -> None:
     genuine, fuzz = batch

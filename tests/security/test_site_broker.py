@@ -156,8 +156,38 @@ def test_agents_read_only_what_their_protocols_need(site: Site) -> None:
             await op.publish(bus_topic(SITE, "price"), b"price")
             topics = [(await everything.get(timeout=5)).topic for _ in range(3)]
             # mg2's command and mg2's action never reach mg1
-            assert sorted(topics) == sorted([command_topic(SITE, "mg1", "setpoint"), agent_topic(SITE, "mg2", "telemetry"),
-                                             bus_topic(SITE, "price")])
+            expected = [command_topic(SITE, "mg1", "setpoint"), agent_topic(SITE, "mg2", "telemetry"),
+                        bus_topic(SITE, "price")]
+            assert sorted(topics) == sorted(expected)
             assert await _nothing_more(everything) == []
 
     run_async(scenario())
+
+
+def test_server_certificate_names_localhost_and_the_loopback_ip(site: Site) -> None:
+    creds = site.files.credentials
+    by_name = site.url.replace("127.0.0.1", "localhost")
+    run_async(_status_round_trip(creds.broker("mg3", by_name), "mg3"))
+
+
+@paho_handshake_leak
+def test_required_client_certificates(tmp_path: Path) -> None:
+    """With require_certificate the password alone is not enough: the site's client certificate is needed too."""
+    from heron_edge.security import write_broker_config
+    from heron_edge.security.launch import free_port, running_site_mosquitto
+    from tests.security.conftest import site_config
+
+    port = free_port()
+    files = write_broker_config(site_config(port, require_certificate=True), tmp_path, self_signed_ca=True)
+    creds = files.credentials
+    with running_site_mosquitto(files.conf, port=port) as proc:
+        run_async(_status_round_trip(creds.broker("mg1", proc.url), "mg1"))  # certificate + password
+        no_cert = MqttBroker(proc.url, username="mg1", password=creds.user("mg1").password,
+                             tls=TlsOptions(ca_file=creds.ca_file), request_timeout_s=3)
+        with pytest.raises(BrokerError):
+            run_async(connect_and_close(no_cert))
+        # a certificate alone does not replace the password (the broker has no use_identity_as_username)
+        cert_only = MqttBroker(proc.url, tls=creds.tls_options("mg1"), request_timeout_s=3)
+        with pytest.raises(BrokerError, match="Not authorized"):
+            run_async(connect_and_close(cert_only))
+    gc.collect()
