@@ -4,7 +4,9 @@ One vertical protocol (``setpoint`` or ``price_signal``) and one horizontal (``p
 ``consensus``) may run together. Every step, before the agents decide, the system operator sends
 the price (always; with ``price_signal`` it carries a congestion adder) and, with ``setpoint``, each
 microgrid's exchange setpoint; with ``consensus`` the microgrids agree on the least-cost dispatch of
-their generators to cover their combined deficit. After they decide, with ``p2p_trading`` they post
+their generators to cover the part of their combined deficit above the feeder's import allowance
+(option ``import_limit_mw``; each node starts from its own deficit minus an equal share of the
+allowance, so only the sum, which is the shared demand, matters). After they decide, with ``p2p_trading`` they post
 orders from their planned net position and a market clears them; the trades settle in the step's
 costs. The centralized forms are computed here from the plant; the distributed forms run as roles
 (``MicrogridRoles`` in each ProxyAgent, ``OperatorRoles`` in the SystemOperator) and must agree.
@@ -48,7 +50,7 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "setpoint": {"import_limit_mw": 1.5},
     "price_signal": {"congestion_threshold_pu": 0.8, "congestion_adder_usd_per_mwh": 50.0},
     "p2p_trading": {"fee_usd_per_mwh": 1.0},
-    "consensus": {"topology": "ring"},
+    "consensus": {"topology": "ring", "import_limit_mw": 1.5},
 }
 
 
@@ -103,7 +105,12 @@ class Coordination:
         self.price = PriceSignalProtocol(price_opts)
         self.setpoint = SetpointProtocol(opts("setpoint", operator_id=UPSTREAM_ID)) if "setpoint" in self.protocols else None
         self.p2p = P2PTradingProtocol(opts("p2p_trading", market_id=UPSTREAM_ID)) if "p2p_trading" in self.protocols else None
-        self.consensus = ConsensusProtocol(opts("consensus", nodes=tuple(self.names))) if "consensus" in self.protocols else None
+        self.consensus: ConsensusProtocol | None = None
+        self.import_allowance_mw = 0.0
+        if "consensus" in self.protocols:
+            consensus_opts = opts("consensus", nodes=tuple(self.names))
+            self.import_allowance_mw = float(consensus_opts.pop("import_limit_mw"))
+            self.consensus = ConsensusProtocol(consensus_opts)
         self.generators = [GeneratorCost(m.generator.cost_a_usd_per_mw2h, m.generator.cost_b_usd_per_mwh,
                                          m.generator.p_min_mw, m.generator.p_max_mw) for m in scenario.microgrids]
         self.feature_names: tuple[str, ...] = (
@@ -131,6 +138,10 @@ class Coordination:
         """Net need of each microgrid before its dispatchable devices (MW, + deficit)."""
         return load_mw - pv_mw - wind_mw
 
+
+    def demand_shares_mw(self, needs: np.ndarray) -> np.ndarray:
+        """Each node's share of the shared demand: its deficit minus an equal share of the import allowance."""
+        return np.maximum(needs, 0.0) - self.import_allowance_mw / len(self.names)
 
     def planned_net_mw(self, local: np.ndarray, action: np.ndarray, index: int) -> float:
         """A microgrid's planned net position (MW, + deficit) from its local features and normalised action."""
@@ -175,8 +186,8 @@ class Coordination:
         if self.setpoint:
             signals.setpoint_mw = self.setpoint.allocate(needs)
         if self.consensus:
-            # the shared demand is the microgrids' combined deficit; above total capacity every unit runs at p_max
-            signals.dispatch_mw = self.consensus.dispatch(self.generators, float(np.maximum(needs, 0.0).sum())).p_mw
+            # above total capacity every unit runs at p_max; at or below zero every unit at p_min
+            signals.dispatch_mw = self.consensus.dispatch(self.generators, float(self.demand_shares_mw(needs).sum())).p_mw
         return signals
 
     def clear(self, locals_: np.ndarray, actions: np.ndarray, price: float) -> Clearing | None:
@@ -227,8 +238,8 @@ class MicrogridRoles:
         if c.setpoint:
             setpoint = (await c.setpoint.receive(link)).p_mw
         if c.consensus:
-            need = float(local[0] - local[1] - local[2])  # its own deficit is a node's share of the demand
-            result = await c.consensus.dispatch_node(link, c.generators[self.index], max(need, 0.0))
+            share = c.demand_shares_mw(c.needs_mw(local[0:1], local[1:2], local[2:3]))  # needs only its own data
+            result = await c.consensus.dispatch_node(link, c.generators[self.index], float(share[0]))
             dispatch, rounds = result.p_mw, result.rounds
         return setpoint, dispatch, rounds
 

@@ -10,7 +10,10 @@ Finding its own slice (see ``heron_edge.observations``): a ``RulePolicy`` is tol
   "centralized": context (3) | local features of every microgrid (8 n) | one-hot agent index (n);
                  its local features are entries 3 + 8 i .. 3 + 8 i + 8, and the one-hot must say i.
   "distributed": context (3) | own local features (8) | peers' exchange (n - 1).
-In both, the price of the step being dispatched is context[2] * 100 USD/MWh.
+In both, the price of the step being dispatched is context[2] * 100 USD/MWh. When coordination
+protocols run, their per-agent features (``protocol_features``, names from
+``heron_edge.coordination``) follow: after the one-hot, every agent's block in agent order
+(centralized), or after the peers (distributed).
 """
 from __future__ import annotations
 
@@ -44,13 +47,16 @@ class RulePolicy:
       is above the marginal cost cost_b + 2 cost_a p, and only if the step's fuel cost (with the
       no-load cost cost_c) stays below the energy's value. The plant enforces the ramp limit.
     - PV and wind: curtail fully when the price is negative, never otherwise.
+    - With the setpoint protocol, the battery tracks the exchange setpoint instead (it covers net
+      load - generator - setpoint, within its rating); with consensus, the generator runs at the
+      agreed dispatch instead of its own price rule.
     """
 
     def __init__(self, *, agent_index: int, n_agents: int, layout: Layout = "centralized",
                  battery_p_max_mw: float, generator_p_max_mw: float, round_trip_efficiency: float = 1.0,
                  cost_a_usd_per_mw2h: float, cost_b_usd_per_mwh: float,
                  cost_c_usd_per_h: float = 0.0, window_steps: int = 24, charge_quantile: float = 0.25,
-                 discharge_quantile: float = 0.75, min_history: int = 4) -> None:
+                 discharge_quantile: float = 0.75, min_history: int = 4, protocol_features: tuple[str, ...] = ()) -> None:
         if not 0 <= agent_index < n_agents:
             raise ValueError(f"agent_index must be in [0, {n_agents}), got {agent_index}")
         if layout not in ("centralized", "distributed"):
@@ -74,15 +80,21 @@ class RulePolicy:
         self.discharge_quantile = discharge_quantile
         self.min_history = min_history
         self._prices: deque[float] = deque(maxlen=window_steps)
+        self.protocol_features = tuple(protocol_features)
+        k = len(self.protocol_features)
         if layout == "centralized":
-            self.obs_size = N_CONTEXT + (N_LOCAL + 1) * n_agents
+            base = N_CONTEXT + (N_LOCAL + 1) * n_agents
+            self.obs_size = base + k * n_agents
             self._local = slice(N_CONTEXT + N_LOCAL * agent_index, N_CONTEXT + N_LOCAL * (agent_index + 1))
+            self._protocol = base + k * agent_index
         else:
-            self.obs_size = N_CONTEXT + N_LOCAL + n_agents - 1
+            self._protocol = N_CONTEXT + N_LOCAL + n_agents - 1
+            self.obs_size = self._protocol + k
             self._local = slice(N_CONTEXT, N_CONTEXT + N_LOCAL)
 
     @classmethod
-    def from_scenario(cls, scenario: Scenario, agent_index: int, *, layout: Layout = "centralized", **rules: float) -> RulePolicy:
+    def from_scenario(cls, scenario: Scenario, agent_index: int, *, layout: Layout = "centralized",
+                      protocol_features: tuple[str, ...] = (), **rules: float) -> RulePolicy:
         """The rule for microgrid ``agent_index`` of ``scenario`` (ratings, efficiency, generator costs from it; window = one day)."""
         mg = scenario.microgrids[agent_index]
         gen = mg.generator
@@ -90,7 +102,8 @@ class RulePolicy:
         return cls(agent_index=agent_index, n_agents=len(scenario.microgrids), layout=layout,
                    battery_p_max_mw=mg.battery.p_max_mw, round_trip_efficiency=mg.battery.efficiency ** 2,
                    generator_p_max_mw=gen.p_max_mw, cost_a_usd_per_mw2h=gen.cost_a_usd_per_mw2h,
-                   cost_b_usd_per_mwh=gen.cost_b_usd_per_mwh, cost_c_usd_per_h=gen.cost_c_usd_per_h, **rules)  # type: ignore[arg-type]
+                   cost_b_usd_per_mwh=gen.cost_b_usd_per_mwh, cost_c_usd_per_h=gen.cost_c_usd_per_h,
+                   protocol_features=protocol_features, **rules)  # type: ignore[arg-type]
 
     def reset(self) -> None:
         """Forget the price history."""
@@ -102,7 +115,7 @@ class RulePolicy:
         if obs.shape != (self.obs_size,):
             raise ValueError(f"a {self.layout} observation for {self.n_agents} agents has shape ({self.obs_size},), got {obs.shape}")
         if self.layout == "centralized":
-            one_hot = obs[N_CONTEXT + N_LOCAL * self.n_agents:]
+            one_hot = obs[N_CONTEXT + N_LOCAL * self.n_agents : N_CONTEXT + (N_LOCAL + 1) * self.n_agents]
             if one_hot[self.agent_index] != 1.0:
                 raise ValueError(f"this observation belongs to agent {int(np.argmax(one_hot))}, not {self.agent_index}")
         return obs[self._local]
@@ -135,7 +148,16 @@ class RulePolicy:
             elif price >= np.quantile(history, self.discharge_quantile) and price * self.round_trip_efficiency > low:
                 net_load_mw = float(local[0] - local[1] - local[2]) - generator_mw
                 battery = min(max(net_load_mw, 0.0) / self.battery_p_max_mw, 1.0)
+        if "dispatch_mw" in self.protocol_features:
+            generator_mw = min(max(self._feature(observation, "dispatch_mw"), 0.0), self.generator_p_max_mw)
+        if "setpoint_mw" in self.protocol_features:
+            used = 0.0 if curtail else float(local[1] + local[2])
+            cover_mw = float(local[0]) - used - generator_mw - self._feature(observation, "setpoint_mw")
+            battery = min(max(cover_mw / self.battery_p_max_mw, -1.0), 1.0)
         return np.array([battery, generator_mw / self.generator_p_max_mw, curtail, curtail], dtype=np.float32)
+
+    def _feature(self, observation: np.ndarray, name: str) -> float:
+        return float(observation[self._protocol + self.protocol_features.index(name)])
 
 
 class RandomPolicy:

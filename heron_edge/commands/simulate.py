@@ -1,4 +1,4 @@
-"""Run centralized days of a scenario with a baseline policy; print a cost summary and write the trajectory (CSV) and a plot (PNG)."""
+"""Run days of a scenario with a baseline policy (centralized, or distributed with --distributed / --broker) and optional coordination protocols; print a summary and write the trajectory (CSV) and a plot (PNG)."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +19,14 @@ COLUMNS = (
     "step", "day", "step_in_year", "hour", "microgrid", "price_usd_per_mwh", "load_mw", "pv_available_mw", "pv_mw",
     "wind_available_mw", "wind_mw", "battery_mw", "generator_mw", "soc", "exchange_mw", "fuel_cost_usd",
     "energy_cost_usd", "cost_usd", "penalty_usd", "violation_v_pu", "overload_percent", "vm_min_pu", "vm_max_pu",
-    "converged",
+    "converged", "congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw", "dispatch_mw", "consensus_rounds",
+    "traded_mw", "trade_cash_usd", "clearing_price_usd_per_mwh",
 )
 """CSV columns, one row per step and microgrid: MW, USD, p.u.; battery + discharge, exchange + import;
-cost = fuel + energy (bought - sold); vm_min/max over the microgrid's buses; step counts from 0 over the run."""
+price = the signalled price (hourly price + congestion adder); cost = fuel + energy (bought - sold, net of
+trades, trade cash included); vm_min/max over the microgrid's buses; step counts from 0 over the run.
+Protocol columns are empty (nan) when their protocol does not run."""
+PROTOCOLS = ("setpoint", "price_signal", "p2p_trading", "consensus")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seeds the choice of training days and the random policy (default: %(default)s)")
     parser.add_argument("--test-year", action="store_true", help="walk 2024 day by day from 1 January instead of random days of 2023")
+    parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, metavar="NAME",
+                        help="coordination protocol: setpoint, price_signal, p2p_trading or consensus; "
+                             "give it twice for one vertical plus one horizontal")
+    parser.add_argument("--distributed", action="store_true",
+                        help="run the agents distributed (local observations and messages) over an in-memory broker")
+    parser.add_argument("--broker", metavar="URL", default=None,
+                        help="run distributed over this MQTT broker, e.g. mqtt://127.0.0.1:1883 (implies --distributed)")
     parser.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
                         help=f"directory for {CSV_NAME} and {PNG_NAME} (default: %(default)s)")
 
@@ -56,6 +67,9 @@ class Trajectory:
     names: list[str]
     columns: dict[str, np.ndarray]
     step_hours: float
+    protocols: tuple[str, ...] = ()
+    mode: str = "centralized"
+    messages: int = 0  # published over the broker (distributed runs)
 
     @property
     def n_steps(self) -> int:
@@ -66,11 +80,14 @@ def run(args: argparse.Namespace) -> int:
     """Load the scenario, simulate, print the summary, write the CSV and PNG; 0 on success, 2 on bad input."""
     try:
         scenario = _load_scenario(args.scenario)
-        trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year)
+        trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year,
+                              protocol=args.protocol, distributed=args.distributed or args.broker is not None,
+                              broker_url=args.broker)
     except ScenarioError as exc:
         print(f"heron-edge simulate: error: {exc}", file=sys.stderr)
         return 2
     print(summary_table(summarize(trajectory)))
+    print(protocol_summary(trajectory))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(trajectory, out / CSV_NAME)
@@ -97,25 +114,40 @@ def _load_scenario(name_or_path: str) -> Scenario:
 
 
 def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year: bool = False,
-             progress: bool = True) -> Trajectory:
-    """Run ``days`` one-day centralized episodes with ``policy`` ("rule" or "random") and record every step."""
+             progress: bool = True, protocol: list[str] | None = None, distributed: bool = False,
+             broker_url: str | None = None) -> Trajectory:
+    """Run ``days`` one-day episodes with ``policy`` ("rule" or "random") and record every step.
+
+    Centralized by default; ``distributed`` runs the same agents behind ProxyAgents over an in-memory
+    broker, or over MQTT at ``broker_url``.
+    """
     import numpy as np
     from tqdm import tqdm
 
     from heron_edge.env import MultiAgentMicrogrids
     from heron_edge.policies import RandomPolicy, RulePolicy
 
+    from heron_edge.brokers import InMemoryBroker, MqttBroker
+    from heron_edge.errors import ConfigError
+
     steps_per_day = int(round(24 * 60 / scenario.step_minutes))
+    broker = (MqttBroker(broker_url) if broker_url else InMemoryBroker()) if distributed else None
+    config: dict[str, Any] = {"centralized": not distributed, "max_episode_steps": steps_per_day, "scenario": scenario,
+                              "train": not test_year, "protocol": protocol, "message_broker": broker}
     try:  # the network and the profiles are only checked when the plant is built and first reset
-        env = MultiAgentMicrogrids({"centralized": True, "max_episode_steps": steps_per_day, "scenario": scenario,
-                                    "train": not test_year})
+        env = MultiAgentMicrogrids(config)
         env.reset(seed=seed)
+    except ConfigError as exc:
+        raise ScenarioError(str(exc)) from exc
     except (KeyError, ValueError) as exc:
         raise ScenarioError(f"scenario {scenario.name} cannot be run: {exc}") from exc
     agents = list(env.possible_agents)
     policies: dict[str, Any]
+    layout = "distributed" if distributed else "centralized"
     if policy == "rule":
-        policies = {a: RulePolicy.from_scenario(scenario, i) for i, a in enumerate(agents)}
+        features = env.coordination.feature_names
+        policies = {a: RulePolicy.from_scenario(scenario, i, layout=layout, protocol_features=features)
+                    for i, a in enumerate(agents)}
     elif policy == "random":
         policies = {a: RandomPolicy(env.action_space(a).low, env.action_space(a).high, seed=seed * 1000 + i)
                     for i, a in enumerate(agents)}
@@ -130,26 +162,36 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
             obs, _ = env.reset(seed=seed if day == 0 else None)  # the same seed again: the same days as above
             while env.agents:
                 actions = {a: policies[a].act(obs[a]) for a in env.agents}
-                obs, _, _, _, _ = env.step(actions)
+                obs, _, _, _, infos = env.step(actions)
                 m = env.plant.last
                 assert m is not None
+                energy = np.array([infos[a]["energy_cost_usd"] for a in agents])  # settled: signal price, trades
+
+                def info(key: str) -> list[float]:
+                    return [np.nan if infos[a].get(key) is None else float(infos[a][key]) for a in agents]
+
                 row = {
                     "step": k, "day": day, "step_in_year": m.step, "hour": (m.step % steps_per_day) * scenario.step_hours,
-                    "price_usd_per_mwh": m.price_usd_per_mwh, "load_mw": m.load_mw, "pv_available_mw": m.pv_available_mw,
+                    "price_usd_per_mwh": info("price_usd_per_mwh"), "load_mw": m.load_mw, "pv_available_mw": m.pv_available_mw,
                     "pv_mw": m.pv_mw, "wind_available_mw": m.wind_available_mw, "wind_mw": m.wind_mw,
                     "battery_mw": m.applied.battery_mw, "generator_mw": m.applied.generator_mw, "soc": m.soc,
-                    "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "energy_cost_usd": m.energy_cost_usd,
-                    "cost_usd": m.cost_usd, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
+                    "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "energy_cost_usd": energy,
+                    "cost_usd": m.fuel_cost_usd + energy, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
                     "overload_percent": m.overload_percent,
                     "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
                     "converged": float(m.converged),
+                    **{key: info(key) for key in ("congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw",
+                                                  "dispatch_mw", "consensus_rounds", "traded_mw", "trade_cash_usd",
+                                                  "clearing_price_usd_per_mwh")},
                 }
                 for name, value in row.items():
                     records[name][k] = value
                 k += 1
                 bar.update()
+    messages = int(getattr(broker, "published", 0))
     env.close()
-    return Trajectory(names=agents, columns=records, step_hours=scenario.step_hours)
+    return Trajectory(names=agents, columns=records, step_hours=scenario.step_hours,
+                      protocols=env.coordination.protocols, mode=layout, messages=messages)
 
 
 SUMMARY_FIELDS = ("cost_usd", "fuel_usd", "bought_mwh", "sold_mwh", "penalty_usd", "v_violation_steps", "overload_steps",
@@ -174,6 +216,32 @@ def summarize(trajectory: Trajectory) -> dict[str, dict[str, float]]:
     table["total"] = {f: float(per[f].sum()) for f in SUMMARY_FIELDS}
     table["total"]["nonconverged_steps"] = float((c["converged"][:, 0] == 0).sum())
     return table
+
+
+def protocol_summary(trajectory: Trajectory) -> str:
+    """One paragraph on coordination: mode, protocols, prices, trades, setpoint tracking, consensus rounds, messages."""
+    import numpy as np
+
+    c, dt = trajectory.columns, trajectory.step_hours
+    price = c["price_usd_per_mwh"][:, 0]
+    lines = [f"mode: {trajectory.mode}; protocols: {', '.join(trajectory.protocols) or 'none'}",
+             f"price: mean {price.mean():.2f} USD/MWh (min {price.min():.2f}, max {price.max():.2f}); "
+             f"congestion adder in {int((c['congestion_adder_usd_per_mwh'][:, 0] > 0).sum())} of {trajectory.n_steps} steps"]
+    if "p2p_trading" in trajectory.protocols:
+        bought = np.maximum(c["traded_mw"], 0.0).sum(axis=1)
+        cleared = c["clearing_price_usd_per_mwh"][:, 0]
+        traded = bought > 0
+        mean_price = f"{np.nanmean(cleared[traded]):.2f} USD/MWh" if traded.any() else "-"
+        lines.append(f"trades: {int(traded.sum())} steps with trades, {bought.sum() * dt:.3f} MWh traded, "
+                     f"mean clearing price {mean_price}, fees {-np.nansum(c['trade_cash_usd']):.2f} USD")
+    if "setpoint" in trajectory.protocols:
+        lines.append(f"setpoint tracking: mean |error| {np.nanmean(np.abs(c['tracking_error_mw'])):.3f} MW")
+    if "consensus" in trajectory.protocols:
+        lines.append(f"consensus: dispatch mean {np.nanmean(c['dispatch_mw'].sum(axis=1)):.3f} MW, "
+                     f"rounds per step mean {np.nanmean(c['consensus_rounds'][:, 0]):.1f} (0 = computed centrally)")
+    if trajectory.mode == "distributed":
+        lines.append(f"messages: {trajectory.messages} published, {trajectory.messages / max(trajectory.n_steps, 1):.1f} per step")
+    return "\n".join(lines)
 
 
 def summary_table(summary: dict[str, dict[str, float]]) -> str:
