@@ -10,6 +10,10 @@ from collections.abc import Sequence
 SUBCOMMANDS: dict[str, str] = {
     "simulate": "heron_edge.commands.simulate",
     "emulate": "heron_edge.commands.emulate",
+    "agent": "heron_edge.commands.agent",
+    "plant": "heron_edge.commands.plant",
+    "operator": "heron_edge.commands.operator",
+    "sil": "heron_edge.commands.sil",
     "broker-config": "heron_edge.commands.broker_config",
 }
 

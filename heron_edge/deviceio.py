@@ -5,12 +5,14 @@ in-process distributed runs) and, on a gateway, a Modbus adapter over ``firmware
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from heron_edge import observations as ob
-from sim.plant import Plant, Setpoints
+
+if TYPE_CHECKING:  # the simulator is an extra: a gateway imports this port without it
+    from sim.plant import Plant, Setpoints
 
 
 class DeviceIO(Protocol):

@@ -20,9 +20,12 @@ Distributed observation (local state plus messages):
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from sim.plant import Measurements
+if TYPE_CHECKING:  # the simulator is an extra: a gateway imports the layouts without it
+    from sim.plant import Measurements
 
 N_LOCAL = 8
 N_CONTEXT = 3

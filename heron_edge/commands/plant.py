@@ -1,0 +1,81 @@
+"""Serve the simulator as hardware: every microgrid's devices as emulated Modbus devices, advanced on an MQTT clock."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``heron-edge plant``."""
+    parser.add_argument("--scenario", default="ieee34_3x13", metavar="NAME_OR_TOML", help="(default: %(default)s)")
+    parser.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port")
+    parser.add_argument("--site", default="sil", help="topic namespace (default: %(default)s)")
+    parser.add_argument("--operator-id", default="system_operator", help="waited for in lock-step (default: %(default)s)")
+    parser.add_argument("--days", type=int, default=1, help="episodes of one day (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="picks the days as the environment does (default: %(default)s)")
+    parser.add_argument("--test-year", action="store_true", help="walk 2024 day by day instead of random days of 2023")
+    parser.add_argument("--start-steps", default=None, metavar="K,K,...",
+                        help="first step of the year of each episode (overrides --days/--seed)")
+    parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep", help="(default: %(default)s)")
+    parser.add_argument("--period", type=float, default=1.0, metavar="S", help="real time: seconds per step (default: %(default)s)")
+    parser.add_argument("--endpoints", type=Path, default=None, metavar="FILE",
+                        help="write the devices' host/port per microgrid and role here (JSON) once listening")
+    parser.add_argument("--trajectory", type=Path, default=None, metavar="FILE.npz", help="write the trajectory here at the end")
+    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve and run the episodes; 0 when done, 2 on bad input."""
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from heron_edge.runtime.sil import episode_starts
+    from sim.scenario import load_scenario
+
+    try:
+        scenario = load_scenario(args.scenario)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"heron-edge plant: error: {exc}", file=sys.stderr)
+        return 2
+    steps_per_day = int(round(24 * 60 / scenario.step_minutes))
+    if args.start_steps:
+        starts = [int(k) for k in args.start_steps.split(",")]
+    else:
+        starts = episode_starts(scenario, days=args.days, seed=args.seed, test_year=args.test_year)
+    year = 2024 if args.test_year else 2023
+    asyncio.run(_main(args, scenario, starts, steps_per_day, year))
+    return 0
+
+
+async def _main(args: argparse.Namespace, scenario: object, starts: list[int], steps_per_day: int, year: int) -> None:
+    from heron_edge.brokers import MqttBroker
+    from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
+    from sim.plant import Plant
+
+    plant = Plant(scenario)  # type: ignore[arg-type]
+    broker = MqttBroker(args.broker, client_id=f"heron-{args.site}-{PLANT_ID}", reconnect_max_delay_s=1.0)
+    runtime = PlantRuntime(plant, broker, site=args.site, participants=[*plant.names, args.operator_id],
+                           start_steps=starts, steps_per_episode=steps_per_day, year=year, mode=args.mode,
+                           period_s=args.period)
+    await runtime.start()
+    if args.endpoints is not None:
+        runtime.write_endpoints(args.endpoints)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(runtime.run())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    finally:
+        await runtime.stop()
+        await broker.close()
+        if args.trajectory is not None and runtime.records:
+            runtime.save_trajectory(args.trajectory)
+        stats = {"steps": len(runtime.records), **runtime.stats,
+                 "step_ms_mean": 1e3 * sum(runtime.step_times) / max(len(runtime.step_times), 1)}
+        print(json.dumps({"plant": stats}))

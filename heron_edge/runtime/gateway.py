@@ -1,0 +1,441 @@
+"""The edge gateway: one microgrid agent as one asyncio process (``heron-edge agent --config FILE``).
+
+Built on the environment's own agents: a ``MicrogridAgent`` (policy + DeviceIO) inside a
+``ProxyAgent`` (telemetry out, price and peers' telemetry in), with a Modbus DeviceIO. Each cycle:
+read devices -> exchange messages -> decide -> write setpoints -> publish status (and, with a bus
+clock, ``done``). Telemetry goes through a bounded SQLite outbox whenever it cannot be published
+and is sent in order after reconnect. Failsafe rules: ``heron_edge.runtime.failsafe``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from heron_edge.agents import MicrogridAgent, ProxyAgent, Ratings
+from heron_edge.brokers import Broker, MqttBroker
+from heron_edge.brokers.base import DEFAULT_MAXSIZE, Payload, Subscription, payload_bytes
+from heron_edge.brokers.mqtt import TlsOptions
+from heron_edge.errors import BrokerError, DeviceError
+from heron_edge.messages import (
+    ClockBody, DecodeError, StatusBody, agent_topic, bus_topic, command_filter, decode, make_envelope,
+)
+from heron_edge.policies import RulePolicy
+from heron_edge.runtime.commands import CommandInbox
+from heron_edge.runtime.config import GatewayConfig
+from heron_edge.runtime.failsafe import FailsafeState, safe_setpoints
+from heron_edge.runtime.modbus_io import ModbusDeviceIO
+from heron_edge.runtime.outbox import Outbox
+
+__all__ = ["CycleTiming", "Gateway", "OutboxBroker", "make_broker"]
+
+log = logging.getLogger(__name__)
+
+
+def make_broker(config: GatewayConfig) -> MqttBroker:
+    """The gateway's MqttBroker: one client id per gateway, the password from the environment, last will offline."""
+    b = config.broker
+    tls = None
+    if b.tls is not None:
+        tls = TlsOptions(ca_file=b.tls.ca_file, cert_file=b.tls.cert_file, key_file=b.tls.key_file)
+    return MqttBroker(b.url, client_id=b.client_id or f"heron-{config.site}-{config.agent_id}", username=b.username,
+                      password=b.password(), tls=tls, status_topic=agent_topic(config.site, config.agent_id, "status"),
+                      keepalive=b.keepalive_s, reconnect_min_delay_s=b.reconnect_min_delay_s,
+                      reconnect_max_delay_s=b.reconnect_max_delay_s)
+
+
+class OutboxBroker:
+    """A Broker wrapper: publishes on ``telemetry_topic`` that fail (or would overtake queued ones) go to the outbox.
+
+    Everything else passes through unchanged (and raises as the wrapped broker does).
+    """
+
+    def __init__(self, broker: MqttBroker, outbox: Outbox, telemetry_topic: str) -> None:
+        self.inner = broker
+        self.outbox = outbox
+        self.telemetry_topic = telemetry_topic
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
+        if topic != self.telemetry_topic:
+            await self.inner.publish(topic, payload, qos=qos, retain=retain)
+            return
+        data = payload_bytes(payload)
+        if len(self.outbox) == 0 and self.inner.connected:
+            try:
+                await self.inner.publish(topic, data, qos=qos, retain=retain)
+                return
+            except BrokerError as exc:
+                log.info("telemetry to the outbox: %s", exc)
+        self.outbox.add(topic, data)
+
+    async def flush(self) -> int:
+        """Send the outbox in order (stops at the first failure); returns how many went out."""
+        if len(self.outbox) == 0 or not self.inner.connected:
+            return 0
+        return await self.outbox.flush(lambda topic, data: self.inner.publish(topic, data, qos=1))
+
+    async def subscribe(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
+        return await self.inner.subscribe(topic_filter, qos=qos, maxsize=maxsize)
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        await self.inner.unsubscribe(subscription)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> OutboxBroker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+
+@dataclass
+class CycleTiming:
+    """Cumulated cycle time split, seconds: Modbus requests, the decision (policy), messaging (the rest:
+    MQTT publishes and the wait for this step's price and peers' telemetry)."""
+
+    cycles: int = 0
+    total_s: float = 0.0
+    modbus_s: float = 0.0
+    decision_s: float = 0.0
+    last_ms: float = 0.0
+
+    @property
+    def mqtt_s(self) -> float:
+        return max(0.0, self.total_s - self.modbus_s - self.decision_s)
+
+    def as_dict(self) -> dict[str, float]:
+        n = max(self.cycles, 1)
+        return {"cycles": self.cycles, "cycle_ms": 1e3 * self.total_s / n, "modbus_ms": 1e3 * self.modbus_s / n,
+                "mqtt_ms": 1e3 * self.mqtt_s / n, "decision_ms": 1e3 * self.decision_s / n}
+
+
+class Gateway:
+    """One microgrid's controller on an edge gateway. ``await gateway.run()`` until :meth:`stop`."""
+
+    def __init__(self, config: GatewayConfig, *, broker: MqttBroker | None = None) -> None:
+        self.config = config
+        self.agent_id = config.agent_id
+        self.site = config.site
+        agents = config.agents
+        self.raw_broker = broker if broker is not None else make_broker(config)
+        self.outbox = Outbox(config.outbox.path, max_records=config.outbox.max_records)
+        self.broker = OutboxBroker(self.raw_broker, self.outbox, agent_topic(config.site, config.agent_id, "telemetry"))
+        self.devices = ModbusDeviceIO(config.devices)
+        p = config.policy
+        # RulePolicy scales the generator by its rating; a site without a generator gets a zero-rated one.
+        self.policy = RulePolicy(
+            agent_index=agents.index(config.agent_id), n_agents=len(agents), layout="distributed",
+            battery_p_max_mw=config.battery_p_max_mw, generator_p_max_mw=config.generator_p_max_mw or 1e-9,
+            round_trip_efficiency=p.round_trip_efficiency, cost_a_usd_per_mw2h=p.cost_a_usd_per_mw2h,
+            cost_b_usd_per_mwh=p.cost_b_usd_per_mwh, cost_c_usd_per_h=p.cost_c_usd_per_h, window_steps=p.window_steps,
+            charge_quantile=p.charge_quantile, discharge_quantile=p.discharge_quantile, min_history=p.min_history)
+        self.ratings = Ratings(config.battery_p_max_mw, config.generator_p_max_mw)
+        self.agent = MicrogridAgent(config.agent_id, self.devices, self.policy, self.ratings)
+        self.proxy = ProxyAgent(config.agent_id, self.agent, self.broker, config.upstream_id,  # type: ignore[arg-type]
+                                site=config.site, peers=agents, steps_per_day=config.cycle.steps_per_day,
+                                step_timeout_s=config.cycle.step_timeout_s)
+        self.inbox = CommandInbox(config.agent_id, config.upstream_id)
+        self.failsafe = FailsafeState()
+        self.stats: Counter[str] = Counter()
+        self.timing = CycleTiming()
+        self.step = 0
+        self.done_step = -1
+        self.last_action: np.ndarray | None = None
+        self._dirty = False  # a failsafe cycle ran since the last completed step
+        self._last_upstream = time.monotonic()
+        self._clock_sub: Subscription | None = None
+        self._cmd_sub: Subscription | None = None
+        self._started = False
+        self._stop = asyncio.Event()
+        self._status_topic = agent_topic(config.site, config.agent_id, "status")
+        self._clock_topic = bus_topic(config.site, "clock")
+
+    # ------------------------------------------------------------------ lifecycle
+    async def _ensure_connected(self) -> bool:
+        """Connect (first time) and subscribe; True when the broker is usable now."""
+        if self._started:
+            return self.raw_broker.connected
+        try:
+            await self.raw_broker.connect()
+            self._clock_sub = await self.raw_broker.subscribe(self._clock_topic)
+            self._cmd_sub = await self.raw_broker.subscribe(command_filter(self.site, self.agent_id))
+            await self.proxy.start()
+        except BrokerError as exc:
+            self.stats["connect_failures"] += 1
+            log.warning("%s: broker not reachable: %s", self.agent_id, exc)
+            return False
+        self._started = True
+        return True
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the current cycle."""
+        self._stop.set()
+
+    async def close(self) -> None:
+        """Publish offline, close the broker, the devices and the outbox (twice is harmless)."""
+        if self._started:
+            self._started = False
+            try:
+                await self.proxy.close()
+            except BrokerError:
+                pass
+        await self.raw_broker.close()
+        await self.devices.close()
+        self.outbox.close()
+
+    async def __aenter__(self) -> Gateway:
+        await self.devices.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ main loops
+    async def run(self) -> None:
+        """Cycle until :meth:`stop`: on each bus clock announcement, or every ``period_s`` with a timer clock."""
+        await self.devices.open()
+        if self.config.cycle.clock == "timer":
+            await self._run_timer()
+        else:
+            await self._run_bus()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
+        except asyncio.TimeoutError:
+            pass
+
+    async def _run_timer(self) -> None:
+        period = self.config.cycle.period_s
+        while not self._stop.is_set():
+            start = time.monotonic()
+            await self.cycle(int(time.time() // period))
+            await self._sleep(period - (time.monotonic() - start))
+
+    async def _run_bus(self) -> None:
+        period = self.config.cycle.period_s
+        while not self._stop.is_set():
+            connected = await self._ensure_connected()
+            step = await self._next_clock(period) if connected else None
+            if not connected:
+                await self._sleep(period)
+            if self._stop.is_set():
+                return
+            if step is not None:
+                if step == self.done_step and not self._dirty:
+                    await self._publish_done(step)  # a repeated announcement: our done may have been lost
+                    continue
+                await self.cycle(step)
+                continue
+            # watchdog tick: no clock for a period
+            silent = time.monotonic() - self._last_upstream > self.config.failsafe.upstream_timeout_s
+            if not self.raw_broker.connected or silent:
+                await self.cycle(self.step, watchdog=True)
+
+    async def _next_clock(self, timeout: float) -> int | None:
+        """The next step announced by the clock sender within ``timeout`` s (the newest if several), else None."""
+        assert self._clock_sub is not None
+        deadline = time.monotonic() + timeout
+        newest: int | None = None
+        while newest is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                return None
+            try:
+                delivery = await self._clock_sub.get(timeout=remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                return None
+            for d in [delivery, *self._clock_sub.drain()]:
+                step = self._clock_step(d.payload)
+                if step is not None:
+                    newest = step if newest is None else max(newest, step)
+        self._last_upstream = time.monotonic()
+        return newest
+
+    def _clock_step(self, payload: bytes) -> int | None:
+        try:
+            envelope = decode(payload)
+        except DecodeError as exc:
+            self.stats[f"clock_rejected_{exc.reason}"] += 1
+            return None
+        body = envelope.body
+        if not isinstance(body, ClockBody) or body.done:
+            return None  # agents' done messages share the topic
+        if envelope.sender != self.config.cycle.clock_sender:
+            self.stats["clock_rejected_sender"] += 1
+            return None
+        return body.step
+
+    # ------------------------------------------------------------------ one cycle
+    def _drain_commands(self) -> None:
+        if self._cmd_sub is None:
+            return
+        for delivery in self._cmd_sub.drain():
+            self.inbox.handle(delivery.topic, delivery.payload)
+
+    async def cycle(self, step: int, *, watchdog: bool = False) -> None:
+        """One cycle for ``step``: read, exchange, decide (or failsafe), write, report status.
+
+        ``watchdog``: a cycle forced by silence (no clock): no ``done`` is announced for it.
+        """
+        start = time.perf_counter()
+        modbus_before = self.devices.timing.read_s + self.devices.timing.write_s
+        self.step = step
+        connected = await self._ensure_connected()
+        self._drain_commands()
+        if connected:
+            try:
+                self.stats["outbox_sent"] += await self.broker.flush()
+            except BrokerError:
+                pass
+        reasons: dict[str, str] = {}
+        device_ok = True
+        try:
+            if self._started:
+                await self.proxy.report(step)  # reads the devices, publishes telemetry (or queues it)
+            else:
+                await self.devices.read()  # never connected yet: still watch the devices
+        except DeviceError as exc:
+            device_ok = False
+            reasons["device"] = str(exc)
+        if connected and self.raw_broker.connected and not watchdog:
+            observation: np.ndarray | None = await self.proxy.collect(step)
+        else:
+            observation = None
+        if self.proxy.price_step == step and observation is not None:
+            self._last_upstream = time.monotonic()
+        if not self.raw_broker.connected:
+            reasons["broker"] = "disconnected"
+        silent_s = time.monotonic() - self._last_upstream
+        if silent_s > self.config.failsafe.upstream_timeout_s:
+            reasons["upstream"] = f"no price from {self.config.upstream_id} for {silent_s:.1f} s"
+        if self.failsafe.update(reasons):
+            log.warning("%s: %s", self.agent_id,
+                        f"failsafe: {self.failsafe.detail}" if self.failsafe.active else "left failsafe")
+        decision_s = 0.0
+        if self.failsafe.active or observation is None:
+            await self._write_safe(device_ok)
+            self.failsafe.cycles += self.failsafe.active
+            self._dirty = True
+        else:
+            t0 = time.perf_counter()
+            action = self.agent.act(observation)
+            action = self._track_setpoint(action, self.proxy.last_local)
+            decision_s = time.perf_counter() - t0
+            try:
+                await self.agent.apply(action)
+            except DeviceError as exc:
+                self.stats["write_failed"] += 1
+                log.warning("%s: %s", self.agent_id, exc)
+            self.last_action = action
+            self.done_step = step
+            self._dirty = False
+        self.stats["cycles"] += 1
+        elapsed = time.perf_counter() - start
+        t = self.timing
+        t.cycles += 1
+        t.total_s += elapsed
+        t.modbus_s += self.devices.timing.read_s + self.devices.timing.write_s - modbus_before
+        t.decision_s += decision_s
+        t.last_ms = 1e3 * elapsed
+        await self._publish_status()
+        if not watchdog and self.config.cycle.clock == "bus" and not self._dirty:
+            await self._publish_done(step)
+
+    def _track_setpoint(self, action: np.ndarray, local: np.ndarray) -> np.ndarray:
+        """With a valid exchange setpoint, re-dispatch the battery so the forecast import meets it."""
+        body = self.inbox.setpoint()
+        if body is None:
+            return action
+        target_import_mw = -body.p_mw  # on the wire: + = injected into the feeder
+        a = np.asarray(action, dtype=np.float64).copy()
+        generator_mw = a[1] * self.ratings.generator_p_max_mw
+        renewables_mw = local[1] * (1.0 - a[2]) + local[2] * (1.0 - a[3])
+        battery_mw = local[0] - renewables_mw - generator_mw - target_import_mw
+        a[0] = min(max(battery_mw / self.ratings.battery_p_max_mw, -1.0), 1.0)
+        self.stats["setpoint_applied"] += 1
+        return a
+
+    async def _write_safe(self, device_ok: bool) -> None:
+        meter_ok = self.devices.meter_fresh and self.devices.meter is not None
+        meter = self.devices.meter
+        sp = safe_setpoints(self.config.failsafe,
+                            load_mw=meter.load_mw if meter_ok and meter else None,
+                            pv_available_mw=meter.pv_available_mw if meter_ok and meter else None,
+                            wind_available_mw=meter.wind_available_mw if meter_ok and meter else None)
+        try:
+            await self.devices.write(sp.battery_mw, sp.generator_mw, sp.pv_curtailment, sp.wind_curtailment)
+        except DeviceError as exc:
+            self.stats["write_failed"] += 1
+            log.warning("%s: failsafe write: %s", self.agent_id, exc)
+
+    # ------------------------------------------------------------------ reporting
+    def counters(self) -> dict[str, int]:
+        """Every counter: messages (proxy), commands, outbox, Modbus failures, failsafe, broker."""
+        c: Counter[str] = Counter()
+        c.update(self.proxy.stats)
+        c.update(self.inbox.stats)
+        c.update(self.stats)
+        for role, n in self.devices.timing.read_failures.items():
+            c[f"read_failed_{role}"] = n
+        c["outbox_pending"] = len(self.outbox)
+        c["outbox_queued"] = self.outbox.queued
+        c["outbox_overflow"] = self.outbox.overflow
+        c["failsafe_entries"] = self.failsafe.entries
+        c["failsafe_cycles"] = self.failsafe.cycles
+        c["broker_reconnects"] = self.raw_broker.reconnects
+        return {k: int(v) for k, v in c.items()}
+
+    def status(self) -> dict[str, Any]:
+        """The status as a plain dict (what the status file holds)."""
+        return {"agent_id": self.agent_id, "state": "failsafe" if self.failsafe.active else "online",
+                "detail": self.failsafe.detail, "since": self.failsafe.since, "step": self.step,
+                "cycle_ms": self.timing.last_ms, "timing": self.timing.as_dict(), "counters": self.counters(),
+                "transitions": self.failsafe.transitions[-20:], "time": time.time()}
+
+    async def _publish_status(self) -> None:
+        status = self.status()
+        if self.config.status_file:
+            _write_json(Path(self.config.status_file), status)
+        if not self.raw_broker.connected:
+            return
+        cycle_ms = status["cycle_ms"] if math.isfinite(status["cycle_ms"]) else None
+        body = StatusBody(state=status["state"], detail=status["detail"][:500], counters=status["counters"], cycle_ms=cycle_ms)
+        try:
+            await self.raw_broker.publish(self._status_topic, make_envelope(self.agent_id, body, step=max(self.step, 0)),
+                                          retain=True)
+        except BrokerError:
+            self.stats["status_not_sent"] += 1
+
+    async def _publish_done(self, step: int) -> None:
+        if not self.raw_broker.connected:
+            return
+        try:
+            await self.raw_broker.publish(self._clock_topic, make_envelope(self.agent_id, ClockBody(step=step, done=True), step=step))
+        except BrokerError:
+            self.stats["done_not_sent"] += 1
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)

@@ -1,0 +1,184 @@
+"""The site meter: a small Modbus register map for what a microgrid's local observation needs
+beyond its SunSpec devices (the load of the coming step, PV / wind available, the exchange at the
+point of connection, the voltage-band violation).
+
+Register map (holding registers, function 3, any unit id the server is configured with; 32-bit
+values are two registers, high word first; floats are IEEE-754 binary32):
+
+====  ======  =========  ===========================================================================
+reg   type    units      meaning
+====  ======  =========  ===========================================================================
+0     uint16  -          marker 0x4845 ("HE")
+1     uint16  -          map version (1)
+2-3   uint32  -          step of the values (the plant's step of the year; field meters: a counter)
+4-5   float32 MW         load of the step about to be dispatched (+ consumed)
+6-7   float32 MW         PV power available in that step
+8-9   float32 MW         wind power available in that step
+10-11 float32 MW         import at the point of connection in the last step (+ import, - export)
+12-13 float32 p.u.       voltage-band violation summed over the microgrid's buses, last step
+====  ======  =========  ===========================================================================
+
+Why float32 in MW: the SIL rig must give the agents the same observation as the in-process
+environment, whose observations are float32 of the same MW values; a float32 register pair in MW
+is therefore bit-exact. SunSpec's int16 W points (model 701) are 100 W coarse at these ratings.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusBaseDeviceContext, ModbusServerContext
+from pymodbus.server import ModbusTcpServer
+
+from firmware_bridge import ModbusLink
+from firmware_bridge.errors import DeviceError as BridgeDeviceError
+from heron_edge.errors import DeviceError
+
+__all__ = ["METER_MARKER", "METER_REGISTERS", "METER_VERSION", "MeterReading", "MeterServer", "decode_meter",
+           "encode_meter", "read_meter"]
+
+log = logging.getLogger(__name__)
+
+METER_MARKER = 0x4845
+METER_VERSION = 1
+METER_REGISTERS = 14
+"""Registers in the map (0 .. 13)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """One reading of the site meter (MW, p.u.; see the module's register map)."""
+
+    step: int
+    load_mw: float
+    pv_available_mw: float
+    wind_available_mw: float
+    exchange_mw: float
+    violation_pu: float
+
+
+def _f32_words(value: float) -> list[int]:
+    high, low = struct.unpack(">HH", struct.pack(">f", value))
+    return [high, low]
+
+
+def encode_meter(reading: MeterReading) -> list[int]:
+    """The 14 registers of ``reading``."""
+    step = reading.step & 0xFFFF_FFFF
+    regs = [METER_MARKER, METER_VERSION, step >> 16, step & 0xFFFF]
+    for value in (reading.load_mw, reading.pv_available_mw, reading.wind_available_mw, reading.exchange_mw,
+                  reading.violation_pu):
+        regs += _f32_words(value)
+    return regs
+
+
+def decode_meter(regs: Sequence[int]) -> MeterReading:
+    """The reading in ``regs`` (14 registers); raises DeviceError when the marker, version or a value is wrong."""
+    if len(regs) < METER_REGISTERS or regs[0] != METER_MARKER or regs[1] != METER_VERSION:
+        raise DeviceError(f"not a heron meter map v{METER_VERSION} (marker/version {list(regs[:2])})")
+    values = struct.unpack(">5f", struct.pack(">10H", *regs[4:14]))
+    if not all(math.isfinite(v) for v in values):
+        raise DeviceError(f"meter reports a non-finite value: {values}")
+    return MeterReading((regs[2] << 16) | regs[3], *values)
+
+
+async def read_meter(link: ModbusLink, *, unit_id: int, address: int = 0) -> MeterReading:
+    """Read and decode the meter on ``link`` (one request); firmware_bridge errors become DeviceError."""
+    try:
+        regs = await link.read(address, METER_REGISTERS, unit_id=unit_id)
+    except BridgeDeviceError as exc:
+        raise DeviceError(f"meter at {link.config.link_name} unit {unit_id}: {exc}") from exc
+    return decode_meter(regs)
+
+
+class _MeterContext(ModbusBaseDeviceContext):
+    """pymodbus datastore: holding registers 0..13 computed from the reading source at each request."""
+
+    def __init__(self, source: Callable[[], MeterReading]) -> None:
+        self._source = source
+
+    def reset(self) -> None:
+        """Nothing to reset: the registers are computed from the source."""
+
+    def getValues(self, func_code: int, address: int, count: int = 1) -> list[int] | ExcCodes:  # noqa: N802
+        if self.decode(func_code) != "h":
+            return ExcCodes.ILLEGAL_FUNCTION
+        if address < 0 or count < 1 or address + count > METER_REGISTERS:
+            return ExcCodes.ILLEGAL_ADDRESS
+        return encode_meter(self._source())[address : address + count]
+
+    def setValues(self, func_code: int, address: int, values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:  # noqa: N802
+        return ExcCodes.ILLEGAL_ADDRESS  # read-only
+
+
+class MeterServer:
+    """Serve the meter map over Modbus TCP on ``host:port`` (port 0 picks one); read-only.
+
+    ``source`` is called at each request and returns the current reading. Restartable on its port.
+    """
+
+    def __init__(self, source: Callable[[], MeterReading], *, host: str = "127.0.0.1", port: int = 0,
+                 unit_id: int = 1) -> None:
+        if not 1 <= unit_id <= 247:
+            raise ValueError(f"unit_id {unit_id} outside 1..247")
+        self.host = host
+        self.unit_id = unit_id
+        self._source = source
+        self._requested_port = port
+        self._port: int | None = None
+        self._server: ModbusTcpServer | None = None
+        self._listener: asyncio.base_events.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (after start)."""
+        if self._port is None:
+            raise RuntimeError("meter server not started")
+        return self._port
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    async def start(self) -> None:
+        """Listen (a restart keeps the first port)."""
+        if self._server is not None:
+            raise RuntimeError("meter server already running")
+        context = ModbusServerContext(devices={self.unit_id: _MeterContext(self._source)}, single=False)
+        port = self._port if self._port is not None else self._requested_port
+        server = ModbusTcpServer(context, address=(self.host, port))
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            server.close()
+            raise DeviceError(f"cannot listen on {self.host}:{port}: {exc}") from exc
+        listener = server.transport
+        assert isinstance(listener, asyncio.base_events.Server)
+        self._listener = listener
+        self._port = listener.sockets[0].getsockname()[1]
+        self._server = server
+        log.info("site meter on %s:%d unit %d", self.host, self._port, self.unit_id)
+
+    async def stop(self) -> None:
+        """Stop listening and drop connections (idempotent)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        await server.shutdown()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
+
+    async def __aenter__(self) -> MeterServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.stop()

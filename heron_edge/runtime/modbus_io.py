@@ -1,0 +1,159 @@
+"""ModbusDeviceIO: the DeviceIO port over firmware_bridge (SunSpec devices) and the site meter.
+
+Where each local feature (``heron_edge.observations.LOCAL_NAMES``) comes from:
+
+- load_mw, pv_mw, wind_mw (available in the coming step), exchange_mw, violation_pu: the meter
+  (float32 MW registers, see ``heron_edge.runtime.meter``);
+- soc: the battery's model 713 SoC (0.1 % resolution);
+- battery_mw, generator_mw: model 701 W of the battery and of the generator (int16 with the scale
+  factor the device publishes: 100 W for 0.1-3 MW ratings); 0 without a generator.
+
+Writes: battery and generator as active-power setpoints (W, clamped by firmware_bridge to the
+nameplate; model 704 WSet, 1 W resolution at these ratings); a curtailment fraction c becomes an
+output cap on the PV / wind inverter: no cap (the nameplate maximum) for c = 0, otherwise
+``available * (1 - c)`` with the available power the meter reported this cycle (0 if unknown).
+Every device is read (and written) concurrently, each on its own link.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import numpy as np
+
+from firmware_bridge import ModbusDevice, ModbusLink, Telemetry
+from firmware_bridge.errors import DeviceError as BridgeDeviceError
+from heron_edge import observations as ob
+from heron_edge.errors import DeviceError
+from heron_edge.runtime.config import DeviceSettings
+from heron_edge.runtime.meter import MeterReading, read_meter
+
+__all__ = ["ModbusDeviceIO", "ModbusTiming"]
+
+_W_PER_MW = 1e6
+_NO_CAP_W = 1e9  # clamped to the inverter's nameplate maximum by firmware_bridge
+
+
+@dataclass
+class ModbusTiming:
+    """Time spent in Modbus requests (s) and how many reads/writes failed, since the start."""
+
+    read_s: float = 0.0
+    write_s: float = 0.0
+    reads: int = 0
+    writes: int = 0
+    read_failures: dict[str, int] = field(default_factory=dict)
+    write_failures: dict[str, int] = field(default_factory=dict)
+
+
+class ModbusDeviceIO:
+    """One microgrid's devices over Modbus; ``read`` raises DeviceError naming every stale device."""
+
+    def __init__(self, devices: DeviceSettings) -> None:
+        self.settings = devices
+        self.devices: dict[str, ModbusDevice] = {
+            role: ModbusDevice(cfg)
+            for role in ("battery", "generator", "pv", "wind")
+            if (cfg := getattr(devices, role)) is not None
+        }
+        self._meter_link = ModbusLink(devices.meter)
+        self.meter: MeterReading | None = None  # last fresh reading
+        self.meter_fresh = False
+        self.stale: dict[str, str] = {}  # role -> error of the last read
+        self.timing = ModbusTiming()
+        self._row = np.zeros(ob.N_LOCAL)
+
+    async def open(self) -> None:
+        for device in self.devices.values():
+            await device.open()
+
+    async def close(self) -> None:
+        """Close every link (twice is harmless)."""
+        for device in self.devices.values():
+            await device.close()
+        await self._meter_link.close()
+
+    async def __aenter__(self) -> ModbusDeviceIO:
+        await self.open()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ read
+    async def _read_meter(self) -> MeterReading | str:
+        try:
+            return await read_meter(self._meter_link, unit_id=self.settings.meter.unit_id)
+        except DeviceError as exc:
+            return str(exc)
+
+    async def read(self) -> np.ndarray:
+        """The 8 local features; DeviceError when any device's values are stale (``stale`` says which)."""
+        start = time.perf_counter()
+        roles = list(self.devices)
+        results = await asyncio.gather(self._read_meter(), *(self.devices[r].read_telemetry() for r in roles))
+        self.timing.read_s += time.perf_counter() - start
+        self.timing.reads += 1
+        meter, telemetry = results[0], dict(zip(roles, results[1:]))
+        stale: dict[str, str] = {}
+        if isinstance(meter, MeterReading):
+            self.meter, self.meter_fresh = meter, True
+        else:
+            self.meter_fresh = False
+            stale["meter"] = meter
+        for role, t in telemetry.items():
+            if t.stale or t.p_w is None or (role == "battery" and t.soc_pct is None):
+                stale[role] = t.error or "no value"
+        self.stale = stale
+        for role in stale:
+            self.timing.read_failures[role] = self.timing.read_failures.get(role, 0) + 1
+        if stale:
+            raise DeviceError("stale: " + "; ".join(f"{role}: {why}" for role, why in stale.items()))
+        assert self.meter is not None
+        return self._features(self.meter, telemetry)
+
+    def _features(self, meter: MeterReading, telemetry: dict[str, Telemetry]) -> np.ndarray:
+        row = self._row
+        battery = telemetry["battery"]
+        generator = telemetry.get("generator")
+        row[0] = meter.load_mw
+        row[1] = meter.pv_available_mw
+        row[2] = meter.wind_available_mw
+        row[3] = (battery.soc_pct or 0.0) / 100.0
+        row[4] = (generator.p_w or 0.0) / _W_PER_MW if generator is not None else 0.0
+        row[5] = (battery.p_w or 0.0) / _W_PER_MW
+        row[6] = meter.exchange_mw
+        row[7] = meter.violation_pu
+        return row.copy()
+
+    # ------------------------------------------------------------------ write
+    def _cap_w(self, curtailment: float, available_mw: float | None) -> float:
+        if curtailment <= 0.0:
+            return _NO_CAP_W
+        if available_mw is None or not self.meter_fresh:
+            return 0.0
+        return max(0.0, available_mw * (1.0 - min(curtailment, 1.0))) * _W_PER_MW
+
+    async def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
+        """Command every device (concurrently); DeviceError names the devices that refused or did not answer."""
+        meter = self.meter
+        targets = {"battery": battery_mw * _W_PER_MW, "generator": generator_mw * _W_PER_MW,
+                   "pv": self._cap_w(pv_curtailment, meter.pv_available_mw if meter else None),
+                   "wind": self._cap_w(wind_curtailment, meter.wind_available_mw if meter else None)}
+        roles = [r for r in targets if r in self.devices]
+        start = time.perf_counter()
+        results = await asyncio.gather(*(self.devices[r].write_setpoint(targets[r]) for r in roles), return_exceptions=True)
+        self.timing.write_s += time.perf_counter() - start
+        self.timing.writes += 1
+        failed = {}
+        for role, result in zip(roles, results):
+            if isinstance(result, BridgeDeviceError):
+                failed[role] = str(result)
+                self.timing.write_failures[role] = self.timing.write_failures.get(role, 0) + 1
+            elif isinstance(result, BaseException):
+                raise result
+        if failed:
+            raise DeviceError("write failed: " + "; ".join(f"{role}: {why}" for role, why in failed.items()))

@@ -1,0 +1,254 @@
+"""The SIL plant: one simulated Plant served as emulated Modbus devices, advanced on a clock over MQTT.
+
+Per microgrid it serves, on 127.0.0.1 (one TCP port each, unit id 1): a SunSpec battery, a SunSpec
+generator, a SunSpec PV and a wind inverter (when rated above 0) and the site meter
+(``heron_edge.runtime.meter``). The clock is ``heron/{site}/bus/clock`` (ClockBody):
+
+- lock-step: the plant announces step N (sender ``plant``); the operator publishes the price for N
+  and says ``done``; each agent runs its cycle for N and says ``done``; when every expected
+  participant said done for N, the plant applies the setpoints its devices hold (clamped by the
+  plant), advances, and announces N+1. While it waits it repeats the announcement every
+  ``repeat_s`` (a done lost to a broker restart is then sent again); after ``max_wait_s`` it
+  advances anyway and counts a forced step.
+- real time: the plant announces a step every ``period_s`` and advances at the end of the period
+  whatever was said.
+
+Before the first step it waits until every participant's retained status says online.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from firmware_bridge import Emulator
+from heron_edge.brokers import Broker, Subscription
+from heron_edge.errors import BrokerError
+from heron_edge.messages import ClockBody, DecodeError, StatusBody, agent_filter, bus_topic, decode, make_envelope
+from heron_edge.runtime.meter import MeterServer
+from heron_edge.runtime.sil_devices import PlantDevices
+from sim.plant import Measurements, Plant
+
+__all__ = ["ClockMode", "DeviceEndpoint", "PlantRuntime", "measurement_row", "PLANT_ID"]
+
+log = logging.getLogger(__name__)
+
+PLANT_ID = "plant"
+ClockMode = Literal["lockstep", "realtime"]
+
+
+@dataclass(frozen=True)
+class DeviceEndpoint:
+    """Where one emulated device listens."""
+
+    host: str
+    port: int
+    unit_id: int = 1
+
+
+@dataclass
+class _Microgrid:
+    emulators: dict[str, Emulator] = field(default_factory=dict)
+    meter: MeterServer | None = None
+
+
+def measurement_row(m: Measurements, zones: list[np.ndarray], steps_per_day: int, step_hours: float) -> dict[str, object]:
+    """One step's record in ``heron_edge.commands.simulate.COLUMNS`` (without step / day / microgrid)."""
+    return {
+        "step_in_year": m.step, "hour": (m.step % steps_per_day) * step_hours,
+        "price_usd_per_mwh": m.price_usd_per_mwh, "load_mw": m.load_mw, "pv_available_mw": m.pv_available_mw,
+        "pv_mw": m.pv_mw, "wind_available_mw": m.wind_available_mw, "wind_mw": m.wind_mw,
+        "battery_mw": m.applied.battery_mw, "generator_mw": m.applied.generator_mw, "soc": m.soc,
+        "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "energy_cost_usd": m.energy_cost_usd,
+        "cost_usd": m.cost_usd, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
+        "overload_percent": m.overload_percent,
+        "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
+        "converged": float(m.converged),
+    }
+
+
+class PlantRuntime:
+    """Serve a plant's devices and drive its clock. ``start()``, ``await run()``, ``stop()``."""
+
+    def __init__(self, plant: Plant, broker: Broker, *, site: str, participants: list[str], start_steps: list[int],
+                 steps_per_episode: int, year: int, mode: ClockMode = "lockstep", period_s: float = 1.0,
+                 repeat_s: float = 1.0, max_wait_s: float = 60.0, ready_timeout_s: float = 60.0,
+                 host: str = "127.0.0.1") -> None:
+        if not start_steps:
+            raise ValueError("start_steps must name at least one episode")
+        self.plant = plant
+        self.broker = broker
+        self.site = site
+        self.participants = list(participants)
+        self.start_steps = list(start_steps)
+        self.steps_per_episode = steps_per_episode
+        self.year = year
+        self.mode = mode
+        self.period_s = period_s
+        self.repeat_s = repeat_s
+        self.max_wait_s = max_wait_s
+        self.ready_timeout_s = ready_timeout_s
+        self.host = host
+        self.devices = PlantDevices(plant)
+        self.microgrids: dict[str, _Microgrid] = {}
+        self.records: list[dict[str, object]] = []
+        self.stats: Counter[str] = Counter()
+        self.step_times: list[float] = []
+        self._clock_topic = bus_topic(site, "clock")
+        self._zones = [np.asarray(z.buses) for z in plant.built.zones]
+        self._stopping = False
+
+    # ------------------------------------------------------------------ devices
+    async def start(self) -> None:
+        """Reset the plant to the first episode and start every device server."""
+        self.plant.reset(year=self.year, start_step=self.start_steps[0])
+        d = self.devices
+        for i, name in enumerate(self.plant.names):
+            mg = _Microgrid()
+            mg.emulators["battery"] = Emulator(d.battery(i), host=self.host)
+            mg.emulators["generator"] = Emulator(d.generator(i), host=self.host)
+            if self.plant.pv_rating[i] > 0:
+                mg.emulators["pv"] = Emulator(d.renewable(i, "pv"), host=self.host)
+            if self.plant.wind_rating[i] > 0:
+                mg.emulators["wind"] = Emulator(d.renewable(i, "wind"), host=self.host)
+            mg.meter = MeterServer(lambda i=i: d.meter(i), host=self.host)
+            for emulator in mg.emulators.values():
+                await emulator.start()
+            await mg.meter.start()
+            self.microgrids[name] = mg
+
+    def endpoints(self) -> dict[str, dict[str, DeviceEndpoint]]:
+        """microgrid -> role (battery, generator, pv, wind, meter) -> endpoint."""
+        out: dict[str, dict[str, DeviceEndpoint]] = {}
+        for name, mg in self.microgrids.items():
+            roles = {role: DeviceEndpoint(self.host, e.port, e.unit_id) for role, e in mg.emulators.items()}
+            assert mg.meter is not None
+            roles["meter"] = DeviceEndpoint(self.host, mg.meter.port, mg.meter.unit_id)
+            out[name] = roles
+        return out
+
+    def write_endpoints(self, path: Path) -> None:
+        """The endpoints as JSON (written atomically: its appearance means the devices are listening)."""
+        data = {mg: {role: {"host": e.host, "port": e.port, "unit_id": e.unit_id} for role, e in roles.items()}
+                for mg, roles in self.endpoints().items()}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+
+    async def stop(self) -> None:
+        """Stop every device server (twice is harmless)."""
+        self._stopping = True
+        for mg in self.microgrids.values():
+            for emulator in mg.emulators.values():
+                await emulator.stop()
+            if mg.meter is not None:
+                await mg.meter.stop()
+
+    # ------------------------------------------------------------------ clock
+    async def _wait_ready(self) -> None:
+        """Until every participant's (retained) status says online, or the timeout (then start anyway, logged)."""
+        sub = await self.broker.subscribe(agent_filter(self.site, "status"))
+        online: set[str] = set()
+        deadline = time.monotonic() + self.ready_timeout_s
+        try:
+            while not set(self.participants) <= online:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("plant: starting without %s", sorted(set(self.participants) - online))
+                    return
+                try:
+                    delivery = await sub.get(timeout=remaining)
+                except (TimeoutError, asyncio.TimeoutError):
+                    continue
+                try:
+                    env = decode(delivery.payload)
+                except DecodeError:
+                    continue
+                if isinstance(env.body, StatusBody):
+                    (online.add if env.body.state != "offline" else online.discard)(env.sender)
+        finally:
+            await self.broker.unsubscribe(sub)
+
+    async def _announce(self, step: int) -> None:
+        try:
+            await self.broker.publish(self._clock_topic, make_envelope(PLANT_ID, ClockBody(step=step), step=step))
+            self.stats["announcements"] += 1
+        except BrokerError as exc:
+            self.stats["announce_failed"] += 1
+            log.info("plant: cannot announce step %d: %s", step, exc)
+
+    async def _lockstep_wait(self, sub: Subscription, step: int) -> None:
+        waiting = set(self.participants)
+        start = time.monotonic()
+        await self._announce(step)
+        next_repeat = start + self.repeat_s
+        while waiting:
+            now = time.monotonic()
+            if now - start > self.max_wait_s:
+                self.stats["forced_steps"] += 1
+                log.warning("plant: step %d forced without %s", step, sorted(waiting))
+                return
+            if now >= next_repeat:
+                await self._announce(step)
+                self.stats["repeats"] += 1
+                next_repeat = now + self.repeat_s
+            try:
+                delivery = await sub.get(timeout=max(0.001, next_repeat - time.monotonic()))
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            for d in [delivery, *sub.drain()]:
+                try:
+                    env = decode(d.payload)
+                except DecodeError:
+                    self.stats["clock_rejected"] += 1
+                    continue
+                if isinstance(env.body, ClockBody) and env.body.done and env.body.step == step:
+                    waiting.discard(env.sender)
+
+    async def run(self) -> None:
+        """Wait for the participants, then run every episode; records one row per step."""
+        await self.broker.connect()
+        await self._wait_ready()
+        sub = await self.broker.subscribe(self._clock_topic)
+        try:
+            for episode, start_step in enumerate(self.start_steps):
+                if episode > 0:
+                    self.plant.reset(year=self.year, start_step=start_step)
+                for _ in range(self.steps_per_episode):
+                    if self._stopping:
+                        return
+                    t0 = time.perf_counter()
+                    step = self.plant.t
+                    if self.mode == "lockstep":
+                        await self._lockstep_wait(sub, step)
+                    else:
+                        await self._announce(step)
+                        await asyncio.sleep(max(0.0, self.period_s - (time.perf_counter() - t0)))
+                    measurements = self.plant.step(self.devices.request_for_step())
+                    row = measurement_row(measurements, self._zones, self.plant.profiles.steps_per_day, self.plant.dt_h)
+                    row["day"] = episode
+                    self.records.append(row)
+                    self.step_times.append(time.perf_counter() - t0)
+        finally:
+            await self.broker.unsubscribe(sub)
+
+    def trajectory_arrays(self) -> dict[str, np.ndarray]:
+        """Records as arrays (steps x microgrids), plus ``step``; ready for ``simulate.Trajectory``."""
+        n = self.plant.n
+        columns: dict[str, np.ndarray] = {}
+        for name in self.records[0] if self.records else ():
+            columns[name] = np.array([np.broadcast_to(np.asarray(r[name], dtype=np.float64), (n,)) for r in self.records])
+        columns["step"] = np.repeat(np.arange(len(self.records))[:, None], n, axis=1).astype(np.float64)
+        return columns
+
+    def save_trajectory(self, path: Path) -> None:
+        """Write the trajectory (npz: one array per column, plus names and step_hours)."""
+        np.savez(path, names=np.array(self.plant.names), step_hours=np.array(self.plant.dt_h),
+                 **self.trajectory_arrays())
