@@ -29,24 +29,6 @@ warnings.filterwarnings("ignore")
 OUT = Path(__file__).parent / "results" / "modes.json"
 
 
-class CountingBroker:
-    """Counts messages and payload bytes published through any broker (a thin wrapper)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.messages, self.bytes = inner, 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    async def publish(self, topic, payload, *, qos: int = 1, retain: bool = False) -> None:
-        from heron_edge.brokers.base import payload_bytes
-
-        data = payload_bytes(payload)
-        self.messages += 1
-        self.bytes += len(data)
-        await self.inner.publish(topic, data, qos=qos, retain=retain)
-
-
 def steps_per_second(env: MultiAgentMicrogrids, actions: list[dict], episodes: int) -> tuple[float, int]:
     """(steps per second, number of env.reset + env.step calls made, which each exchange one step of messages)."""
     env.reset(seed=0)
@@ -69,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     with running_mosquitto() as mosquitto:
-        counters = {"memory": CountingBroker(InMemoryBroker()), "mosquitto": CountingBroker(MqttBroker(mosquitto.url))}
+        counters = {"memory": InMemoryBroker(), "mosquitto": MqttBroker(mosquitto.url)}  # both count what they publish
         envs = {
             "centralized": MultiAgentMicrogrids({"centralized": True}),
             "distributed_memory": MultiAgentMicrogrids({"centralized": False, "message_broker": counters["memory"]}),
@@ -85,7 +67,7 @@ def main() -> None:
                 rate, calls_made = steps_per_second(env, actions, args.episodes)
                 rates[name].append(rate)
             calls += calls_made
-        per_step = {key: {"messages": c.messages / calls, "bytes": c.bytes / calls} for key, c in counters.items()}
+        per_step = {key: {"messages": b.published / calls, "bytes": b.published_bytes / calls} for key, b in counters.items()}
         for env in envs.values():
             env.close()
     median = {name: statistics.median(values) for name, values in rates.items()}
