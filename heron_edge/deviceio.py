@@ -38,14 +38,16 @@ class PlantDeviceIO:
         self._plant = plant
         self._index = index
         self._request = request
-        self._row = np.zeros((plant.n, ob.N_LOCAL))
 
     async def read(self) -> np.ndarray:
         last = self._plant.last
         if last is None:
             raise RuntimeError("the plant has not been reset")
-        ob.local_features(last, self._plant.forecast(), self._row)
-        return self._row[self._index].copy()
+        forecast = self._plant.forecast()
+        i = self._index
+        return np.array([forecast["load_mw"][i], forecast["pv_mw"][i], forecast["wind_mw"][i], last.soc[i],
+                         last.applied.generator_mw[i], last.applied.battery_mw[i], last.exchange_mw[i],
+                         last.violation_v_pu[i]])  # observations.LOCAL_NAMES order, this microgrid only
 
     async def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
         i = self._index

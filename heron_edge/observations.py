@@ -20,6 +20,7 @@ Distributed observation (local state plus messages):
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,9 +49,9 @@ def local_features(last: Measurements, forecast: dict[str, np.ndarray], out: np.
 
 def context(step_in_year: int, steps_per_day: int, price_usd_per_mwh: float, out: np.ndarray) -> np.ndarray:
     """Fill ``out`` (3,) with the hour-of-day encoding and the scaled price."""
-    angle = 2.0 * np.pi * (step_in_year % steps_per_day) / steps_per_day
-    out[0] = np.sin(angle)
-    out[1] = np.cos(angle)
+    angle = 2.0 * math.pi * (step_in_year % steps_per_day) / steps_per_day
+    out[0] = math.sin(angle)  # math, not numpy: scalars, on every agent's every step
+    out[1] = math.cos(angle)
     out[2] = price_usd_per_mwh / PRICE_SCALE
     return out
 
