@@ -1,10 +1,12 @@
 """The gateway's command inbox: what arrives on ``heron/{site}/{agent_id}/cmd/+``, checked before use.
 
-A command is accepted only when it decodes, its body kind matches the topic, it comes from the
-configured upstream, it is addressed to this agent (or broadcast), and it carries an expiry. A
-setpoint is applied only while it has not expired: :meth:`CommandInbox.setpoint` drops it (counted
-``cmd_expired``) once past. Everything else is rejected and counted (``cmd_rejected_<reason>``);
-the agent keeps running.
+Every payload goes through ``heron_edge.security.CommandGuard`` (decodes; right topic and kind; sent
+by the configured upstream; addressed to this agent or broadcast; carrying an expiry and not past
+it; not a replay; signed when a key is configured). Rejections are counted as
+``cmd_rejected_<reason>`` and logged; the agent keeps running. A microgrid gateway applies
+``setpoint`` commands; an accepted ``action`` command is counted (``cmd_ignored_action``), not
+applied. A setpoint is applied only while it has not expired: :meth:`CommandInbox.setpoint` drops
+it (counted ``cmd_expired``) once past.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import logging
 import time
 from collections import Counter
 
-from heron_edge.messages import DecodeError, Envelope, SetpointBody, decode, parse_topic
+from heron_edge.messages import Envelope, SetpointBody
+from heron_edge.security import CommandGuard
+from heron_edge.security.auth import CommandRejected
 
 __all__ = ["CommandInbox"]
 
@@ -20,44 +24,33 @@ log = logging.getLogger(__name__)
 
 
 class CommandInbox:
-    """Validates commands for ``agent_id`` and keeps the latest valid setpoint."""
+    """Validates commands for ``agent_id`` (through a CommandGuard) and keeps the latest valid setpoint."""
 
-    def __init__(self, agent_id: str, upstream_id: str) -> None:
+    def __init__(self, agent_id: str, upstream_id: str, *, key: bytes | None = None) -> None:
         self.agent_id = agent_id
-        self.upstream_id = upstream_id
-        self.stats: Counter[str] = Counter()
+        self.guard = CommandGuard(agent_id, upstream_id, key=key, require_expiry=True, accept_broadcast=True)
+        self._own: Counter[str] = Counter()
         self._setpoint: Envelope | None = None
 
-    def _reject(self, reason: str, topic: str, detail: str) -> None:
-        self.stats[f"cmd_rejected_{reason}"] += 1
-        log.warning("%s: rejected a command on %s (%s): %s", self.agent_id, topic, reason, detail)
+    @property
+    def stats(self) -> Counter[str]:
+        """``cmd_received``, ``cmd_accepted``, ``cmd_rejected_<reason>``, ``cmd_expired``, ``cmd_ignored_action``."""
+        out: Counter[str] = Counter({f"cmd_{k}": v for k, v in self.guard.stats.items()})
+        out.update(self._own)
+        return out
 
-    def handle(self, topic: str, payload: bytes, *, now: float | None = None) -> bool:
+    def handle(self, topic: str, payload: bytes) -> bool:
         """Check one delivery; True when it was accepted."""
-        self.stats["cmd_received"] += 1
+        self._own["cmd_received"] += 1
         try:
-            envelope = decode(payload, now=now)
-        except DecodeError as exc:
-            self._reject(exc.reason, topic, str(exc))
+            envelope = self.guard.check_payload(payload, topic=topic)
+        except CommandRejected as exc:
+            log.warning("%s: rejected a command on %s: %s", self.agent_id, topic, exc)
             return False
-        parts = parse_topic(topic)
-        if parts is None or not parts.command or parts.agent_id != self.agent_id or parts.kind != envelope.kind:
-            self._reject("kind", topic, f"a {envelope.kind} body on {topic}")
-            return False
-        if envelope.sender != self.upstream_id:
-            self._reject("sender", topic, f"from {envelope.sender!r}, not the upstream {self.upstream_id!r}")
-            return False
-        if envelope.recipient not in (None, self.agent_id):
-            self._reject("recipient", topic, f"addressed to {envelope.recipient!r}")
-            return False
-        if envelope.expires is None:
-            self._reject("no_expiry", topic, "commands must carry an expiry")
-            return False
-        if not isinstance(envelope.body, SetpointBody):
-            self._reject("kind", topic, f"{envelope.kind} commands are not handled by a microgrid gateway")
-            return False
-        self._setpoint = envelope
-        self.stats["cmd_accepted"] += 1
+        if isinstance(envelope.body, SetpointBody):
+            self._setpoint = envelope
+        else:
+            self._own[f"cmd_ignored_{envelope.kind}"] += 1
         return True
 
     def setpoint(self, *, now: float | None = None) -> SetpointBody | None:
@@ -66,7 +59,7 @@ class CommandInbox:
         if envelope is None:
             return None
         if envelope.is_expired(time.time() if now is None else now):
-            self.stats["cmd_expired"] += 1
+            self._own["cmd_expired"] += 1
             self._setpoint = None
             return None
         assert isinstance(envelope.body, SetpointBody)

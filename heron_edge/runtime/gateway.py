@@ -64,6 +64,7 @@ class OutboxBroker:
         self.inner = broker
         self.outbox = outbox
         self.telemetry_topic = telemetry_topic
+        self.telemetry = 0  # telemetry records handed to us (published now or queued)
 
     async def connect(self) -> None:
         await self.inner.connect()
@@ -73,6 +74,7 @@ class OutboxBroker:
             await self.inner.publish(topic, payload, qos=qos, retain=retain)
             return
         data = payload_bytes(payload)
+        self.telemetry += 1
         if len(self.outbox) == 0 and self.inner.connected:
             try:
                 await self.inner.publish(topic, data, qos=qos, retain=retain)
@@ -334,7 +336,6 @@ class Gateway:
         if self.failsafe.active or observation is None:
             await self._write_safe(device_ok)
             self.failsafe.cycles += self.failsafe.active
-            self._dirty = True
         else:
             t0 = time.perf_counter()
             action = self.agent.act(observation)
@@ -346,6 +347,9 @@ class Gateway:
                 self.stats["write_failed"] += 1
                 log.warning("%s: %s", self.agent_id, exc)
             self.last_action = action
+        if watchdog:
+            self._dirty = True  # the devices now hold failsafe commands: a repeated announcement re-runs the step
+        else:
             self.done_step = step
             self._dirty = False
         self.stats["cycles"] += 1
@@ -357,7 +361,7 @@ class Gateway:
         t.decision_s += decision_s
         t.last_ms = 1e3 * elapsed
         await self._publish_status()
-        if not watchdog and self.config.cycle.clock == "bus" and not self._dirty:
+        if not watchdog and self.config.cycle.clock == "bus":
             await self._publish_done(step)
 
     def _track_setpoint(self, action: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -396,6 +400,7 @@ class Gateway:
         c.update(self.stats)
         for role, n in self.devices.timing.read_failures.items():
             c[f"read_failed_{role}"] = n
+        c["telemetry"] = self.broker.telemetry
         c["outbox_pending"] = len(self.outbox)
         c["outbox_queued"] = self.outbox.queued
         c["outbox_overflow"] = self.outbox.overflow

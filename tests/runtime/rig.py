@@ -1,0 +1,93 @@
+"""An in-process SIL rig for tests: the plant (real emulated Modbus devices on loopback), the operator
+and one Gateway per microgrid, all on one asyncio loop, talking through a real Mosquitto."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from heron_edge.agents import SystemOperator
+from heron_edge.brokers import MqttBroker
+from heron_edge.coordination import Coordination
+from heron_edge.runtime.config import parse_gateway_config
+from heron_edge.runtime.gateway import Gateway
+from heron_edge.runtime.operator import OperatorRuntime, PriceService
+from heron_edge.runtime.sil import agent_config
+from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
+from sim.plant import Plant
+
+SITE = "t"
+OPERATOR = "system_operator"
+
+
+class Rig:
+    """``async with Rig(url, tmp_path) as rig:`` everything runs; ``rig.done`` completes when the plant finished."""
+
+    def __init__(self, url: str, workdir: Path, *, steps: int = 24, start_step: int = 4000, period_s: float = 0.3,
+                 step_timeout_s: float = 0.3, upstream_timeout_s: float = 1.0, **overrides: Any) -> None:
+        self.url = url
+        self.workdir = workdir
+        self.plant = Plant("ieee34_3x13")
+        self.plant_broker = MqttBroker(url, client_id=f"{SITE}-plant", reconnect_min_delay_s=0.05, reconnect_max_delay_s=0.2)
+        self.runtime = PlantRuntime(self.plant, self.plant_broker, site=SITE, participants=[*self.plant.names, OPERATOR],
+                                    start_steps=[start_step], steps_per_episode=steps, year=2023, repeat_s=0.3,
+                                    max_wait_s=30.0, ready_timeout_s=10.0)
+        self.op_broker = MqttBroker(url, client_id=f"{SITE}-operator", reconnect_min_delay_s=0.05, reconnect_max_delay_s=0.2)
+        self.operator = SystemOperator(OPERATOR, self.op_broker, Coordination(self.plant.scenario, None, {}), site=SITE)
+        self.op_runtime = OperatorRuntime(self.op_broker, site=SITE, operator_id=OPERATOR,
+                                          services=[PriceService(self.operator, self.plant.price)], clock_sender=PLANT_ID)
+        self.gateways: dict[str, Gateway] = {}
+        self._timing = dict(period_s=period_s, step_timeout_s=step_timeout_s, upstream_timeout_s=upstream_timeout_s)
+        self._overrides = overrides
+        self._tasks: list[asyncio.Task[None]] = []
+        self.done: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Rig:
+        await self.runtime.start()
+        endpoints = {mg: {role: {"host": e.host, "port": e.port, "unit_id": e.unit_id} for role, e in roles.items()}
+                     for mg, roles in self.runtime.endpoints().items()}
+        for i, name in enumerate(self.plant.names):
+            data = agent_config(self.plant.scenario, i, site=SITE, broker_url=self.url, endpoints=endpoints,
+                                workdir=self.workdir, **self._timing)
+            data["broker"]["reconnect_max_delay_s"] = 0.5
+            data.update(self._overrides)
+            self.gateways[name] = Gateway(parse_gateway_config(data))
+        self._tasks = [asyncio.ensure_future(self.op_runtime.run()),
+                       *(asyncio.ensure_future(g.run()) for g in self.gateways.values())]
+        self.done = asyncio.ensure_future(self.runtime.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.cancel()
+        self.op_runtime.stop()
+        for g in self.gateways.values():
+            g.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.done is not None:
+            await asyncio.gather(self.done, return_exceptions=True)
+        for g in self.gateways.values():
+            await g.close()
+        await self.runtime.stop()
+        await self.operator.close()
+        await self.op_broker.close()
+        await self.plant_broker.close()
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    @property
+    def steps_done(self) -> int:
+        return len(self.runtime.records)
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str = "condition") -> float:
+    """Poll ``condition`` every 10 ms; the time it took; AssertionError after ``timeout`` s."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.01)
+    return time.monotonic() - start
