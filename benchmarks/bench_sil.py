@@ -1,0 +1,71 @@
+"""SIL in lock-step: steps per second and the per-cycle time split of the agents (Modbus, MQTT, decision).
+
+Runs the real rig (`heron-edge sil` machinery: Mosquitto on loopback, the plant serving emulated
+SunSpec devices and site meters, the operator and one agent process per microgrid) for a few days
+of ieee34_3x13 with the rule policy, and reports:
+- steps/s from the plant's mean step time (announce -> every done -> plant stepped) and from the
+  wall time of the whole run (which includes the agents' first connects);
+- per agent: mean cycle time split into Modbus requests, the decision (policy), and messaging
+  (MQTT publishes plus the wait for the step's price and the peers' telemetry).
+Writes benchmarks/results/sil.json. Run: python benchmarks/bench_sil.py [--days 3]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from heron_edge.commands.sil import run_rig  # noqa: E402
+from heron_edge.runtime.sil import compare, load_trajectory  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "sil.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    cli = parser.parse_args()
+    from heron_edge.commands.simulate import simulate
+    from sim.scenario import load_scenario
+
+    scenario = load_scenario("ieee34_3x13")
+    central = simulate(scenario, days=cli.days, policy="rule", seed=cli.seed, progress=False)
+    per_day = int(round(24 * 60 / scenario.step_minutes))
+    starts = [int(central.columns["step_in_year"][d * per_day, 0]) for d in range(cli.days)]
+    workdir = Path(tempfile.mkdtemp(prefix="heron-bench-sil-"))
+    args = argparse.Namespace(scenario="ieee34_3x13", broker=None, site="bench", mode="lockstep", period=1.0,
+                              test_year=False, timeout=600.0)
+    started = time.perf_counter()
+    stats = run_rig(args, scenario, starts, workdir)
+    wall = time.perf_counter() - started
+    sil = load_trajectory(workdir / "trajectory.npz")
+    comparison = compare(sil, central)
+    steps = int(stats["plant"]["steps"])  # type: ignore[index]
+    step_ms = float(stats["plant"]["step_ms_mean"])  # type: ignore[index]
+    result = {
+        "scenario": "ieee34_3x13", "agents": len(scenario.microgrids), "days": cli.days, "steps": steps,
+        "steps_per_s_lockstep": round(1e3 / step_ms, 2), "plant_step_ms_mean": round(step_ms, 3),
+        "steps_per_s_wall": round(steps / float(stats["run_s"]), 2), "run_s": stats["run_s"],  # type: ignore[arg-type]
+        "startup_s": stats["startup_s"], "total_wall_s": round(wall, 2),
+        "agent_cycle_split_ms": {name: {k: round(v, 3) for k, v in a["timing"].items()}  # type: ignore[union-attr]
+                                 for name, a in stats["agents"].items()},  # type: ignore[union-attr]
+        "matches_centralized": comparison.ok,
+        "max_abs_diff": {k: float(f"{v:.3e}") for k, v in comparison.max_abs.items()},
+        "machine": {"cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
+                    "python": platform.python_version(), "platform": platform.platform()},
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
