@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(trajectory, out / CSV_NAME)
-    png_path = plot(trajectory, out / PNG_NAME, title=f"{scenario.name}, {args.policy} policy, {args.days} day(s)")
+    png_path = plot(trajectory, out / PNG_NAME, title=f"{scenario.name}, {args.policy} policy, {args.days} day(s), {trajectory.mode}"
+                    + (f", {' + '.join(trajectory.protocols)}" if trajectory.protocols else ""))
     print(f"trajectory: {csv_path}\nplot:       {png_path}")
     return 0
 
