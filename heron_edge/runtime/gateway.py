@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from heron_edge.agents import MicrogridAgent, ProxyAgent, Ratings
-from heron_edge.brokers import Broker, MqttBroker
+from heron_edge.brokers import MqttBroker
 from heron_edge.brokers.base import DEFAULT_MAXSIZE, Payload, Subscription, payload_bytes
 from heron_edge.brokers.mqtt import TlsOptions
 from heron_edge.errors import BrokerError, DeviceError

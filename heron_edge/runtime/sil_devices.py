@@ -15,8 +15,6 @@ off, PV / wind uncurtailed.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from firmware_bridge import Measurement, Nameplate
 from heron_edge.runtime.meter import MeterReading
 from sim.plant import Plant, Setpoints
@@ -169,7 +167,3 @@ class RenewableDevice:
     def apply_setpoint(self, p_w: float | None) -> None:
         self._caps[self._i] = None if p_w is None else float(p_w)
 
-
-def ratings_w(plant: Plant) -> np.ndarray:
-    """PV and wind ratings per microgrid, W (rows: pv, wind); a zero rating means no inverter is served."""
-    return np.vstack([plant.pv_rating, plant.wind_rating]) * _W

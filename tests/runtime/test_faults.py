@@ -56,10 +56,9 @@ def test_broker_killed_and_restarted(mosquitto: MosquittoProcess, tmp_path: Path
                 ids = [i for _, i in received[name]]
                 distinct = list(dict.fromkeys(ids))  # QoS 1: a record in flight at the kill may come twice
                 assert len(distinct) == g.counters()["telemetry"], name
-                times = [ts for ts, i in received[name] if True]
                 first = {i: ts for ts, i in reversed(received[name])}
                 assert [first[i] for i in distinct] == sorted(first[i] for i in distinct), f"{name}: out of order"
-                assert g.counters()["outbox_sent"] >= 4 and g.outbox.overflow == 0 and times
+                assert g.counters()["outbox_sent"] >= 4 and g.outbox.overflow == 0
                 assert g.raw_broker.reconnects >= 1
             assert rig.steps_done == 16
         await logger.close()
