@@ -1,0 +1,62 @@
+"""``gather_eagerly``: asyncio.gather that runs each coroutine at once until it first suspends.
+
+A coroutine that finishes without suspending (a publish to the in-memory broker) then costs a
+function call instead of a Task and a trip through the event loop; one that suspends (waiting for
+an MQTT PUBACK) continues as a Task, so waits still overlap. This is what Python 3.12's
+``asyncio.eager_task_factory`` does for every task; this package supports Python 3.10+.
+"""
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T]:
+    """Drive ``coro`` on from where it suspended on ``yielded`` (the future it awaits)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # noqa: BLE001 - cancellation and errors go into the coroutine
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def gather_eagerly(*coros: Coroutine[Any, Any, T]) -> list[T]:
+    """Results of ``coros`` in order; the first exception propagates (the others are cancelled or closed)."""
+    results: list[Any] = [None] * len(coros)
+    pending: dict[int, asyncio.Future[T]] = {}
+    started = 0
+    try:
+        for i, coro in enumerate(coros):
+            started = i + 1
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                results[i] = stop.value
+                continue
+            pending[i] = asyncio.ensure_future(_resume(coro, yielded))
+    except BaseException:
+        for coro in coros[started:]:  # never started: close them so they do not warn
+            coro.close()
+        for task in pending.values():
+            task.cancel()
+        raise
+    if pending:
+        for i, value in zip(pending, await asyncio.gather(*pending.values())):
+            results[i] = value
+    return results
