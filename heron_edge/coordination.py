@@ -130,8 +130,13 @@ class Coordination:
     # ------------------------------------------------------------------ shared rules
     def head_loading_pu(self, last: Measurements) -> float:
         """Feeder-head import of the last step over the substation rating (0 when unknown)."""
-        head = last.feeder_head_mw
-        return 0.0 if not np.isfinite(head) else max(head, 0.0) / self.scenario.feeder_head_rating_mva
+        return self.head_loading_from_mw(last.feeder_head_mw)
+
+    def head_loading_from_mw(self, feeder_head_mw: float | None) -> float:
+        """A feeder-head import reading (MW; None or nan = unknown) over the substation rating (0 when unknown)."""
+        if feeder_head_mw is None or not np.isfinite(feeder_head_mw):
+            return 0.0
+        return max(feeder_head_mw, 0.0) / self.scenario.feeder_head_rating_mva
 
     @staticmethod
     def needs_mw(load_mw: np.ndarray, pv_mw: np.ndarray, wind_mw: np.ndarray) -> np.ndarray:
@@ -198,12 +203,17 @@ class Coordination:
 
     def settle(self, last: Measurements, signals: Signals, clearing: Clearing | None) -> Settlement:
         """Bill the step: the grid exchange net of trades at the signalled price, plus the trades' cash."""
+        return self.settle_exchange(last.exchange_mw, signals, clearing)
+
+    def settle_exchange(self, exchange_mw: np.ndarray, signals: Signals, clearing: Clearing | None) -> Settlement:
+        """:meth:`settle` from the measured exchange alone (MW per microgrid, + import), e.g. a SIL plant's record."""
         from sim.plant import bill_usd  # settlement of simulated steps only
 
         n = len(self.names)
         traded = clearing.net_mw(self.names) if clearing else np.zeros(n)
         cash = clearing.cash_usd(self.names, self.dt_h) if clearing else np.zeros(n)
-        billed = bill_usd(last.exchange_mw - traded, signals.price.total_usd_per_mwh, self.scenario.export_price_ratio, self.dt_h)
+        billed = bill_usd(np.asarray(exchange_mw) - traded, signals.price.total_usd_per_mwh,
+                          self.scenario.export_price_ratio, self.dt_h)
         self._last_traded = traded
         self._last_clearing_price = clearing.price_usd_per_mwh if clearing and clearing.price_usd_per_mwh is not None else 0.0
         return Settlement(clearing=clearing, traded_mw=traded, trade_cash_usd=cash, energy_cost_usd=billed - cash)
