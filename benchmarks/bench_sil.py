@@ -23,7 +23,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from heron_edge.commands.sil import run_rig  # noqa: E402
-from heron_edge.runtime.sil import compare, load_trajectory  # noqa: E402
+from heron_edge.runtime.sil import compare, load_trajectory, settle, tolerances  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "sil.json"
 
@@ -32,26 +32,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--protocol", action="append", default=None, metavar="NAME", help="as in heron-edge sil")
     cli = parser.parse_args()
     from heron_edge.commands.simulate import simulate
     from sim.scenario import load_scenario
 
     scenario = load_scenario("ieee34_3x13")
-    central = simulate(scenario, days=cli.days, policy="rule", seed=cli.seed, progress=False)
+    central = simulate(scenario, days=cli.days, policy="rule", seed=cli.seed, progress=False, protocol=cli.protocol)
     per_day = int(round(24 * 60 / scenario.step_minutes))
     starts = [int(central.columns["step_in_year"][d * per_day, 0]) for d in range(cli.days)]
     workdir = Path(tempfile.mkdtemp(prefix="heron-bench-sil-"))
     args = argparse.Namespace(scenario="ieee34_3x13", broker=None, site="bench", mode="lockstep", period=1.0,
-                              test_year=False, timeout=600.0)
+                              test_year=False, timeout=600.0, protocol=cli.protocol)
     started = time.perf_counter()
     stats = run_rig(args, scenario, starts, workdir)
     wall = time.perf_counter() - started
-    sil = load_trajectory(workdir / "trajectory.npz")
-    comparison = compare(sil, central)
+    journals = {mg.name: workdir / f"journal-{mg.name}.jsonl" for mg in scenario.microgrids}
+    sil = settle(load_trajectory(workdir / "trajectory.npz"), scenario, cli.protocol, None, workdir / "ledger.jsonl",
+                 journals)
+    comparison = compare(sil, central, tolerances(cli.protocol))
     steps = int(stats["plant"]["steps"])  # type: ignore[index]
     step_ms = float(stats["plant"]["step_ms_mean"])  # type: ignore[index]
     result = {
         "scenario": "ieee34_3x13", "agents": len(scenario.microgrids), "days": cli.days, "steps": steps,
+        "protocols": cli.protocol or [],
         "steps_per_s_lockstep": round(1e3 / step_ms, 2), "plant_step_ms_mean": round(step_ms, 3),
         "steps_per_s_wall": round(steps / float(stats["run_s"]), 2), "run_s": stats["run_s"],  # type: ignore[arg-type]
         "startup_s": stats["startup_s"], "total_wall_s": round(wall, 2),

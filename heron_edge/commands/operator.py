@@ -1,10 +1,16 @@
-"""Run the system operator as its own process: it follows the bus clock and publishes the price of each step."""
+"""Run the system operator as its own process: it follows the bus clock and, each step, publishes the price and runs
+the operator side of the coordination protocols (setpoints, market clearing)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
+import sys
+from pathlib import Path
+
+PROTOCOLS = ("setpoint", "price_signal", "p2p_trading", "consensus")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,22 +22,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the price profile comes from this scenario (default: %(default)s)")
     parser.add_argument("--year", type=int, default=2023, help="profile year (default: %(default)s)")
     parser.add_argument("--clock-sender", default="plant", help="the only accepted clock announcer (default: %(default)s)")
+    parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, metavar="NAME",
+                        help="coordination protocol, as in simulate (repeatable: one vertical + one horizontal)")
+    parser.add_argument("--protocol-options", default=None, metavar="JSON",
+                        help='per protocol options, e.g. \'{"setpoint": {"import_limit_mw": 1.5}}\'')
+    parser.add_argument("--meter-id", default="plant",
+                        help="sender of the feeder-head meter reading (price_signal's congestion rule) (default: %(default)s)")
+    parser.add_argument("--step-timeout", type=float, default=2.0, metavar="S",
+                        help="longest wait for the microgrids' telemetry / the meter per step (default: %(default)s)")
+    parser.add_argument("--ledger", type=Path, default=None, metavar="FILE.jsonl",
+                        help="append what was signalled and cleared, one JSON line per step")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM / SIGINT."""
+    """Serve until SIGTERM / SIGINT; 2 on a bad protocol configuration."""
+    from heron_edge.errors import ConfigError
+
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_main(args))
+    try:
+        options = json.loads(args.protocol_options) if args.protocol_options else {}
+        if not isinstance(options, dict):
+            raise ConfigError("--protocol-options must be a JSON object")
+        asyncio.run(_main(args, options))
+    except (ConfigError, json.JSONDecodeError) as exc:
+        print(f"heron-edge operator: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, options: dict[str, dict[str, object]]) -> None:
     from heron_edge.agents import SystemOperator
     from heron_edge.brokers import MqttBroker
     from heron_edge.coordination import Coordination
     from heron_edge.messages import agent_topic
-    from heron_edge.runtime.operator import OperatorRuntime, PriceService
+    from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
     from sim.profiles import load_profiles
     from sim.scenario import load_scenario
 
@@ -39,9 +64,10 @@ async def _main(args: argparse.Namespace) -> None:
     prices = load_profiles(args.year, [scenario.price_profile], scenario.step_hours).series[scenario.price_profile]
     broker = MqttBroker(args.broker, client_id=f"heron-{args.site}-{args.id}",
                         status_topic=agent_topic(args.site, args.id, "status"), reconnect_max_delay_s=1.0)
-    coordination = Coordination(scenario, None, {})  # price only; protocols plug in here
-    operator = SystemOperator(args.id, broker, coordination, site=args.site)
-    service = PriceService(operator, lambda step: float(prices[step]))
+    coordination = Coordination(scenario, args.protocol, options)
+    operator = SystemOperator(args.id, broker, coordination, site=args.site, step_timeout_s=args.step_timeout)
+    meter = FeederMeter(broker, site=args.site, meter_id=args.meter_id, timeout_s=args.step_timeout)
+    service = CoordinationService(operator, lambda step: float(prices[step]), meter=meter, ledger=args.ledger)
     runtime = OperatorRuntime(broker, site=args.site, operator_id=args.id, services=[service],
                               clock_sender=args.clock_sender)
     loop = asyncio.get_running_loop()

@@ -9,6 +9,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from heron_edge.commands.simulate import PROTOCOLS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heron-edge sil``."""
@@ -24,12 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="configs, logs, outboxes, status files and trajectory.npz (default: a temporary directory)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after this long (default: %(default)s)")
+    parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, metavar="NAME",
+                        help="coordination protocol, as in simulate: setpoint, price_signal, p2p_trading or consensus; "
+                             "give it twice for one vertical plus one horizontal")
 
 
 def run(args: argparse.Namespace) -> int:
     """0: the run finished (and, in lock-step, matched the centralized run); 1: mismatch or failure; 2: bad input."""
-    from heron_edge.commands.simulate import _load_scenario, simulate, summarize, summary_table
-    from heron_edge.runtime.sil import compare, load_trajectory
+    from heron_edge.commands.simulate import ScenarioError, _load_scenario, protocol_summary, simulate, summarize, summary_table
+    from heron_edge.coordination import parse_protocols
+    from heron_edge.errors import ConfigError
+    from heron_edge.runtime.sil import compare, load_trajectory, settle, tolerances
 
     try:
         scenario = _load_scenario(args.scenario)
@@ -39,23 +46,36 @@ def run(args: argparse.Namespace) -> int:
     if args.days < 1:
         print("heron-edge sil: error: --days must be at least 1", file=sys.stderr)
         return 2
+    try:
+        parse_protocols(args.protocol)
+    except ConfigError as exc:
+        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
+        return 2
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="heron-sil-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    central = simulate(scenario, days=args.days, policy="rule", seed=args.seed, test_year=args.test_year, progress=False)
+    try:
+        central = simulate(scenario, days=args.days, policy="rule", seed=args.seed, test_year=args.test_year,
+                           progress=False, protocol=args.protocol)
+    except ScenarioError as exc:
+        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
+        return 2
     steps_per_day = int(round(24 * 60 / scenario.step_minutes))
     starts = [int(central.columns["step_in_year"][d * steps_per_day, 0]) for d in range(args.days)]
     try:
         stats = run_rig(args, scenario, starts, workdir)
+        journals = {mg.name: workdir / f"journal-{mg.name}.jsonl" for mg in scenario.microgrids}
+        sil = settle(load_trajectory(workdir / "trajectory.npz"), scenario, args.protocol, None,
+                     workdir / "ledger.jsonl", journals)
     except RuntimeError as exc:
         print(f"heron-edge sil: error: {exc}", file=sys.stderr)
         return 1
-    sil = load_trajectory(workdir / "trajectory.npz")
     print(summary_table(summarize(sil)))
+    print(protocol_summary(sil))
     print(json.dumps(stats))
     print(f"workdir: {workdir}")
     if args.mode != "lockstep":
         return 0
-    comparison = compare(sil, central)
+    comparison = compare(sil, central, tolerances(args.protocol))
     print(comparison.report())
     return 0 if comparison.ok else 1
 
@@ -79,7 +99,9 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
         try:
             endpoints_path = workdir / "endpoints.json"
             endpoints_path.unlink(missing_ok=True)
-            (workdir / "trajectory.npz").unlink(missing_ok=True)
+            for stale in ("trajectory.npz", "ledger.jsonl", *(f"journal-{mg.name}.jsonl" for mg in scenario.microgrids)):  # type: ignore[attr-defined]
+                (workdir / stale).unlink(missing_ok=True)
+            protocols = [arg for name in args.protocol or () for arg in ("--protocol", name)]
             t0 = time.monotonic()
             plant = ManagedProcess("plant", cli_argv(
                 "plant", "--scenario", str(args.scenario), "--broker", url, "--site", args.site, "--mode", args.mode,
@@ -90,11 +112,13 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
             processes.append(plant)
             processes.append(ManagedProcess("operator", cli_argv(
                 "operator", "--broker", url, "--site", args.site, "--scenario", str(args.scenario),
-                "--year", "2024" if args.test_year else "2023"), log_path=workdir / "operator.log", env=env))
+                "--year", "2024" if args.test_year else "2023", *protocols, "--ledger", str(workdir / "ledger.jsonl")),
+                log_path=workdir / "operator.log", env=env))
             wait_for_file(endpoints_path, timeout=60.0, process=plant)
             endpoints = json.loads(endpoints_path.read_text())
             for i, mg in enumerate(scenario.microgrids):  # type: ignore[attr-defined]
-                config = agent_config(scenario, i, site=args.site, broker_url=url, endpoints=endpoints, workdir=workdir)  # type: ignore[arg-type]
+                config = agent_config(scenario, i, site=args.site, broker_url=url, endpoints=endpoints, workdir=workdir,  # type: ignore[arg-type]
+                                      protocols=args.protocol)
                 Path(config["outbox"]["path"]).unlink(missing_ok=True)
                 path = workdir / f"agent-{mg.name}.toml"
                 path.write_text(to_toml(config))

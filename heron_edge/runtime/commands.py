@@ -6,19 +6,23 @@ it; not a replay; signed when a key is configured). Rejections are counted as
 ``cmd_rejected_<reason>`` and logged; the agent keeps running. A microgrid gateway applies
 ``setpoint`` commands; an accepted ``action`` command is counted (``cmd_ignored_action``), not
 applied. A setpoint is applied only while it has not expired: :meth:`CommandInbox.setpoint` drops
-it (counted ``cmd_expired``) once past.
+it (counted ``cmd_expired``) once past. With the setpoint protocol, setpoints reach the protocol's Link
+through a :class:`GuardedBroker`: the same guard, before the protocol sees them.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
+from types import TracebackType
 
-from heron_edge.messages import Envelope, SetpointBody
+from heron_edge.brokers.base import DEFAULT_GET_TIMEOUT_S, DEFAULT_MAXSIZE, Broker, Delivery, Payload, Subscription
+from heron_edge.messages import Envelope, SetpointBody, command_filter
 from heron_edge.security import CommandGuard
 from heron_edge.security.auth import CommandRejected
 
-__all__ = ["CommandInbox"]
+__all__ = ["CommandInbox", "GuardedBroker"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,7 @@ class CommandInbox:
 
     def __init__(self, agent_id: str, upstream_id: str, *, key: bytes | None = None) -> None:
         self.agent_id = agent_id
+        self.upstream_id = upstream_id
         self.guard = CommandGuard(agent_id, upstream_id, key=key, require_expiry=True, accept_broadcast=True)
         self._own: Counter[str] = Counter()
         self._setpoint: Envelope | None = None
@@ -53,6 +58,12 @@ class CommandInbox:
             self._own[f"cmd_ignored_{envelope.kind}"] += 1
         return True
 
+    def new_episode(self) -> None:
+        """The clock restarted at an earlier step (a new SIL episode): older steps are legitimate again.
+        Seen message ids are still refused, and expiry still applies."""
+        self.guard.newest_step = -1
+        self._setpoint = None
+
     def setpoint(self, *, now: float | None = None) -> SetpointBody | None:
         """The latest accepted setpoint while it has not expired; None otherwise (an expired one is dropped)."""
         envelope = self._setpoint
@@ -64,3 +75,69 @@ class CommandInbox:
             return None
         assert isinstance(envelope.body, SetpointBody)
         return envelope.body
+
+
+class _GuardedSubscription(Subscription):
+    """A command subscription seen through a CommandInbox: only accepted commands come out (the rest is counted)."""
+
+    __slots__ = ("inner", "_inbox")
+
+    def __init__(self, inner: Subscription, inbox: CommandInbox) -> None:
+        super().__init__(inner.topic_filter, qos=inner.qos, maxsize=inner.maxsize)
+        self.inner = inner
+        self._inbox = inbox
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def get_nowait(self) -> Delivery | None:
+        while (delivery := self.inner.get_nowait()) is not None:
+            if self._inbox.handle(delivery.topic, delivery.payload):
+                return delivery
+        return None
+
+    def drain(self) -> list[Delivery]:
+        return [d for d in self.inner.drain() if self._inbox.handle(d.topic, d.payload)]
+
+    async def get(self, timeout: float | None = DEFAULT_GET_TIMEOUT_S) -> Delivery:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            delivery = await self.inner.get(None if deadline is None else max(0.0, deadline - loop.time()))
+            if self._inbox.handle(delivery.topic, delivery.payload):
+                return delivery
+
+
+class GuardedBroker:
+    """A Broker wrapper for the protocols' Link: subscriptions on ``agent_id``'s command topics pass every
+    delivery through ``inbox`` (CommandGuard: upstream only, signed when keyed, not expired, no replay) before
+    the protocol sees it. Everything else passes through unchanged."""
+
+    def __init__(self, inner: Broker, inbox: CommandInbox, *, site: str) -> None:
+        self.inner = inner
+        self.inbox = inbox
+        self._prefix = command_filter(site, inbox.agent_id)[:-1]  # heron/{site}/{agent}/cmd/
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
+        await self.inner.publish(topic, payload, qos=qos, retain=retain)
+
+    async def subscribe(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
+        sub = await self.inner.subscribe(topic_filter, qos=qos, maxsize=maxsize)
+        return _GuardedSubscription(sub, self.inbox) if topic_filter.startswith(self._prefix) else sub
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        await self.inner.unsubscribe(subscription.inner if isinstance(subscription, _GuardedSubscription) else subscription)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> GuardedBroker:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

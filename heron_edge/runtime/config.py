@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from firmware_bridge import ModbusDeviceConfig
 from heron_edge.errors import ConfigError
 
-__all__ = ["BrokerSettings", "CycleSettings", "DeviceSettings", "FailsafeSettings", "GatewayConfig", "OutboxSettings",
-           "RulePolicySettings", "TlsSettings", "load_gateway_config", "parse_gateway_config"]
+if TYPE_CHECKING:
+    from heron_edge.coordination import Coordination
+
+__all__ = ["BrokerSettings", "CoordinationSettings", "CycleSettings", "DeviceSettings", "FailsafeSettings",
+           "GatewayConfig", "OutboxSettings", "RulePolicySettings", "SiteBattery", "SiteGenerator", "SiteMicrogrid",
+           "TlsSettings", "load_gateway_config", "parse_gateway_config"]
 
 _ID = r"^[A-Za-z0-9_-]+$"
 
@@ -123,6 +127,65 @@ class OutboxSettings(_Model):
     max_records: int = Field(10_000, ge=1)
 
 
+class SiteBattery(_Model):
+    """A microgrid's battery as the protocols see it: its power rating (MW)."""
+
+    p_max_mw: float = Field(gt=0)
+
+
+class SiteGenerator(_Model):
+    """A microgrid's generator as the protocols see it: limits (MW) and fuel cost a p^2 + b p (USD/h)."""
+
+    p_min_mw: float = Field(0.0, ge=0)
+    p_max_mw: float = Field(ge=0)
+    cost_a_usd_per_mw2h: float = Field(ge=0)
+    cost_b_usd_per_mwh: float
+
+
+class SiteMicrogrid(_Model):
+    """One microgrid of the site (the protocols need every one: setpoint shares, consensus nodes, market)."""
+
+    name: str = Field(pattern=_ID)
+    battery: SiteBattery
+    generator: SiteGenerator
+
+
+class CoordinationSettings(_Model):
+    """The coordination protocols this gateway takes part in (``heron_edge.coordination``), and the site data
+    they need; the same names, options and numbers as the operator's (and the environment's) scenario.
+
+    protocols: at most one vertical (setpoint, price_signal) and one horizontal (p2p_trading, consensus);
+    [] = the price broadcast only. options: per protocol, e.g. ``{"setpoint": {"import_limit_mw": 1.5}}``.
+    """
+
+    protocols: list[Literal["setpoint", "price_signal", "p2p_trading", "consensus"]] = Field(default_factory=list)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    step_minutes: float = Field(60.0, gt=0, description="the step length (minutes)")
+    export_price_ratio: float = Field(1.0, ge=0, le=1, description="exports are credited at this fraction of the price")
+    feeder_head_rating_mva: float = Field(2.5, gt=0, description="substation rating (the operator's congestion rule)")
+    microgrids: list[SiteMicrogrid] = Field(min_length=1, description="every microgrid of the site, in agent order")
+
+    @property
+    def step_hours(self) -> float:
+        return self.step_minutes / 60.0
+
+    @model_validator(mode="after")
+    def _protocols_valid(self) -> CoordinationSettings:
+        if len({m.name for m in self.microgrids}) != len(self.microgrids):
+            raise ValueError("microgrids: duplicate names")
+        self.build()  # unknown options, two vertical protocols, a bad option value: said here, at load time
+        return self
+
+    def build(self) -> Coordination:
+        """The ``Coordination`` of these settings (the same class the environment and the operator use)."""
+        from heron_edge.coordination import Coordination
+
+        try:  # Coordination reads a scenario's microgrids / step_hours / export_price_ratio: these fields mirror them
+            return Coordination(cast(Any, self), list(self.protocols), dict(self.options))
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
 class GatewayConfig(_Model):
     """Everything ``heron-edge agent`` needs (see examples/gateway-rpi.toml)."""
 
@@ -139,6 +202,9 @@ class GatewayConfig(_Model):
     failsafe: FailsafeSettings = FailsafeSettings()
     outbox: OutboxSettings = OutboxSettings()
     status_file: str | None = Field(None, description="also write the status as JSON here every cycle")
+    coordination: CoordinationSettings | None = Field(None, description="the coordination protocols (None: price only)")
+    journal_file: str | None = Field(None, description="append one JSON line per completed step here (what the "
+                                     "protocols said and the action taken)")
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -148,6 +214,15 @@ class GatewayConfig(_Model):
             raise ValueError("peers has duplicates")
         if self.cycle.step_timeout_s > self.failsafe.upstream_timeout_s:
             raise ValueError("cycle.step_timeout_s must not exceed failsafe.upstream_timeout_s")
+        c = self.coordination
+        if c is not None:
+            names = [m.name for m in c.microgrids]
+            if names != self.agents:
+                raise ValueError(f"coordination.microgrids {names} must list every agent in peers order {self.agents}")
+            own = c.microgrids[names.index(self.agent_id)]
+            if own.battery.p_max_mw != self.battery_p_max_mw or own.generator.p_max_mw != self.generator_p_max_mw:
+                raise ValueError(f"coordination.microgrids[{self.agent_id}]: ratings differ from battery_p_max_mw / "
+                                 "generator_p_max_mw")
         return self
 
     @property

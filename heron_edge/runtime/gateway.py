@@ -1,9 +1,12 @@
 """The edge gateway: one microgrid agent as one asyncio process (``heron-edge agent --config FILE``).
 
 Built on the environment's own agents: a ``MicrogridAgent`` (policy + DeviceIO) inside a
-``ProxyAgent`` (telemetry out, price and peers' telemetry in), with a Modbus DeviceIO. Each cycle:
-read devices -> exchange messages -> decide -> write setpoints -> publish status (and, with a bus
-clock, ``done``). Telemetry goes through a bounded SQLite outbox whenever it cannot be published
+``ProxyAgent`` (telemetry out, price and peers' telemetry in), with a Modbus DeviceIO. With
+``coordination`` configured the ProxyAgent carries the environment's ``MicrogridRoles`` (setpoint,
+consensus, p2p trading: the very classes the environment's distributed mode runs). Each cycle:
+read devices -> publish telemetry -> receive the setpoint / run the consensus -> collect price and
+peers -> decide -> write setpoints -> post the order and take the clearing -> publish status (and,
+with a bus clock, ``done``: so a lock-step plant advances only after the market). Telemetry goes through a bounded SQLite outbox whenever it cannot be published
 and is sent in order after reconnect. Failsafe rules: ``heron_edge.runtime.failsafe``.
 """
 from __future__ import annotations
@@ -26,12 +29,14 @@ from heron_edge.agents import MicrogridAgent, ProxyAgent, Ratings
 from heron_edge.brokers import MqttBroker
 from heron_edge.brokers.base import DEFAULT_MAXSIZE, Payload, Subscription, payload_bytes
 from heron_edge.brokers.mqtt import TlsOptions
+from heron_edge.coordination import MicrogridRoles
 from heron_edge.errors import BrokerError, DeviceError
 from heron_edge.messages import (
     ClockBody, DecodeError, StatusBody, agent_topic, bus_topic, command_filter, decode, make_envelope,
 )
 from heron_edge.policies import RulePolicy
-from heron_edge.runtime.commands import CommandInbox
+from heron_edge.protocols import Link
+from heron_edge.runtime.commands import CommandInbox, GuardedBroker
 from heron_edge.runtime.config import GatewayConfig
 from heron_edge.runtime.failsafe import FailsafeState, safe_setpoints
 from heron_edge.runtime.modbus_io import ModbusDeviceIO
@@ -140,6 +145,8 @@ class Gateway:
         self.outbox = Outbox(config.outbox.path, max_records=config.outbox.max_records)
         self.broker = OutboxBroker(self.raw_broker, self.outbox, agent_topic(config.site, config.agent_id, "telemetry"))
         self.devices = ModbusDeviceIO(config.devices)
+        self.coordination = config.coordination.build() if config.coordination is not None else None
+        features = self.coordination.feature_names if self.coordination is not None else ()
         p = config.policy
         # RulePolicy scales the generator by its rating; a site without a generator gets a zero-rated one.
         self.policy = RulePolicy(
@@ -147,13 +154,20 @@ class Gateway:
             battery_p_max_mw=config.battery_p_max_mw, generator_p_max_mw=config.generator_p_max_mw or 1e-9,
             round_trip_efficiency=p.round_trip_efficiency, cost_a_usd_per_mw2h=p.cost_a_usd_per_mw2h,
             cost_b_usd_per_mwh=p.cost_b_usd_per_mwh, cost_c_usd_per_h=p.cost_c_usd_per_h, window_steps=p.window_steps,
-            charge_quantile=p.charge_quantile, discharge_quantile=p.discharge_quantile, min_history=p.min_history)
+            charge_quantile=p.charge_quantile, discharge_quantile=p.discharge_quantile, min_history=p.min_history,
+            protocol_features=features)
         self.ratings = Ratings(config.battery_p_max_mw, config.generator_p_max_mw)
         self.agent = MicrogridAgent(config.agent_id, self.devices, self.policy, self.ratings)
+        self.inbox = CommandInbox(config.agent_id, config.upstream_id)
+        roles = None
+        if self.coordination is not None:  # commands reach the protocols only through the inbox's guard
+            link = Link(GuardedBroker(self.broker, self.inbox, site=config.site),  # type: ignore[arg-type]
+                        site=config.site, agent_id=config.agent_id, timeout_s=config.cycle.step_timeout_s)
+            roles = MicrogridRoles(self.coordination, link, agents.index(config.agent_id))
         self.proxy = ProxyAgent(config.agent_id, self.agent, self.broker, config.upstream_id,  # type: ignore[arg-type]
                                 site=config.site, peers=agents, steps_per_day=config.cycle.steps_per_day,
-                                step_timeout_s=config.cycle.step_timeout_s)
-        self.inbox = CommandInbox(config.agent_id, config.upstream_id)
+                                step_timeout_s=config.cycle.step_timeout_s, roles=roles)
+        self._setpoint_protocol = self.coordination is not None and self.coordination.setpoint is not None
         self.failsafe = FailsafeState()
         self.stats: Counter[str] = Counter()
         self.timing = CycleTiming()
@@ -291,6 +305,8 @@ class Gateway:
         if self._cmd_sub is None:
             return
         for delivery in self._cmd_sub.drain():
+            if self._setpoint_protocol and delivery.topic.endswith("/cmd/setpoint"):
+                continue  # the setpoint protocol's own (guarded) subscription takes these
             self.inbox.handle(delivery.topic, delivery.payload)
 
     async def cycle(self, step: int, *, watchdog: bool = False) -> None:
@@ -300,6 +316,10 @@ class Gateway:
         """
         start = time.perf_counter()
         modbus_before = self.devices.timing.read_s + self.devices.timing.write_s
+        if not watchdog and step < self.done_step:  # the clock went back: a new episode (SIL days)
+            self.proxy.reset(step)
+            self.inbox.new_episode()
+            self.stats["episodes"] += 1
         self.step = step
         connected = await self._ensure_connected()
         self._drain_commands()
@@ -318,10 +338,13 @@ class Gateway:
         except DeviceError as exc:
             device_ok = False
             reasons["device"] = str(exc)
+        observation: np.ndarray | None = None
         if connected and self.raw_broker.connected and not watchdog:
-            observation: np.ndarray | None = await self.proxy.collect(step)
-        else:
-            observation = None
+            try:
+                await self.proxy.coordinate(step)  # setpoint, consensus (no-op without coordination)
+                observation = await self.proxy.collect(step)
+            except BrokerError as exc:
+                reasons["broker"] = f"coordination: {exc}"
         if self.proxy.price_step == step and observation is not None:
             self._last_upstream = time.monotonic()
         if not self.raw_broker.connected:
@@ -333,13 +356,16 @@ class Gateway:
             log.warning("%s: %s", self.agent_id,
                         f"failsafe: {self.failsafe.detail}" if self.failsafe.active else "left failsafe")
         decision_s = 0.0
+        action: np.ndarray | None = None
         if self.failsafe.active or observation is None:
             await self._write_safe(device_ok)
             self.failsafe.cycles += self.failsafe.active
+            self.proxy.last_clearing = None  # no order this step: no trades to show next step
         else:
             t0 = time.perf_counter()
             action = self.agent.act(observation)
-            action = self._track_setpoint(action, self.proxy.last_local)
+            if not self._setpoint_protocol:  # with the protocol, the policy itself tracks the setpoint
+                action = self._track_setpoint(action, self.proxy.last_local)
             decision_s = time.perf_counter() - t0
             try:
                 await self.agent.apply(action)
@@ -347,6 +373,14 @@ class Gateway:
                 self.stats["write_failed"] += 1
                 log.warning("%s: %s", self.agent_id, exc)
             self.last_action = action
+            if self.coordination is not None and self.coordination.p2p is not None:
+                try:
+                    await self.proxy.settle(step, action)  # order -> clearing, before done: the plant waits
+                except BrokerError as exc:
+                    self.stats["settle_failed"] += 1
+                    log.warning("%s: market: %s", self.agent_id, exc)
+        if not watchdog and self.config.journal_file:
+            self._journal(step, action)
         if watchdog:
             self._dirty = True  # the devices now hold failsafe commands: a repeated announcement re-runs the step
         else:
@@ -363,6 +397,19 @@ class Gateway:
         await self._publish_status()
         if not watchdog and self.config.cycle.clock == "bus":
             await self._publish_done(step)
+
+    def _journal(self, step: int, action: np.ndarray | None) -> None:
+        """One JSON line: the step, failsafe or not, what the protocols said, the action taken."""
+        clearing = self.proxy.last_clearing if action is not None else None
+        row = {"step": step, "failsafe": action is None,
+               "action": None if action is None else [float(a) for a in action],
+               "setpoint_mw": self.proxy.setpoint_mw, "dispatch_mw": self.proxy.dispatch_mw,
+               "consensus_rounds": self.proxy.consensus_rounds,
+               "traded_mw": float(clearing.net_mw([self.agent_id])[0]) if clearing is not None else None,
+               "clearing_price_usd_per_mwh": clearing.price_usd_per_mwh if clearing is not None else None}
+        assert self.config.journal_file is not None
+        with open(self.config.journal_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def _track_setpoint(self, action: np.ndarray, local: np.ndarray) -> np.ndarray:
         """With a valid exchange setpoint, re-dispatch the battery so the forecast import meets it."""

@@ -2,25 +2,28 @@
 beyond its SunSpec devices (the load of the coming step, PV / wind available, the exchange at the
 point of connection, the voltage-band violation).
 
-Register map (holding registers, function 3, any unit id the server is configured with; 32-bit
-values are two registers, high word first; floats are IEEE-754 binary32):
+Register map (holding registers, function 3, any unit id the server is configured with; multi-register
+values are big-endian, high word first; floats are IEEE-754 binary64, four registers each):
 
 ====  ======  =========  ===========================================================================
 reg   type    units      meaning
 ====  ======  =========  ===========================================================================
 0     uint16  -          marker 0x4845 ("HE")
-1     uint16  -          map version (1)
+1     uint16  -          map version (2)
 2-3   uint32  -          step of the values (the plant's step of the year; field meters: a counter)
-4-5   float32 MW         load of the step about to be dispatched (+ consumed)
-6-7   float32 MW         PV power available in that step
-8-9   float32 MW         wind power available in that step
-10-11 float32 MW         import at the point of connection in the last step (+ import, - export)
-12-13 float32 p.u.       voltage-band violation summed over the microgrid's buses, last step
+4-7   float64 MW         load of the step about to be dispatched (+ consumed)
+8-11  float64 MW         PV power available in that step
+12-15 float64 MW         wind power available in that step
+16-19 float64 MW         import at the point of connection in the last step (+ import, - export)
+20-23 float64 p.u.       voltage-band violation summed over the microgrid's buses, last step
 ====  ======  =========  ===========================================================================
 
-Why float32 in MW: the SIL rig must give the agents the same observation as the in-process
-environment, whose observations are float32 of the same MW values; a float32 register pair in MW
-is therefore bit-exact. SunSpec's int16 W points (model 701) are 100 W coarse at these ratings.
+Why float64 in MW: the SIL rig must give the agents the same inputs as the in-process environment.
+Its observations are float32, but the coordination protocols work on the float64 values (the
+operator's setpoints from the reported needs, the orders' quantities, the consensus demand), so
+the environment's tests compare setpoints and trades exactly; a float64 register quadruple in MW
+is bit-exact for both. (Map version 1 used float32 pairs: exact observations, setpoints off by
+float32 rounding, ~1e-8 MW.) SunSpec's int16 W points (model 701) are 100 W coarse at these ratings.
 """
 from __future__ import annotations
 
@@ -46,9 +49,9 @@ __all__ = ["METER_MARKER", "METER_REGISTERS", "METER_VERSION", "MeterReading", "
 log = logging.getLogger(__name__)
 
 METER_MARKER = 0x4845
-METER_VERSION = 1
-METER_REGISTERS = 14
-"""Registers in the map (0 .. 13)."""
+METER_VERSION = 2
+METER_REGISTERS = 24
+"""Registers in the map (0 .. 23)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,26 +66,25 @@ class MeterReading:
     violation_pu: float
 
 
-def _f32_words(value: float) -> list[int]:
-    high, low = struct.unpack(">HH", struct.pack(">f", value))
-    return [high, low]
+def _f64_words(value: float) -> list[int]:
+    return list(struct.unpack(">4H", struct.pack(">d", value)))
 
 
 def encode_meter(reading: MeterReading) -> list[int]:
-    """The 14 registers of ``reading``."""
+    """The 24 registers of ``reading``."""
     step = reading.step & 0xFFFF_FFFF
     regs = [METER_MARKER, METER_VERSION, step >> 16, step & 0xFFFF]
     for value in (reading.load_mw, reading.pv_available_mw, reading.wind_available_mw, reading.exchange_mw,
                   reading.violation_pu):
-        regs += _f32_words(value)
+        regs += _f64_words(value)
     return regs
 
 
 def decode_meter(regs: Sequence[int]) -> MeterReading:
-    """The reading in ``regs`` (14 registers); raises DeviceError when the marker, version or a value is wrong."""
+    """The reading in ``regs`` (24 registers); raises DeviceError when the marker, version or a value is wrong."""
     if len(regs) < METER_REGISTERS or regs[0] != METER_MARKER or regs[1] != METER_VERSION:
         raise DeviceError(f"not a heron meter map v{METER_VERSION} (marker/version {list(regs[:2])})")
-    values = struct.unpack(">5f", struct.pack(">10H", *regs[4:14]))
+    values = struct.unpack(">5d", struct.pack(">20H", *regs[4:24]))
     if not all(math.isfinite(v) for v in values):
         raise DeviceError(f"meter reports a non-finite value: {values}")
     return MeterReading((regs[2] << 16) | regs[3], *values)
@@ -98,7 +100,7 @@ async def read_meter(link: ModbusLink, *, unit_id: int, address: int = 0) -> Met
 
 
 class _MeterContext(ModbusBaseDeviceContext):
-    """pymodbus datastore: holding registers 0..13 computed from the reading source at each request."""
+    """pymodbus datastore: holding registers 0..23 computed from the reading source at each request."""
 
     def __init__(self, source: Callable[[], MeterReading]) -> None:
         self._source = source

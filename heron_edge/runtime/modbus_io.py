@@ -3,7 +3,7 @@
 Where each local feature (``heron_edge.observations.LOCAL_NAMES``) comes from:
 
 - load_mw, pv_mw, wind_mw (available in the coming step), exchange_mw, violation_pu: the meter
-  (float32 MW registers, see ``heron_edge.runtime.meter``);
+  (float64 MW registers, see ``heron_edge.runtime.meter``);
 - soc: the battery's model 713 SoC (0.1 % resolution);
 - battery_mw, generator_mw: model 701 W of the battery and of the generator (int16 with the scale
   factor the device publishes: 100 W for 0.1-3 MW ratings); 0 without a generator.

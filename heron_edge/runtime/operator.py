@@ -1,50 +1,163 @@
 """The system operator as its own process: it follows the bus clock and runs its per-step services.
 
-Today's service is the price signal (``SystemOperator.publish_price``) from a price source; the
-coordination protocols (setpoints, market clearing, consensus) plug in as further
-:class:`StepService` objects, each called once per announced step, in order. After its services ran
-for step N the operator says ``done`` for N on the clock topic (lock-step runs wait for it). A
-repeated announcement of a step runs the services again (a message lost to a broker restart is
-then sent again; receivers keep one per step).
+The service is :class:`CoordinationService`: the environment's ``SystemOperator`` with the same
+``Coordination`` (price always; setpoints from the microgrids' telemetry; the market after the
+agents decided, with the clearing broadcast). After its services ran for step N the operator says
+``done`` for N on the clock topic: the lock-step plant advances only when the operator and every
+agent said done, so the market always clears after the decisions and before the plant steps.
+
+A repeated announcement of a step already done (the plant repeats while it waits, e.g. for an agent
+back from a broker restart) re-broadcasts that step's price and says done again; it does not
+re-run the waits (telemetry, orders), whose messages are gone. A step that failed (broker error) is
+run again in full on its next announcement.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from heron_edge.agents import SystemOperator
-from heron_edge.brokers import Broker
+from heron_edge.brokers import Broker, Subscription
 from heron_edge.errors import BrokerError
-from heron_edge.messages import ClockBody, DecodeError, StatusBody, agent_topic, bus_topic, decode, make_envelope
+from heron_edge.messages import (
+    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_topic, bus_topic, decode, make_envelope,
+)
+from heron_edge.protocols import Clearing, PriceSignal
 
-__all__ = ["OperatorRuntime", "PriceService", "StepService"]
+__all__ = ["METER_KIND", "CoordinationService", "FeederMeter", "OperatorRuntime", "StepService", "ledger_row"]
 
 log = logging.getLogger(__name__)
+
+METER_KIND = "meter"
+"""``heron/{site}/{plant}/meter``: the feeder-head reading (TelemetryBody ``feeder_head_mw``, MW, + import)
+of the last step, stamped with the step about to run (the substation meter; in SIL the plant sends it)."""
 
 
 class StepService(Protocol):
     """One thing the operator does for every step (publish a price, clear a market, ...)."""
 
-    async def on_step(self, step: int) -> None: ...
-
-
-class PriceService:
-    """Publishes ``price_of(step)`` (USD/MWh) for each step through a SystemOperator (its price-signal role).
-
-    The SystemOperator's coordination decides what else goes out before the agents decide (setpoints
-    when that protocol runs); ``head_loading_pu`` (the feeder head's loading, p.u.) is 0 here: the
-    operator process does not see the plant, so a congestion adder never applies.
-    """
-
-    def __init__(self, operator: SystemOperator, price_of: Callable[[int], float]) -> None:
-        self.operator = operator
-        self.price_of = price_of
+    async def start(self) -> None:
+        """Subscribe what the service listens to (before the operator says online: nothing is missed)."""
 
     async def on_step(self, step: int) -> None:
-        await self.operator.before_decision(step, self.price_of(step), 0.0)
+        """Run step ``step`` (its first announcement, or a retry after a failure)."""
+
+    async def on_repeat(self, step: int) -> None:
+        """The step already ran and is announced again: re-send what needs no new input."""
+
+
+class FeederMeter:
+    """The feeder-head reading of each step from the meter topic; bounded wait, None when missing."""
+
+    def __init__(self, broker: Broker, *, site: str, meter_id: str, timeout_s: float) -> None:
+        self.broker = broker
+        self.topic = agent_topic(site, meter_id, METER_KIND)
+        self.meter_id = meter_id
+        self.timeout_s = timeout_s
+        self.stats: Counter[str] = Counter()
+        self._sub: Subscription | None = None
+        self._readings: dict[int, float | None] = {}
+
+    async def start(self) -> None:
+        if self._sub is None:
+            self._sub = await self.broker.subscribe(self.topic)
+
+    def _take(self, payload: bytes) -> None:
+        try:
+            envelope = decode(payload)
+        except DecodeError as exc:
+            self.stats[f"meter_rejected_{exc.reason}"] += 1
+            return
+        if envelope.sender != self.meter_id or not isinstance(envelope.body, TelemetryBody):
+            self.stats["meter_rejected_sender"] += 1
+            return
+        self._readings[envelope.step] = envelope.body.values.get("feeder_head_mw")
+        while len(self._readings) > 64:
+            del self._readings[next(iter(self._readings))]
+
+    async def reading(self, step: int) -> float | None:
+        """The feeder-head import (MW) stamped ``step``; None (counted ``meter_late``) when it does not come in time."""
+        await self.start()
+        assert self._sub is not None
+        deadline = time.monotonic() + self.timeout_s
+        for delivery in self._sub.drain():
+            self._take(delivery.payload)
+        while step not in self._readings:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.stats["meter_late"] += 1
+                log.warning("operator: no feeder-head reading for step %d", step)
+                return None
+            try:
+                delivery = await self._sub.get(timeout=remaining)
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            self._take(delivery.payload)
+        return self._readings[step]
+
+
+def ledger_row(step: int, price: PriceSignal, setpoints: Sequence[float] | None, clearing: Clearing | None,
+               head_loading_pu: float) -> dict[str, Any]:
+    """What the operator told the site for one step, as one JSON-ready record (see :class:`CoordinationService`)."""
+    return {
+        "step": step, "price_usd_per_mwh": price.price_usd_per_mwh,
+        "congestion_adder_usd_per_mwh": price.congestion_adder_usd_per_mwh, "head_loading_pu": head_loading_pu,
+        "setpoint_mw": None if setpoints is None else [float(x) for x in setpoints],
+        "clearing": None if clearing is None else {
+            "price_usd_per_mwh": clearing.price_usd_per_mwh, "fee_usd_per_mwh": clearing.fee_usd_per_mwh,
+            "trades": [[t.buyer, t.seller, t.quantity_mw, t.price_usd_per_mwh] for t in clearing.trades],
+            "excluded": list(clearing.excluded)},
+    }
+
+
+class CoordinationService:
+    """The SystemOperator's step: price (with the congestion adder from the feeder meter when price_signal runs)
+    and setpoints before the agents decide, then the market; one ledger line per step when ``ledger`` is set.
+
+    ``price_of(step)`` is the hourly price (USD/MWh). The ledger (JSON lines, :func:`ledger_row`) is what the
+    operator signalled and cleared: with the plant's measured exchange it settles the step exactly as the
+    environment does (``Coordination.settle_exchange``).
+    """
+
+    def __init__(self, operator: SystemOperator, price_of: Callable[[int], float], *,
+                 meter: FeederMeter | None = None, ledger: Path | None = None) -> None:
+        self.operator = operator
+        self.price_of = price_of
+        self.meter = meter
+        self.ledger = ledger
+        self._loading: dict[int, float] = {}
+
+    async def start(self) -> None:
+        await self.operator.start()
+        if self.meter is not None:
+            await self.meter.start()
+
+    async def _head_loading(self, step: int) -> float:
+        c = self.operator.coordination
+        if "price_signal" not in c.protocols or self.meter is None:
+            return 0.0  # no congestion rule: the loading does not change the price
+        return c.head_loading_from_mw(await self.meter.reading(step))
+
+    async def on_step(self, step: int) -> None:
+        loading = await self._head_loading(step)
+        self._loading = {step: loading}
+        price, setpoints = await self.operator.before_decision(step, self.price_of(step), loading)
+        clearing = await self.operator.market(step)
+        if self.ledger is not None:
+            with open(self.ledger, "a") as f:
+                f.write(json.dumps(ledger_row(step, price, None if setpoints is None else setpoints.tolist(),
+                                              clearing, loading)) + "\n")
+
+    async def on_repeat(self, step: int) -> None:
+        roles = self.operator.roles
+        roles.link.step = step
+        await self.operator.coordination.price.operator(roles.link, self.price_of(step), self._loading.get(step, 0.0))
 
 
 class OperatorRuntime:
@@ -58,6 +171,7 @@ class OperatorRuntime:
         self.services = list(services)
         self.clock_sender = clock_sender
         self.stats: Counter[str] = Counter()
+        self.done_step = -1
         self._stop = asyncio.Event()
         self._clock_topic = bus_topic(site, "clock")
         self._status_topic = agent_topic(site, operator_id, "status")
@@ -71,6 +185,8 @@ class OperatorRuntime:
 
     async def run(self) -> None:
         await self.broker.connect()
+        for service in self.services:
+            await service.start()
         sub = await self.broker.subscribe(self._clock_topic)
         await self._status("online")
         try:
@@ -90,18 +206,23 @@ class OperatorRuntime:
                 if envelope.sender != self.clock_sender:
                     self.stats["rejected_sender"] += 1
                     continue
-                try:
-                    for service in self.services:
-                        await service.on_step(body.step)
-                    await self.broker.publish(self._clock_topic, make_envelope(
-                        self.operator_id, ClockBody(step=body.step, done=True), step=body.step))
-                    self.stats["steps"] += 1
-                except BrokerError as exc:
-                    self.stats["step_failed"] += 1
-                    log.warning("operator: step %d not completed: %s", body.step, exc)
+                await self._run_step(body.step)
         finally:
             try:
                 await self._status("offline")
                 await self.broker.unsubscribe(sub)
             except BrokerError:
                 pass
+
+    async def _run_step(self, step: int) -> None:
+        repeat = step == self.done_step
+        try:
+            for service in self.services:
+                await (service.on_repeat(step) if repeat else service.on_step(step))
+            await self.broker.publish(self._clock_topic, make_envelope(
+                self.operator_id, ClockBody(step=step, done=True), step=step))
+            self.stats["repeats" if repeat else "steps"] += 1
+            self.done_step = step
+        except BrokerError as exc:
+            self.stats["step_failed"] += 1
+            log.warning("operator: step %d not completed: %s", step, exc)

@@ -4,8 +4,11 @@ Per microgrid it serves, on 127.0.0.1 (one TCP port each, unit id 1): a SunSpec 
 generator, a SunSpec PV and a wind inverter (when rated above 0) and the site meter
 (``heron_edge.runtime.meter``). The clock is ``heron/{site}/bus/clock`` (ClockBody):
 
-- lock-step: the plant announces step N (sender ``plant``); the operator publishes the price for N
-  and says ``done``; each agent runs its cycle for N and says ``done``; when every expected
+- lock-step: the plant sends its feeder-head reading stamped N (``heron/{site}/plant/meter``, the
+  substation meter the operator's congestion rule reads) and announces step N (sender ``plant``);
+  the operator publishes the price (and setpoints) for N, waits for the agents' orders when trading
+  runs, clears and says ``done``; each agent runs its cycle for N (setpoint, consensus, decision,
+  order and clearing) and says ``done`` after it; when every expected
   participant said done for N, the plant applies the setpoints its devices hold (clamped by the
   plant), advances, and announces N+1. While it waits it repeats the announcement every
   ``repeat_s`` (a done lost to a broker restart is then sent again); after ``max_wait_s`` it
@@ -31,7 +34,9 @@ import numpy as np
 from firmware_bridge import Emulator
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.errors import BrokerError
-from heron_edge.messages import ClockBody, DecodeError, StatusBody, agent_filter, bus_topic, decode, make_envelope
+from heron_edge.messages import (
+    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_filter, agent_topic, bus_topic, decode, make_envelope,
+)
 from heron_edge.runtime.meter import MeterServer
 from heron_edge.runtime.sil_devices import PlantDevices
 from sim.plant import Measurements, Plant
@@ -102,6 +107,7 @@ class PlantRuntime:
         self.stats: Counter[str] = Counter()
         self.step_times: list[float] = []
         self._clock_topic = bus_topic(site, "clock")
+        self._meter_topic = agent_topic(site, PLANT_ID, "meter")
         self._zones = [np.asarray(z.buses) for z in plant.built.zones]
         self._stopping = False
 
@@ -184,6 +190,17 @@ class PlantRuntime:
             self.stats["announce_failed"] += 1
             log.info("plant: cannot announce step %d: %s", step, exc)
 
+    async def _publish_meter(self, step: int) -> None:
+        """The feeder-head import of the last step (MW), stamped ``step`` (omitted when unknown)."""
+        last = self.plant.last
+        head = float(last.feeder_head_mw) if last is not None else float("nan")
+        body = TelemetryBody(values={"feeder_head_mw": head} if np.isfinite(head) else {})
+        try:
+            await self.broker.publish(self._meter_topic, make_envelope(PLANT_ID, body, step=step))
+        except BrokerError as exc:
+            self.stats["meter_failed"] += 1
+            log.info("plant: cannot send the meter reading of step %d: %s", step, exc)
+
     async def _lockstep_wait(self, sub: Subscription, step: int) -> None:
         waiting = set(self.participants)
         start = time.monotonic()
@@ -226,6 +243,7 @@ class PlantRuntime:
                         return
                     t0 = time.perf_counter()
                     step = self.plant.t
+                    await self._publish_meter(step)
                     if self.mode == "lockstep":
                         await self._lockstep_wait(sub, step)
                     else:

@@ -1,5 +1,6 @@
 """An in-process SIL rig for tests: the plant (real emulated Modbus devices on loopback), the operator
-and one Gateway per microgrid, all on one asyncio loop, talking through a real Mosquitto."""
+and one Gateway per microgrid, all on one asyncio loop, talking through a real Mosquitto; optionally
+with coordination protocols (the operator's ledger and the agents' journals in the workdir)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ from heron_edge.brokers import MqttBroker
 from heron_edge.coordination import Coordination
 from heron_edge.runtime.config import parse_gateway_config
 from heron_edge.runtime.gateway import Gateway
-from heron_edge.runtime.operator import OperatorRuntime, PriceService
+from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
 from heron_edge.runtime.sil import agent_config
 from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
 from sim.plant import Plant
@@ -26,18 +27,26 @@ class Rig:
     """``async with Rig(url, tmp_path) as rig:`` everything runs; ``rig.done`` completes when the plant finished."""
 
     def __init__(self, url: str, workdir: Path, *, steps: int = 24, start_step: int = 4000, period_s: float = 0.3,
-                 step_timeout_s: float = 0.3, upstream_timeout_s: float = 1.0, **overrides: Any) -> None:
+                 step_timeout_s: float = 0.3, upstream_timeout_s: float = 1.0, protocols: list[str] | None = None,
+                 protocol_options: dict[str, dict[str, Any]] | None = None, repeat_s: float = 0.3,
+                 plant_runtime: type[PlantRuntime] = PlantRuntime, **overrides: Any) -> None:
         self.url = url
         self.workdir = workdir
         self.plant = Plant("ieee34_3x13")
         self.plant_broker = MqttBroker(url, client_id=f"{SITE}-plant", reconnect_min_delay_s=0.05, reconnect_max_delay_s=0.2)
-        self.runtime = PlantRuntime(self.plant, self.plant_broker, site=SITE, participants=[*self.plant.names, OPERATOR],
-                                    start_steps=[start_step], steps_per_episode=steps, year=2023, repeat_s=0.3,
-                                    max_wait_s=30.0, ready_timeout_s=10.0)
+        self.runtime = plant_runtime(self.plant, self.plant_broker, site=SITE, participants=[*self.plant.names, OPERATOR],
+                                     start_steps=[start_step], steps_per_episode=steps, year=2023, repeat_s=repeat_s,
+                                     max_wait_s=30.0, ready_timeout_s=10.0)
         self.op_broker = MqttBroker(url, client_id=f"{SITE}-operator", reconnect_min_delay_s=0.05, reconnect_max_delay_s=0.2)
-        self.operator = SystemOperator(OPERATOR, self.op_broker, Coordination(self.plant.scenario, None, {}), site=SITE)
-        self.op_runtime = OperatorRuntime(self.op_broker, site=SITE, operator_id=OPERATOR,
-                                          services=[PriceService(self.operator, self.plant.price)], clock_sender=PLANT_ID)
+        self.protocols = protocols
+        self.protocol_options = protocol_options or {}
+        self.coordination = Coordination(self.plant.scenario, protocols, dict(self.protocol_options))
+        self.operator = SystemOperator(OPERATOR, self.op_broker, self.coordination, site=SITE, step_timeout_s=1.0)
+        self.ledger = workdir / "ledger.jsonl"
+        service = CoordinationService(self.operator, self.plant.price, ledger=self.ledger,
+                                      meter=FeederMeter(self.op_broker, site=SITE, meter_id=PLANT_ID, timeout_s=1.0))
+        self.op_runtime = OperatorRuntime(self.op_broker, site=SITE, operator_id=OPERATOR, services=[service],
+                                          clock_sender=PLANT_ID)
         self.gateways: dict[str, Gateway] = {}
         self._timing = dict(period_s=period_s, step_timeout_s=step_timeout_s, upstream_timeout_s=upstream_timeout_s)
         self._overrides = overrides
@@ -50,7 +59,8 @@ class Rig:
                      for mg, roles in self.runtime.endpoints().items()}
         for i, name in enumerate(self.plant.names):
             data = agent_config(self.plant.scenario, i, site=SITE, broker_url=self.url, endpoints=endpoints,
-                                workdir=self.workdir, **self._timing)
+                                workdir=self.workdir, protocols=self.protocols, protocol_options=self.protocol_options,
+                                **self._timing)
             data["broker"]["reconnect_max_delay_s"] = 0.5
             data.update(self._overrides)
             self.gateways[name] = Gateway(parse_gateway_config(data))

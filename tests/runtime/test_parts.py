@@ -44,17 +44,17 @@ def test_outbox_keeps_order_bound_and_resumes(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_meter_roundtrip_is_float32_exact() -> None:
-    import numpy as np
-
+def test_meter_roundtrip_is_float64_exact() -> None:
     reading = MeterReading(step=70_000, load_mw=0.8123456789, pv_available_mw=0.0731, wind_available_mw=0.0,
                            exchange_mw=-0.25, violation_pu=0.0123)
     back = decode_meter(encode_meter(reading))
     assert back.step == 70_000
     for name in ("load_mw", "pv_available_mw", "wind_available_mw", "exchange_mw", "violation_pu"):
-        assert np.float32(getattr(back, name)) == np.float32(getattr(reading, name))
+        assert getattr(back, name) == getattr(reading, name)  # bit-exact: setpoints and orders are computed from these
     with pytest.raises(DeviceError):
-        decode_meter([0] * 14)
+        decode_meter([0] * 24)
+    with pytest.raises(DeviceError, match="v2"):
+        decode_meter([0x4845, 1] + [0] * 22)  # a version-1 (float32) map is refused, not misread
 
 
 def test_failsafe_commands_and_transitions() -> None:
