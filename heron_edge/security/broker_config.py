@@ -16,6 +16,10 @@ The ACL, per user (``S`` = site, ``A`` = agent, ``O`` = operator):
   ``consensus``, ``market``) agents may also write those bus kinds; by default only the operator does.
 * operator ``O``: writes ``heron/S/+/cmd/#`` (commands), ``heron/S/bus/#`` (broadcasts) and its
   own ``heron/S/O/+``; reads ``heron/S/+/+`` (every status, telemetry, action and bus topic).
+* plant ``P`` (optional: a SIL plant, or a site clock with the feeder-head meter): writes
+  ``heron/S/bus/clock`` (step announcements) and its own ``heron/S/P/+`` (status, meter); reads
+  ``heron/S/bus/clock`` (the participants' done) and ``heron/S/+/status`` (who is online). It holds
+  no command key and writes no command.
 * anybody else: nothing (no anonymous access, no topic lines outside a ``user`` block).
 
 Mosquitto filters reads per message, so a subscription to ``heron/S/+/+`` is accepted and only
@@ -80,6 +84,7 @@ class BrokerSiteConfig(BaseModel):
     server_names: tuple[str, ...] = Field(default=("localhost", "127.0.0.1"), min_length=1,
                                           description="DNS names / IPs in the server certificate.")
     agent_bus_writes: tuple[str, ...] = Field(default=(), description="Bus kinds agents may also publish.")
+    plant: str | None = Field(default=None, description="A clock / plant user (SIL): bus/clock and its own topics.")
     require_certificate: bool = Field(default=False, description="Clients must also present a certificate.")
     config_dir: Path | None = Field(default=None, description="Where the files live on the broker host; "
                                     "default: the output directory.")
@@ -90,6 +95,11 @@ class BrokerSiteConfig(BaseModel):
     @classmethod
     def _check_name(cls, value: str) -> str:
         return _name(value, "name")
+
+    @field_validator("plant")
+    @classmethod
+    def _check_plant(cls, value: str | None) -> str | None:
+        return None if value is None else _name(value, "name")
 
     @field_validator("agents", "agent_bus_writes")
     @classmethod
@@ -104,12 +114,14 @@ class BrokerSiteConfig(BaseModel):
     def _operator_is_not_an_agent(self) -> BrokerSiteConfig:
         if self.operator in self.agents:
             raise ValueError(f"operator {self.operator!r} is also listed as an agent")
+        if self.plant is not None and self.plant in (*self.agents, self.operator):
+            raise ValueError(f"plant {self.plant!r} is also the operator or an agent")
         return self
 
     @property
     def users(self) -> tuple[str, ...]:
-        """Every MQTT user: the agents, then the operator."""
-        return (*self.agents, self.operator)
+        """Every MQTT user: the agents, then the operator (then the plant, when set)."""
+        return (*self.agents, self.operator, *((self.plant,) if self.plant else ()))
 
 
 class UserCredentials(BaseModel):
@@ -212,6 +224,17 @@ def acl_text(config: BrokerSiteConfig) -> str:
         f"topic read heron/{s}/+/+",
         "",
     ]
+    if config.plant is not None:
+        pl = config.plant
+        lines += [
+            f"user {pl}",
+            f"topic write heron/{s}/{pl}/+",
+            f"topic deny heron/{s}/{pl}/cmd",
+            f"topic write heron/{s}/{BUS}/clock",
+            f"topic read heron/{s}/{BUS}/clock",
+            f"topic read heron/{s}/+/status",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -328,6 +351,8 @@ def write_broker_config(
         if user == config.operator:
             users[user] = UserCredentials(password=passwords[user], command_keys=keys, cert_file=cert_file,
                                           key_file=key_file)
+        elif user == config.plant:
+            users[user] = UserCredentials(password=passwords[user], cert_file=cert_file, key_file=key_file)
         else:
             users[user] = UserCredentials(password=passwords[user], command_key=keys[user], cert_file=cert_file,
                                           key_file=key_file)
