@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longest wait for the microgrids' telemetry / the meter per step (default: %(default)s)")
     parser.add_argument("--ledger", type=Path, default=None, metavar="FILE.jsonl",
                         help="append what was signalled and cleared, one JSON line per step")
+    parser.add_argument("--command-keys-env", default="HERON_COMMAND_KEYS", metavar="VAR",
+                        help="environment variable with the agents' command keys, JSON {agent: hex}: when set, "
+                             "every command is signed with its recipient's key (default: %(default)s)")
+    from heron_edge.runtime.secure import add_broker_arguments
+
+    add_broker_arguments(parser)
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -53,19 +59,22 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace, options: dict[str, dict[str, object]]) -> None:
     from heron_edge.agents import SystemOperator
-    from heron_edge.brokers import MqttBroker
+    from heron_edge.brokers import Broker
     from heron_edge.coordination import Coordination
     from heron_edge.messages import agent_topic
     from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
+    from heron_edge.runtime.secure import SigningBroker, broker_from_args, signer_from_env
     from sim.profiles import load_profiles
     from sim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario)
     prices = load_profiles(args.year, [scenario.price_profile], scenario.step_hours).series[scenario.price_profile]
-    broker = MqttBroker(args.broker, client_id=f"heron-{args.site}-{args.id}",
-                        status_topic=agent_topic(args.site, args.id, "status"), reconnect_max_delay_s=1.0)
+    broker = broker_from_args(args, client_id=f"heron-{args.site}-{args.id}",
+                              status_topic=agent_topic(args.site, args.id, "status"), reconnect_max_delay_s=1.0)
+    signer = signer_from_env(args.command_keys_env)
+    commands: Broker = broker if signer is None else SigningBroker(broker, signer)  # the protocols' commands, signed
     coordination = Coordination(scenario, args.protocol, options)
-    operator = SystemOperator(args.id, broker, coordination, site=args.site, step_timeout_s=args.step_timeout)
+    operator = SystemOperator(args.id, commands, coordination, site=args.site, step_timeout_s=args.step_timeout)
     meter = FeederMeter(broker, site=args.site, meter_id=args.meter_id, timeout_s=args.step_timeout)
     service = CoordinationService(operator, lambda step: float(prices[step]), meter=meter, ledger=args.ledger)
     runtime = OperatorRuntime(broker, site=args.site, operator_id=args.id, services=[service],

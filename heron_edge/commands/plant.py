@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the devices' host/port per microgrid and role here (JSON) once listening")
     parser.add_argument("--trajectory", type=Path, default=None, metavar="FILE.npz", help="write the trajectory here at the end")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    from heron_edge.runtime.secure import add_broker_arguments
+
+    add_broker_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,17 +49,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         starts = episode_starts(scenario, days=args.days, seed=args.seed, test_year=args.test_year)
     year = 2024 if args.test_year else 2023
-    asyncio.run(_main(args, scenario, starts, steps_per_day, year))
+    from heron_edge.errors import ConfigError
+
+    try:
+        asyncio.run(_main(args, scenario, starts, steps_per_day, year))
+    except ConfigError as exc:
+        print(f"heron-edge plant: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 async def _main(args: argparse.Namespace, scenario: object, starts: list[int], steps_per_day: int, year: int) -> None:
-    from heron_edge.brokers import MqttBroker
+    from heron_edge.runtime.secure import broker_from_args
     from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
     from sim.plant import Plant
 
     plant = Plant(scenario)  # type: ignore[arg-type]
-    broker = MqttBroker(args.broker, client_id=f"heron-{args.site}-{PLANT_ID}", reconnect_max_delay_s=1.0)
+    broker = broker_from_args(args, client_id=f"heron-{args.site}-{PLANT_ID}", reconnect_max_delay_s=1.0)
     runtime = PlantRuntime(plant, broker, site=args.site, participants=[*plant.names, args.operator_id],
                            start_steps=starts, steps_per_episode=steps_per_day, year=year, mode=args.mode,
                            period_s=args.period)

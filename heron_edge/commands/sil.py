@@ -1,4 +1,5 @@
-"""Software-in-the-loop: Mosquitto, the plant (emulated devices), one agent process per microgrid and the operator; compare with a centralized run."""
+"""Software-in-the-loop: Mosquitto, the plant (emulated devices), one agent process per microgrid and the operator; compare with a
+centralized run. ``--secure``: a generated site (TLS, a user and certificate per process, per-agent ACLs, signed commands)."""
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="configs, logs, outboxes, status files and trajectory.npz (default: a temporary directory)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after this long (default: %(default)s)")
+    parser.add_argument("--secure", action="store_true",
+                        help="generate a site config + self-signed PKI in the workdir and run over TLS: every process "
+                             "its own user, password and client certificate, per-agent ACLs, HMAC-signed commands")
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, metavar="NAME",
                         help="coordination protocol, as in simulate: setpoint, price_signal, p2p_trading or consensus; "
                              "give it twice for one vertical plus one horizontal")
@@ -45,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.days < 1:
         print("heron-edge sil: error: --days must be at least 1", file=sys.stderr)
+        return 2
+    if args.secure and args.broker:
+        print("heron-edge sil: error: --secure starts its own broker; do not give --broker", file=sys.stderr)
         return 2
     try:
         parse_protocols(args.protocol)
@@ -89,13 +96,29 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
     from contextlib import ExitStack
 
     from heron_edge.runtime.mosquitto import running_mosquitto
+    from heron_edge.runtime.secure import COMMAND_KEY_ENV, SecureSite
     from heron_edge.runtime.sil import ManagedProcess, agent_config, child_env, cli_argv, to_toml, wait_for_file
+    from heron_edge.runtime.sil_plant import PLANT_ID
+    from heron_edge.security.launch import running_site_mosquitto
 
     processes: list[ManagedProcess] = []
     env = child_env()
     signal.signal(signal.SIGTERM, _terminate)  # so the finally below stops every child we started
+    names = [mg.name for mg in scenario.microgrids]  # type: ignore[attr-defined]
+    operator_id = "system_operator"
+    secure: SecureSite | None = None
+
+    def secrets(user: str) -> tuple[list[str], dict[str, str]]:
+        """Broker options and environment of ``user``'s process (its own secrets only)."""
+        return ([], env) if secure is None else (secure.cli_args(user), secure.environment(user, env))
+
     with ExitStack() as stack:
-        url = args.broker or stack.enter_context(running_mosquitto()).url
+        if getattr(args, "secure", False):
+            secure = SecureSite.generate(workdir / "site", site=args.site, agents=names, operator=operator_id,
+                                         plant=PLANT_ID)
+            url = stack.enter_context(running_site_mosquitto(secure.conf, port=secure.port)).url
+        else:
+            url = args.broker or stack.enter_context(running_mosquitto()).url
         try:
             endpoints_path = workdir / "endpoints.json"
             endpoints_path.unlink(missing_ok=True)
@@ -103,27 +126,33 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
                 (workdir / stale).unlink(missing_ok=True)
             protocols = [arg for name in args.protocol or () for arg in ("--protocol", name)]
             t0 = time.monotonic()
+            plant_args, plant_env = secrets(PLANT_ID)
+            operator_args, operator_env = secrets(operator_id)
             plant = ManagedProcess("plant", cli_argv(
                 "plant", "--scenario", str(args.scenario), "--broker", url, "--site", args.site, "--mode", args.mode,
                 "--period", str(args.period), "--start-steps", ",".join(map(str, starts)),
                 *(["--test-year"] if args.test_year else []),
-                "--endpoints", str(endpoints_path), "--trajectory", str(workdir / "trajectory.npz")),
-                log_path=workdir / "plant.log", env=env)
+                "--endpoints", str(endpoints_path), "--trajectory", str(workdir / "trajectory.npz"), *plant_args),
+                log_path=workdir / "plant.log", env=plant_env)
             processes.append(plant)
             processes.append(ManagedProcess("operator", cli_argv(
                 "operator", "--broker", url, "--site", args.site, "--scenario", str(args.scenario),
-                "--year", "2024" if args.test_year else "2023", *protocols, "--ledger", str(workdir / "ledger.jsonl")),
-                log_path=workdir / "operator.log", env=env))
+                "--year", "2024" if args.test_year else "2023", *protocols, "--ledger", str(workdir / "ledger.jsonl"),
+                "--id", operator_id, *operator_args), log_path=workdir / "operator.log", env=operator_env))
             wait_for_file(endpoints_path, timeout=60.0, process=plant)
             endpoints = json.loads(endpoints_path.read_text())
             for i, mg in enumerate(scenario.microgrids):  # type: ignore[attr-defined]
                 config = agent_config(scenario, i, site=args.site, broker_url=url, endpoints=endpoints, workdir=workdir,  # type: ignore[arg-type]
                                       protocols=args.protocol)
+                if secure is not None:  # TLS + own user; password and command key from its environment only
+                    config["broker"].update(secure.gateway_broker(mg.name))
+                    config["command_key_env"] = COMMAND_KEY_ENV
                 Path(config["outbox"]["path"]).unlink(missing_ok=True)
                 path = workdir / f"agent-{mg.name}.toml"
                 path.write_text(to_toml(config))
+                _, agent_env = secrets(mg.name)
                 processes.append(ManagedProcess(f"agent {mg.name}", cli_argv("agent", "--config", str(path), "--log-level", "WARNING"),
-                                                log_path=workdir / f"agent-{mg.name}.log", env=env))
+                                                log_path=workdir / f"agent-{mg.name}.log", env=agent_env))
             ready = time.monotonic()
             deadline = ready + args.timeout
             while plant.alive():
@@ -148,5 +177,8 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
         status_path = workdir / f"status-{mg.name}.json"
         if status_path.exists():
             status = json.loads(status_path.read_text())
-            statuses[mg.name] = {"timing": status["timing"], "failsafe_entries": status["counters"].get("failsafe_entries", 0)}
-    return {"startup_s": round(ready - t0, 3), "run_s": round(finished - ready, 3), "plant": plant_stats, "agents": statuses}
+            counters = status["counters"]
+            statuses[mg.name] = {"timing": status["timing"], "failsafe_entries": counters.get("failsafe_entries", 0),
+                                 "cmd_accepted": counters.get("cmd_accepted", 0),
+                                 "cmd_rejected": sum(v for k, v in counters.items() if k.startswith("cmd_rejected_"))}
+    return {"secure": secure is not None, "startup_s": round(ready - t0, 3), "run_s": round(finished - ready, 3), "plant": plant_stats, "agents": statuses}

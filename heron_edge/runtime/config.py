@@ -27,11 +27,19 @@ class _Model(BaseModel):
 
 
 class TlsSettings(_Model):
-    """TLS towards the broker (``mqtts://`` URLs): CA bundle and, for mutual TLS, a client certificate."""
+    """TLS towards the broker (``mqtts://`` URLs): CA bundle (None: the system's), for mutual TLS a client
+    certificate and key, and whether the broker's certificate must name the host of ``url`` (keep it on)."""
 
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class BrokerSettings(_Model):
@@ -45,6 +53,7 @@ class BrokerSettings(_Model):
     keepalive_s: int = Field(30, ge=1)
     reconnect_min_delay_s: float = Field(0.1, gt=0)
     reconnect_max_delay_s: float = Field(10.0, gt=0)
+    allow_insecure: bool = Field(False, description="allow plaintext / unauthenticated MQTT to a non-loopback host")
 
     @model_validator(mode="after")
     def _password_needs_user(self) -> BrokerSettings:
@@ -202,6 +211,8 @@ class GatewayConfig(_Model):
     failsafe: FailsafeSettings = FailsafeSettings()
     outbox: OutboxSettings = OutboxSettings()
     status_file: str | None = Field(None, description="also write the status as JSON here every cycle")
+    command_key_env: str | None = Field(None, description="environment variable holding this agent's command key "
+                                        "(hex, >= 16 bytes): commands must then carry a valid HMAC")
     coordination: CoordinationSettings | None = Field(None, description="the coordination protocols (None: price only)")
     journal_file: str | None = Field(None, description="append one JSON line per completed step here (what the "
                                      "protocols said and the action taken)")
@@ -224,6 +235,20 @@ class GatewayConfig(_Model):
                 raise ValueError(f"coordination.microgrids[{self.agent_id}]: ratings differ from battery_p_max_mw / "
                                  "generator_p_max_mw")
         return self
+
+    def command_key(self) -> bytes | None:
+        """The command HMAC key from the environment (None when not configured); ConfigError naming the field."""
+        if self.command_key_env is None:
+            return None
+        from heron_edge.security.auth import parse_key
+
+        value = os.environ.get(self.command_key_env)
+        if value is None:
+            raise ConfigError(f"command_key_env: environment variable {self.command_key_env} is not set")
+        try:
+            return parse_key(value)
+        except ConfigError as exc:
+            raise ConfigError(f"command_key_env ({self.command_key_env}): {exc}") from None
 
     @property
     def agents(self) -> list[str]:

@@ -30,7 +30,7 @@ from heron_edge.brokers import MqttBroker
 from heron_edge.brokers.base import DEFAULT_MAXSIZE, Payload, Subscription, payload_bytes
 from heron_edge.brokers.mqtt import TlsOptions
 from heron_edge.coordination import MicrogridRoles
-from heron_edge.errors import BrokerError, DeviceError
+from heron_edge.errors import BrokerError, ConfigError, DeviceError
 from heron_edge.messages import (
     ClockBody, DecodeError, StatusBody, agent_topic, bus_topic, command_filter, decode, make_envelope,
 )
@@ -52,11 +52,16 @@ def make_broker(config: GatewayConfig) -> MqttBroker:
     b = config.broker
     tls = None
     if b.tls is not None:
-        tls = TlsOptions(ca_file=b.tls.ca_file, cert_file=b.tls.cert_file, key_file=b.tls.key_file)
+        tls = TlsOptions(ca_file=b.tls.ca_file, cert_file=b.tls.cert_file, key_file=b.tls.key_file,
+                         check_hostname=b.tls.check_hostname)
+        try:
+            tls.context()  # a missing or unreadable CA / certificate / key: say which setting, at start
+        except ConfigError as exc:
+            raise ConfigError(f"broker.tls: {exc}") from None
     return MqttBroker(b.url, client_id=b.client_id or f"heron-{config.site}-{config.agent_id}", username=b.username,
                       password=b.password(), tls=tls, status_topic=agent_topic(config.site, config.agent_id, "status"),
                       keepalive=b.keepalive_s, reconnect_min_delay_s=b.reconnect_min_delay_s,
-                      reconnect_max_delay_s=b.reconnect_max_delay_s)
+                      reconnect_max_delay_s=b.reconnect_max_delay_s, allow_insecure=b.allow_insecure)
 
 
 class OutboxBroker:
@@ -158,7 +163,7 @@ class Gateway:
             protocol_features=features)
         self.ratings = Ratings(config.battery_p_max_mw, config.generator_p_max_mw)
         self.agent = MicrogridAgent(config.agent_id, self.devices, self.policy, self.ratings)
-        self.inbox = CommandInbox(config.agent_id, config.upstream_id)
+        self.inbox = CommandInbox(config.agent_id, config.upstream_id, key=config.command_key())
         roles = None
         if self.coordination is not None:  # commands reach the protocols only through the inbox's guard
             link = Link(GuardedBroker(self.broker, self.inbox, site=config.site),  # type: ignore[arg-type]

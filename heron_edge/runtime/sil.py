@@ -260,6 +260,9 @@ def tolerances(protocols: list[str] | tuple[str, ...] | None) -> dict[str, float
         tol.update(PROTOCOL_COMPARED[name])
         if name == "consensus":
             tol.update(CONSENSUS_COMPARED)
+    if protocols and "price_signal" in protocols and "p2p_trading" in protocols:
+        # the order limits are the (measured-flow) price: the midpoint clearing price and the cash inherit its tolerance
+        tol.update({"clearing_price_usd_per_mwh": 1e-3, "trade_cash_usd": 1e-3})
     return tol
 
 
