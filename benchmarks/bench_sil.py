@@ -7,7 +7,8 @@ of ieee34_3x13 with the rule policy, and reports:
   wall time of the whole run (which includes the agents' first connects);
 - per agent: mean cycle time split into Modbus requests, the decision (policy), and messaging
   (MQTT publishes plus the wait for the step's price and the peers' telemetry).
-Writes benchmarks/results/sil.json. Run: python benchmarks/bench_sil.py [--days 3]
+Writes benchmarks/results/sil.json (with --protocol / --secure: sil-<protocols>[-secure].json).
+Run: python benchmarks/bench_sil.py [--days 3] [--protocol NAME ...] [--secure]
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--protocol", action="append", default=None, metavar="NAME", help="as in heron-edge sil")
+    parser.add_argument("--secure", action="store_true", help="as in heron-edge sil: TLS, users, ACLs, signed commands")
     cli = parser.parse_args()
     from heron_edge.commands.simulate import simulate
     from sim.scenario import load_scenario
@@ -43,7 +45,7 @@ def main() -> None:
     starts = [int(central.columns["step_in_year"][d * per_day, 0]) for d in range(cli.days)]
     workdir = Path(tempfile.mkdtemp(prefix="heron-bench-sil-"))
     args = argparse.Namespace(scenario="ieee34_3x13", broker=None, site="bench", mode="lockstep", period=1.0,
-                              test_year=False, timeout=600.0, protocol=cli.protocol)
+                              test_year=False, timeout=600.0, protocol=cli.protocol, secure=cli.secure)
     started = time.perf_counter()
     stats = run_rig(args, scenario, starts, workdir)
     wall = time.perf_counter() - started
@@ -55,7 +57,7 @@ def main() -> None:
     step_ms = float(stats["plant"]["step_ms_mean"])  # type: ignore[index]
     result = {
         "scenario": "ieee34_3x13", "agents": len(scenario.microgrids), "days": cli.days, "steps": steps,
-        "protocols": cli.protocol or [],
+        "protocols": cli.protocol or [], "secure": cli.secure,
         "steps_per_s_lockstep": round(1e3 / step_ms, 2), "plant_step_ms_mean": round(step_ms, 3),
         "steps_per_s_wall": round(steps / float(stats["run_s"]), 2), "run_s": stats["run_s"],  # type: ignore[arg-type]
         "startup_s": stats["startup_s"], "total_wall_s": round(wall, 2),
@@ -66,8 +68,10 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_avg": [round(x, 2) for x in os.getloadavg()],
                     "python": platform.python_version(), "platform": platform.platform()},
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    variant = "-".join([*(cli.protocol or []), *(["secure"] if cli.secure else [])])
+    out = OUT.with_name(f"sil-{variant}.json") if variant else OUT  # the plain run keeps sil.json
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
