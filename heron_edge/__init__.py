@@ -14,9 +14,14 @@ if TYPE_CHECKING:
     from heron_edge.env import MultiAgentMicrogrids
 
 
+SIM_EXTRA_HINT = "install the simulator extra: pip install 'heron-edge[sim]'"
+
+
 def __getattr__(name: str) -> Any:
     if name == "MultiAgentMicrogrids":
-        from heron_edge.env import MultiAgentMicrogrids
-
+        try:
+            from heron_edge.env import MultiAgentMicrogrids
+        except ModuleNotFoundError as exc:  # a gateway install has no simulator
+            raise ModuleNotFoundError(f"MultiAgentMicrogrids needs {exc.name}: {SIM_EXTRA_HINT}", name=exc.name) from exc
         return MultiAgentMicrogrids
     raise AttributeError(f"module 'heron_edge' has no attribute {name!r}")

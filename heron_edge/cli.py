@@ -27,7 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=module.__doc__, description=module.__doc__))
     args = parser.parse_args(argv)
-    return int(modules[args.command].run(args) or 0)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except ModuleNotFoundError as exc:  # e.g. `simulate` on a gateway installed without the [sim] extra
+        if exc.name is None or exc.name.split(".")[0] in ("heron_edge", "firmware_bridge", "sim"):
+            raise
+        from heron_edge import SIM_EXTRA_HINT
+
+        print(f"heron-edge {args.command}: error: {exc.name} is not installed; {SIM_EXTRA_HINT}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
