@@ -16,6 +16,7 @@ from heron_edge.errors import BrokerError
 from heron_edge.messages import Envelope, encode
 
 __all__ = [
+    "BrokerWrapper",
     "DEFAULT_GET_TIMEOUT_S",
     "DEFAULT_MAXSIZE",
     "Broker",
@@ -286,3 +287,34 @@ class Broker(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+class BrokerWrapper:
+    """A Broker that passes everything to ``inner``; subclasses override what they change
+    (e.g. publish through an outbox, sign commands, guard subscriptions)."""
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
+        await self.inner.publish(topic, payload, qos=qos, retain=retain)
+
+    async def subscribe(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
+        return await self.inner.subscribe(topic_filter, qos=qos, maxsize=maxsize)
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        await self.inner.unsubscribe(subscription)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> BrokerWrapper:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

@@ -15,9 +15,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from types import TracebackType
 
-from heron_edge.brokers.base import DEFAULT_GET_TIMEOUT_S, DEFAULT_MAXSIZE, Broker, Delivery, Payload, Subscription
+from heron_edge.brokers.base import DEFAULT_GET_TIMEOUT_S, DEFAULT_MAXSIZE, Broker, BrokerWrapper, Delivery, Subscription
 from heron_edge.messages import Envelope, SetpointBody, command_filter
 from heron_edge.security import CommandGuard
 from heron_edge.security.auth import CommandRejected
@@ -108,21 +107,17 @@ class _GuardedSubscription(Subscription):
                 return delivery
 
 
-class GuardedBroker:
+class GuardedBroker(BrokerWrapper):
     """A Broker wrapper for the protocols' Link: subscriptions on ``agent_id``'s command topics pass every
     delivery through ``inbox`` (CommandGuard: upstream only, signed when keyed, not expired, no replay) before
     the protocol sees it. Everything else passes through unchanged."""
 
     def __init__(self, inner: Broker, inbox: CommandInbox, *, site: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.inbox = inbox
         self._prefix = command_filter(site, inbox.agent_id)[:-1]  # heron/{site}/{agent}/cmd/
 
-    async def connect(self) -> None:
-        await self.inner.connect()
 
-    async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
-        await self.inner.publish(topic, payload, qos=qos, retain=retain)
 
     async def subscribe(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
         sub = await self.inner.subscribe(topic_filter, qos=qos, maxsize=maxsize)
@@ -131,13 +126,5 @@ class GuardedBroker:
     async def unsubscribe(self, subscription: Subscription) -> None:
         await self.inner.unsubscribe(subscription.inner if isinstance(subscription, _GuardedSubscription) else subscription)
 
-    async def close(self) -> None:
-        await self.inner.close()
 
-    async def __aenter__(self) -> GuardedBroker:
-        await self.connect()
-        return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()

@@ -27,7 +27,7 @@ import numpy as np
 
 from heron_edge.agents import MicrogridAgent, ProxyAgent, Ratings
 from heron_edge.brokers import MqttBroker
-from heron_edge.brokers.base import DEFAULT_MAXSIZE, Payload, Subscription, payload_bytes
+from heron_edge.brokers.base import BrokerWrapper, Payload, Subscription, payload_bytes
 from heron_edge.brokers.mqtt import TlsOptions
 from heron_edge.coordination import MicrogridRoles
 from heron_edge.errors import BrokerError, ConfigError, DeviceError
@@ -64,20 +64,19 @@ def make_broker(config: GatewayConfig) -> MqttBroker:
                       reconnect_max_delay_s=b.reconnect_max_delay_s, allow_insecure=b.allow_insecure)
 
 
-class OutboxBroker:
+class OutboxBroker(BrokerWrapper):
     """A Broker wrapper: publishes on ``telemetry_topic`` that fail (or would overtake queued ones) go to the outbox.
 
     Everything else passes through unchanged (and raises as the wrapped broker does).
     """
 
     def __init__(self, broker: MqttBroker, outbox: Outbox, telemetry_topic: str) -> None:
-        self.inner = broker
+        super().__init__(broker)
+        self.inner: MqttBroker = broker
         self.outbox = outbox
         self.telemetry_topic = telemetry_topic
         self.telemetry = 0  # telemetry records handed to us (published now or queued)
 
-    async def connect(self) -> None:
-        await self.inner.connect()
 
     async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
         if topic != self.telemetry_topic:
@@ -99,22 +98,10 @@ class OutboxBroker:
             return 0
         return await self.outbox.flush(lambda topic, data: self.inner.publish(topic, data, qos=1))
 
-    async def subscribe(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
-        return await self.inner.subscribe(topic_filter, qos=qos, maxsize=maxsize)
 
-    async def unsubscribe(self, subscription: Subscription) -> None:
-        await self.inner.unsubscribe(subscription)
 
-    async def close(self) -> None:
-        await self.inner.close()
 
-    async def __aenter__(self) -> OutboxBroker:
-        await self.connect()
-        return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
 
 
 @dataclass

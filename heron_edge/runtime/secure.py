@@ -16,11 +16,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from heron_edge.brokers import Broker, MqttBroker, Subscription
-from heron_edge.brokers.base import DEFAULT_MAXSIZE, Payload
+from heron_edge.brokers import Broker, MqttBroker
+from heron_edge.brokers.base import BrokerWrapper, Payload
 from heron_edge.brokers.mqtt import TlsOptions
 from heron_edge.errors import ConfigError
 from heron_edge.messages import Envelope, parse_topic
@@ -36,18 +35,16 @@ SIL_BUS_WRITES = ("clock", "market", "consensus")
 """Bus kinds the SIL agents publish: lock-step ``done``, market orders, consensus rounds."""
 
 
-class SigningBroker:
+class SigningBroker(BrokerWrapper):
     """A Broker wrapper for the operator: every Envelope published on a command topic
     (``heron/{site}/{agent}/cmd/{kind}``) is signed with its recipient's key first. Everything else
     passes through unchanged."""
 
     def __init__(self, inner: Broker, signer: CommandSigner) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.signer = signer
         self.signed = 0
 
-    async def connect(self) -> None:
-        await self.inner.connect()
 
     async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
         parts = parse_topic(topic)
@@ -56,22 +53,10 @@ class SigningBroker:
             self.signed += 1
         await self.inner.publish(topic, payload, qos=qos, retain=retain)
 
-    async def subscribe(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
-        return await self.inner.subscribe(topic_filter, qos=qos, maxsize=maxsize)
 
-    async def unsubscribe(self, subscription: Subscription) -> None:
-        await self.inner.unsubscribe(subscription)
 
-    async def close(self) -> None:
-        await self.inner.close()
 
-    async def __aenter__(self) -> SigningBroker:
-        await self.connect()
-        return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.close()
 
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
