@@ -13,16 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Literal
 
 from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusBaseDeviceContext, ModbusServerContext
-from pymodbus.framer import FramerType
-from pymodbus.server import ModbusTcpServer
+from pymodbus.datastore import ModbusBaseDeviceContext
 
 from firmware_bridge.device import DeviceKind, DeviceModel
-from firmware_bridge.errors import DeviceClosedError, FirmwareBridgeError
+from firmware_bridge.server import Framing, ModbusServer, ServerError
 from firmware_bridge.models import BatteryModel, PVInverterModel, battery_nameplate, inverter_nameplate
 from firmware_bridge.sunspec_device import ExceptionCode, SunSpecDevice
 
@@ -30,12 +26,8 @@ __all__ = ["Emulator", "EmulatorError", "make_model"]
 
 log = logging.getLogger(__name__)
 
-Framing = Literal["socket", "rtu"]
-_FRAMERS: dict[str, FramerType] = {"socket": FramerType.SOCKET, "rtu": FramerType.RTU}
-
-
-class EmulatorError(FirmwareBridgeError):
-    """The emulator could not start (e.g. the port is taken)."""
+EmulatorError = ServerError
+"""The emulator could not start (e.g. the port is taken)."""
 
 
 class _SunSpecContext(ModbusBaseDeviceContext):
@@ -73,7 +65,7 @@ def make_model(kind: DeviceKind) -> DeviceModel:
     raise ValueError(f"unknown device kind {kind!r}; expected 'battery' or 'inverter'")
 
 
-class Emulator:
+class Emulator(ModbusServer):
     """A SunSpec device on a Modbus TCP port (``framing='rtu'`` serves RTU frames over TCP)."""
 
     def __init__(
@@ -86,66 +78,26 @@ class Emulator:
         framing: Framing = "socket",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id {unit_id} outside 1..247")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} outside 0..65535")
+        super().__init__(host=host, port=port, unit_id=unit_id, framing=framing)
         self.device = SunSpecDevice(model, unit_id=unit_id, clock=clock)
-        self.host = host
-        self.unit_id = unit_id
-        self.framing = framing
         self._clock = clock
-        self._requested_port = port
-        self._port: int | None = None
-        self._server: ModbusTcpServer | None = None
-        self._listener: asyncio.base_events.Server | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline = 0.0
 
-    @property
-    def port(self) -> int:
-        """The TCP port actually bound (useful after asking for port 0)."""
-        if self._port is None:
-            raise DeviceClosedError("emulator is not running")
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        """Whether the server is listening."""
-        return self._server is not None
+    def _context(self) -> _SunSpecContext:
+        return _SunSpecContext(self.device, self._arm_timer)
 
     async def start(self) -> None:
-        """Listen on host:port. Starting a running emulator is an error; restarting a stopped one is fine."""
-        if self._server is not None:
-            raise RuntimeError("emulator already running")
-        context = ModbusServerContext(devices={self.unit_id: _SunSpecContext(self.device, self._arm_timer)}, single=False)
-        port = self._port if self._port is not None else self._requested_port  # a restart keeps its port
-        server = ModbusTcpServer(context, framer=_FRAMERS[self.framing], address=(self.host, port))
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:
-            server.close()
-            raise EmulatorError(f"cannot listen on {self.host}:{port}: {exc}") from exc
-        listener = server.transport
-        assert isinstance(listener, asyncio.base_events.Server)
-        self._listener = listener
-        self._port = listener.sockets[0].getsockname()[1]
-        self._server = server
+        """Listen on host:port (see ModbusServer.start) and keep the revert timer armed."""
+        await super().start()
         self._arm_timer()
-        log.info("emulated %s on %s:%d unit %d", self.device.nameplate.kind, self.host, self._port, self.unit_id)
 
     async def stop(self) -> None:
-        """Stop listening and drop every connection; stopping twice is harmless."""
-        server, self._server = self._server, None
-        if server is None:
-            return
+        """Stop listening and the revert timer; stopping twice is harmless."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        await server.shutdown()
-        if self._listener is not None:
-            await self._listener.wait_closed()
-            self._listener = None
+        await super().stop()
 
     def _arm_timer(self) -> None:
         """Make sure a loop timer fires by the device's revert deadline; called after every accepted write.
@@ -169,12 +121,3 @@ class Emulator:
             log.info("setpoint revert timer ran out: back to the default behaviour")
         else:
             self._arm_timer()  # the deadline moved (a rewrite) or the clocks differ: look again later
-
-    async def __aenter__(self) -> Emulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

@@ -27,26 +27,22 @@ float32 rounding, ~1e-8 MW.) SunSpec's int16 W points (model 701) are 100 W coar
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusBaseDeviceContext, ModbusServerContext
-from pymodbus.server import ModbusTcpServer
+from pymodbus.datastore import ModbusBaseDeviceContext
 
 from firmware_bridge import ModbusLink
 from firmware_bridge.errors import DeviceError as BridgeDeviceError
+from firmware_bridge.server import ModbusServer
 from heron_edge.errors import DeviceError
 
 __all__ = ["METER_MARKER", "METER_REGISTERS", "METER_VERSION", "MeterReading", "MeterServer", "decode_meter",
            "encode_meter", "read_meter"]
 
-log = logging.getLogger(__name__)
 
 METER_MARKER = 0x4845
 METER_VERSION = 2
@@ -119,7 +115,7 @@ class _MeterContext(ModbusBaseDeviceContext):
         return ExcCodes.ILLEGAL_ADDRESS  # read-only
 
 
-class MeterServer:
+class MeterServer(ModbusServer):
     """Serve the meter map over Modbus TCP on ``host:port`` (port 0 picks one); read-only.
 
     ``source`` is called at each request and returns the current reading. Restartable on its port.
@@ -127,60 +123,8 @@ class MeterServer:
 
     def __init__(self, source: Callable[[], MeterReading], *, host: str = "127.0.0.1", port: int = 0,
                  unit_id: int = 1) -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id {unit_id} outside 1..247")
-        self.host = host
-        self.unit_id = unit_id
+        super().__init__(host=host, port=port, unit_id=unit_id)
         self._source = source
-        self._requested_port = port
-        self._port: int | None = None
-        self._server: ModbusTcpServer | None = None
-        self._listener: asyncio.base_events.Server | None = None
 
-    @property
-    def port(self) -> int:
-        """The bound TCP port (after start)."""
-        if self._port is None:
-            raise RuntimeError("meter server not started")
-        return self._port
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
-
-    async def start(self) -> None:
-        """Listen (a restart keeps the first port)."""
-        if self._server is not None:
-            raise RuntimeError("meter server already running")
-        context = ModbusServerContext(devices={self.unit_id: _MeterContext(self._source)}, single=False)
-        port = self._port if self._port is not None else self._requested_port
-        server = ModbusTcpServer(context, address=(self.host, port))
-        try:
-            await server.serve_forever(background=True)
-        except RuntimeError as exc:
-            server.close()
-            raise DeviceError(f"cannot listen on {self.host}:{port}: {exc}") from exc
-        listener = server.transport
-        assert isinstance(listener, asyncio.base_events.Server)
-        self._listener = listener
-        self._port = listener.sockets[0].getsockname()[1]
-        self._server = server
-        log.info("site meter on %s:%d unit %d", self.host, self._port, self.unit_id)
-
-    async def stop(self) -> None:
-        """Stop listening and drop connections (idempotent)."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        await server.shutdown()
-        if self._listener is not None:
-            await self._listener.wait_closed()
-            self._listener = None
-
-    async def __aenter__(self) -> MeterServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.stop()
+    def _context(self) -> _MeterContext:
+        return _MeterContext(self._source)
