@@ -38,7 +38,7 @@ def test_plain_examples_run(index: int) -> None:
     exec(compile(examples()[index], f"{DOC.name}[{index}]", "exec"), namespace)
     if index in (0, 1):
         obs, info = namespace["obs"], namespace["info"]
-        assert set(obs) == {"mg1", "mg2", "mg3"}
+        assert set(obs) == set(info) == {"mg1", "mg2", "mg3"}
         centralized = index == 0
         assert namespace["env"].config.centralized is centralized
         assert all(o.shape == ((30,) if centralized else (13,)) for o in obs.values())
