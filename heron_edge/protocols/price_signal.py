@@ -16,6 +16,8 @@ it received (``source="last"``), else to ``fallback_price_usd_per_mwh`` when set
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -86,11 +88,18 @@ class PriceSignalProtocol:
         return self.config.congestion_adder_usd_per_mwh * np.maximum(0.0, loading - l0) / (1.0 - l0)
 
     def price(self, hourly_price_usd_per_mwh: float, head_loading_pu: float = 0.0) -> PriceSignal:
-        """The operator's price for one step (direct access in the centralized form)."""
-        if not np.isfinite(hourly_price_usd_per_mwh):
+        """The operator's price for one step (direct access in the centralized form).
+
+        Scalar math, not :meth:`congestion_adder`'s numpy: this runs on every environment step.
+        """
+        hourly, loading = float(hourly_price_usd_per_mwh), float(head_loading_pu)
+        if not math.isfinite(hourly):
             raise ActionError(f"hourly price must be finite, got {hourly_price_usd_per_mwh!r}")
-        return PriceSignal(price_usd_per_mwh=float(hourly_price_usd_per_mwh),
-                           congestion_adder_usd_per_mwh=float(self.congestion_adder(head_loading_pu)))
+        if not (math.isfinite(loading) and loading >= 0.0):
+            raise ActionError("head loading must be finite and >= 0 p.u.")
+        l0 = self.config.congestion_threshold_pu
+        adder = self.config.congestion_adder_usd_per_mwh * max(0.0, loading - l0) / (1.0 - l0)
+        return PriceSignal(price_usd_per_mwh=hourly, congestion_adder_usd_per_mwh=adder)
 
     # -- distributed --------------------------------------------------------------------------
     async def prepare(self, link: Link, role: PriceRole) -> None:

@@ -5,6 +5,8 @@ import asyncio
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
@@ -87,3 +89,12 @@ def test_a_price_from_someone_else_is_ignored() -> None:
 
     got, ignored = run_async(main())
     assert got.source == "none" and ignored == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.0, 5.0), st.floats(-500.0, 2000.0), st.floats(0.0, 0.95), st.floats(0.0, 500.0))
+def test_scalar_price_and_vectorised_adder_agree(loading: float, hourly: float, threshold: float, adder: float) -> None:
+    proto = PriceSignalProtocol({"congestion_threshold_pu": threshold, "congestion_adder_usd_per_mwh": adder})
+    signal = proto.price(hourly, loading)
+    assert signal.price_usd_per_mwh == hourly
+    assert signal.congestion_adder_usd_per_mwh == pytest.approx(float(proto.congestion_adder(np.array([loading]))[0]))
