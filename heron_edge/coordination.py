@@ -54,6 +54,11 @@ DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+def bill_usd(exchange_mw: np.ndarray, price_usd_per_mwh: float, export_price_ratio: float, dt_h: float) -> np.ndarray:
+    """Energy cost of an exchange (MW, + import) over a step: imports at the price, exports credited at a fraction of it."""
+    return np.where(exchange_mw > 0.0, exchange_mw, exchange_mw * export_price_ratio) * (price_usd_per_mwh * dt_h)
+
+
 def parse_protocols(protocol: str | list[str] | None) -> tuple[str, ...]:
     """The protocol names to run: at most one vertical and one horizontal."""
     names = () if protocol is None else (protocol,) if isinstance(protocol, str) else tuple(protocol)
@@ -207,8 +212,6 @@ class Coordination:
 
     def settle_exchange(self, exchange_mw: np.ndarray, signals: Signals, clearing: Clearing | None) -> Settlement:
         """:meth:`settle` from the measured exchange alone (MW per microgrid, + import), e.g. a SIL plant's record."""
-        from sim.plant import bill_usd  # settlement of simulated steps only
-
         n = len(self.names)
         traded = clearing.net_mw(self.names) if clearing else np.zeros(n)
         cash = clearing.cash_usd(self.names, self.dt_h) if clearing else np.zeros(n)

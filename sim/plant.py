@@ -55,23 +55,12 @@ class Measurements:
     soc: np.ndarray  # after the step, fraction of capacity
     exchange_mw: np.ndarray  # import into each microgrid at its point of connection (+ import, - export)
     fuel_cost_usd: np.ndarray
-    energy_cost_usd: np.ndarray  # imports at the price, exports credited at export_price_ratio of it (negative = revenue)
     violation_v_pu: np.ndarray  # summed p.u. outside the voltage band over the microgrid's buses
     overload_percent: np.ndarray  # summed percent above the loading limit over the microgrid's branches
     penalty_usd: np.ndarray
     feeder_head_mw: float  # import from the upstream grid at the substation
     vm_pu: np.ndarray  # every bus, net.bus order
     line_loading_percent: np.ndarray
-
-    @property
-    def cost_usd(self) -> np.ndarray:
-        """Money each microgrid paid this step: fuel plus energy bought minus energy sold."""
-        return self.fuel_cost_usd + self.energy_cost_usd
-
-
-def bill_usd(exchange_mw: np.ndarray, price_usd_per_mwh: float, export_price_ratio: float, dt_h: float) -> np.ndarray:
-    """Energy cost of an exchange (+ import) over a step: imports at the price, exports credited at a fraction of it."""
-    return np.where(exchange_mw > 0.0, exchange_mw, exchange_mw * export_price_ratio) * (price_usd_per_mwh * dt_h)
 
 
 def build_network(scenario: Scenario) -> BuiltNetwork:
@@ -261,7 +250,7 @@ class Plant:
         return Measurements(
             step=t, converged=converged, price_usd_per_mwh=price, load_mw=mg_load, pv_available_mw=pv_avail,
             wind_available_mw=wind_avail, applied=applied, clamped=clamped, pv_mw=pv, wind_mw=wind,
-            soc=self.batteries.soc.copy(), exchange_mw=exchange, fuel_cost_usd=fuel, energy_cost_usd=bill_usd(exchange, price, self.scenario.export_price_ratio, dt),
+            soc=self.batteries.soc.copy(), exchange_mw=exchange, fuel_cost_usd=fuel,
             violation_v_pu=violation_v, overload_percent=overload, penalty_usd=penalty,
             feeder_head_mw=pf.slack_p_mw if converged else float(np.nan), vm_pu=pf.vm_pu.copy(),
             line_loading_percent=pf.line_loading_percent.copy())

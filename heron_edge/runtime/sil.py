@@ -311,7 +311,7 @@ def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, opt
            ledger: Path, journals: dict[str, Path]) -> Trajectory:
     """The SIL trajectory with the operator's signals and the step's settlement, as ``simulate`` records them.
 
-    The plant records what it measured (its ``energy_cost_usd`` bills the hourly price); here each step is
+    The plant records what it measured (physics, no money); here each step is
     settled with ``Coordination.settle_exchange`` from the plant's exchange and what the operator signalled and
     cleared (its ledger): the price with its congestion adder, the trades, the export credit. The protocol
     columns come from the ledger (setpoints, clearing) and the agents' journals (consensus dispatch, rounds).
@@ -332,7 +332,8 @@ def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, opt
     for name, journal in agent_rows.items():
         if [r["step"] for r in journal] != steps:
             raise RuntimeError(f"{name}'s journal ({len(journal)} steps) does not cover the plant's {n_steps} steps")
-    for col in ("congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw", "dispatch_mw", "consensus_rounds",
+    for col in ("energy_cost_usd", "cost_usd", "congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw",
+                "dispatch_mw", "consensus_rounds",
                 "traded_mw", "trade_cash_usd", "clearing_price_usd_per_mwh"):
         c[col] = np.full((n_steps, n), np.nan)
     for k, row in enumerate(rows):

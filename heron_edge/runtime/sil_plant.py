@@ -65,14 +65,14 @@ class _Microgrid:
 
 
 def measurement_row(m: Measurements, zones: list[np.ndarray], steps_per_day: int, step_hours: float) -> dict[str, object]:
-    """One step's record in ``heron_edge.commands.simulate.COLUMNS`` (without step / day / microgrid)."""
+    """One step's record in ``heron_edge.commands.simulate.COLUMNS`` (without step / day / microgrid, and without
+    the money columns, which ``heron_edge.runtime.sil.settle`` adds from the operator's ledger)."""
     return {
         "step_in_year": m.step, "hour": (m.step % steps_per_day) * step_hours,
         "price_usd_per_mwh": m.price_usd_per_mwh, "load_mw": m.load_mw, "pv_available_mw": m.pv_available_mw,
         "pv_mw": m.pv_mw, "wind_available_mw": m.wind_available_mw, "wind_mw": m.wind_mw,
         "battery_mw": m.applied.battery_mw, "generator_mw": m.applied.generator_mw, "soc": m.soc,
-        "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "energy_cost_usd": m.energy_cost_usd,
-        "cost_usd": m.cost_usd, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
+        "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
         "overload_percent": m.overload_percent,
         "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
         "converged": float(m.converged),

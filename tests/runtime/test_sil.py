@@ -41,7 +41,10 @@ def test_sil_day_matches_centralized(tmp_path: Path) -> None:
     sil = load_trajectory(tmp_path / "trajectory.npz")
     assert sil.n_steps == 24 and sil.names == ["mg1", "mg2", "mg3"]
     assert np.abs(sil.columns["battery_mw"]).max() > 0.1  # the rule policy actually dispatched the batteries
-    assert set(COMPARED) <= set(sil.columns)
+    money = {"energy_cost_usd", "cost_usd"}
+    assert set(COMPARED) - money <= set(sil.columns)
+    assert not money & set(sil.columns)  # the plant records physics; the settlement adds the money
+    assert _compared(out, "cost_usd") <= 1e-3  # and the settled costs match the centralized run
     for name in ("plant", "operator", "agent-mg1", "agent-mg2", "agent-mg3"):
         assert (tmp_path / f"{name}.log").exists()
     assert "protocols: none" in out

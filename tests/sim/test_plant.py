@@ -47,14 +47,12 @@ def test_generator_ramp_and_box_limits_and_fuel_cost(plant: Plant) -> None:
     np.testing.assert_allclose(m.fuel_cost_usd, 80 * 0.66**2 + 110 * 0.66)
 
 
-def test_curtailment_and_energy_cost(plant: Plant) -> None:
+def test_curtailment_and_exchange(plant: Plant) -> None:
     plant.reset(year=2023, start_step=24 * 180 + 12)  # a summer noon: sun is up
     m = plant.step(Setpoints(np.zeros(3), np.zeros(3), np.full(3, 0.25), np.ones(3)))
     assert (m.pv_available_mw > 0).all()
     np.testing.assert_allclose(m.pv_mw, 0.75 * m.pv_available_mw)
     np.testing.assert_allclose(m.wind_mw, 0.0)
-    credit = np.where(m.exchange_mw > 0, 1.0, plant.scenario.export_price_ratio)
-    np.testing.assert_allclose(m.energy_cost_usd, m.exchange_mw * credit * m.price_usd_per_mwh * 1.0)
     # the exchange is the physical flow: load and losses minus local production
     assert (m.exchange_mw > m.load_mw - m.pv_mw - 1e-9).all()
 
