@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from heron_edge import observations as ob
 
 
 if TYPE_CHECKING:  # the simulator is an extra: a gateway imports this port without it
@@ -39,13 +38,16 @@ class PlantDeviceIO:
         self._plant = plant
         self._index = index
         self._request = request
-        self._rows = np.zeros((plant.n, ob.N_LOCAL))
 
     async def read(self) -> np.ndarray:
         last = self._plant.last
         if last is None:
             raise RuntimeError("the plant has not been reset")
-        return ob.local_features(last, self._plant.forecast(), self._rows)[self._index].copy()
+        i, forecast = self._index, self._plant.forecast()
+        # its own row only, layout of ``observations.LOCAL_NAMES``: every agent reads every step
+        return np.array((forecast["load_mw"][i], forecast["pv_mw"][i], forecast["wind_mw"][i], last.soc[i],
+                         last.applied.generator_mw[i], last.applied.battery_mw[i], last.exchange_mw[i],
+                         last.violation_v_pu[i]))
 
     async def write(self, battery_mw: float, generator_mw: float, pv_curtailment: float, wind_curtailment: float) -> None:
         i = self._index

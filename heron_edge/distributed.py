@@ -20,7 +20,7 @@ from heron_edge.brokers import Broker, InMemoryBroker
 from heron_edge.config import EnvConfig
 from heron_edge.coordination import UPSTREAM_ID, Coordination, MicrogridRoles, Signals
 from heron_edge.deviceio import PlantDeviceIO
-from heron_edge.eager import gather_eagerly
+from heron_edge.eager import gather_eagerly, run_eagerly
 from heron_edge.protocols import Clearing, Link
 from sim.plant import Measurements, Plant, Setpoints
 
@@ -71,7 +71,7 @@ class DistributedRunner:
         for proxy in self.proxies:
             proxy.steps_per_day = self.plant.profiles.steps_per_day
             proxy.reset(step)
-        return self._loop.run_until_complete(self._observe_all())
+        return run_eagerly(self._loop, self._observe_all())
 
     async def _observe_all(self) -> dict[str, np.ndarray]:
         plant, step = self.plant, self.plant.t
@@ -96,7 +96,7 @@ class DistributedRunner:
         Returns the measurements, the signals the step ran under, the market's clearing (or None)
         and the next observations.
         """
-        return self._loop.run_until_complete(self._step(actions))
+        return run_eagerly(self._loop, self._step(actions))
 
     async def _step(self, actions: np.ndarray) -> tuple[Measurements, Signals, Clearing | None, dict[str, np.ndarray]]:
         step, signals = self.plant.t, self.signals

@@ -1,4 +1,6 @@
-"""``gather_eagerly``: asyncio.gather that runs each coroutine at once until it first suspends.
+"""Eager coroutines: run each at once until it first suspends, and only then involve the event loop.
+
+``gather_eagerly`` is asyncio.gather that way; ``run_eagerly`` is ``loop.run_until_complete``.
 
 A coroutine that finishes without suspending (a publish to the in-memory broker) then costs a
 function call instead of a Task and a trip through the event loop; one that suspends (waiting for
@@ -34,6 +36,26 @@ def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T
                 yielded = coro.send(sent)
             except StopIteration as stop:
                 return stop.value
+
+
+def run_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """``loop.run_until_complete(coro)``, but a coroutine that never suspends runs as a plain call.
+
+    The coroutine sees ``loop`` as the running loop (futures, ``loop.time()`` and ``call_soon`` work);
+    once it suspends it continues inside ``loop.run_until_complete``. Like that call, it refuses to
+    run inside another running loop.
+    """
+    if asyncio.events._get_running_loop() is not None:
+        coro.close()
+        raise RuntimeError("Cannot run the event loop while another loop is running")
+    asyncio.events._set_running_loop(loop)
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    finally:
+        asyncio.events._set_running_loop(None)
+    return loop.run_until_complete(_resume(coro, yielded))
 
 
 async def gather_eagerly(*coros: Coroutine[Any, Any, T]) -> list[T]:

@@ -1,11 +1,11 @@
-"""gather_eagerly: same results and errors as asyncio.gather, no Task for coroutines that never suspend."""
+"""gather_eagerly and run_eagerly: the results and errors of asyncio's, no loop work for coroutines that never suspend."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
-from heron_edge.eager import gather_eagerly
+from heron_edge.eager import gather_eagerly, run_eagerly
 
 
 async def immediate(value: int) -> int:
@@ -84,3 +84,41 @@ def test_cancellation_reaches_the_suspended_coroutines() -> None:
 
     asyncio.run(main())
     assert cancelled == [True, True]
+
+
+def test_run_eagerly_finishes_without_the_loop_when_nothing_suspends() -> None:
+    loop = asyncio.new_event_loop()
+    ran_once = []
+    original = loop._run_once  # type: ignore[attr-defined]
+    loop._run_once = lambda: (ran_once.append(1), original())  # type: ignore[attr-defined]
+
+    async def sees_the_loop() -> float:
+        assert asyncio.get_running_loop() is loop  # futures and loop.time() work as in run_until_complete
+        return loop.time()
+
+    try:
+        assert run_eagerly(loop, sees_the_loop()) > 0.0
+        assert ran_once == []
+        assert asyncio.events._get_running_loop() is None  # nothing is left looking like a running loop
+        assert run_eagerly(loop, sleeping(7, 0.01)) == 7  # suspends: continues inside the loop
+        assert ran_once
+        with pytest.raises(ValueError, match="boom"):
+            run_eagerly(loop, failing("boom"))
+        with pytest.raises(ValueError, match="late"):
+            run_eagerly(loop, fail_after_sleep("late"))
+    finally:
+        loop.close()
+
+
+def test_run_eagerly_refuses_inside_a_running_loop() -> None:
+    inner = asyncio.new_event_loop()
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="another loop is running"):
+            run_eagerly(inner, immediate(1))
+        assert asyncio.get_running_loop() is not inner  # the outer loop is still the running one
+
+    try:
+        asyncio.run(main())
+    finally:
+        inner.close()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -179,3 +180,23 @@ def test_decode_is_single_pass_fast() -> None:
     per_call_us = (time.perf_counter() - start) / 2000 * 1e6
     assert per_call_us < 100, per_call_us  # ~5 us here; generous for slow CI machines
     assert isinstance(decode(wire), Envelope)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_message_ids_stay_unique_in_a_forked_child() -> None:
+    """Ids are a per-process random prefix and a counter: a forked child must not repeat its parent's."""
+    ids = {make_envelope("op", PriceBody(price_usd_per_mwh=1.0), step=0).id for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send two ids and leave without running the parent's cleanup
+        os.write(write, " ".join(make_envelope("op", PriceBody(price_usd_per_mwh=1.0), step=0).id
+                                 for _ in range(2)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 200).decode().split()
+    os.close(read)
+    os.waitpid(pid, 0)
+    parent = [make_envelope("op", PriceBody(price_usd_per_mwh=1.0), step=0).id for _ in range(2)]
+    assert len(child) == 2 and not set(child) & (set(parent) | ids)
+    assert child[0][:16] != parent[0][:16]  # a fresh prefix, not the parent's

@@ -58,5 +58,7 @@ class MicrogridAgent:
 
     async def apply(self, action: np.ndarray) -> None:
         """Write a normalised action ([-1,1], [0,1], [0,1], [0,1]) to the devices as setpoints."""
-        a = np.clip(np.asarray(action, dtype=np.float64), (-1.0, 0.0, 0.0, 0.0), 1.0)
-        await self.devices.write(a[0] * self.ratings.battery_p_max_mw, a[1] * self.ratings.generator_p_max_mw, a[2], a[3])
+        battery, generator, pv, wind = np.asarray(action, dtype=np.float64).tolist()  # scalars: every agent, every step
+        await self.devices.write(min(max(battery, -1.0), 1.0) * self.ratings.battery_p_max_mw,
+                                 min(max(generator, 0.0), 1.0) * self.ratings.generator_p_max_mw,
+                                 min(max(pv, 0.0), 1.0), min(max(wind, 0.0), 1.0))

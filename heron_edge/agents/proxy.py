@@ -77,11 +77,12 @@ class ProxyAgent:
         self.step_timeout_s = step_timeout_s
         self.stats: Counter[str] = Counter()
         self.next_step = 0
-        self._peer_index = {p: i for i, p in enumerate(self.peers)}
         self._price = 0.0
         self._price_step = -1
         self._peer_exchange = np.zeros(len(self.peers))
-        self._peer_step = np.full(len(self.peers), -1)
+        self._peer_step = [-1] * len(self.peers)  # lists, not arrays: scalar updates on every message
+        self._peers_fresh = 0  # how many peers reported for ``self._fresh_step``
+        self._fresh_step = -1
         self.roles = roles
         self._local = np.zeros(ob.N_LOCAL)
         self.setpoint_mw: float | None = None
@@ -91,7 +92,7 @@ class ProxyAgent:
         self._reports: Subscription | None = None
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
         self._price_topic = bus_topic(site, "price")
-        self._site_prefix = f"heron/{site}/"
+        self._peer_of_topic = {agent_topic(site, p, "telemetry"): i for i, p in enumerate(self.peers)}
 
     @property
     def price_step(self) -> int:
@@ -178,7 +179,7 @@ class ProxyAgent:
             await self.start()
         self.next_step = step
         self._local = await self.actual_agent.observe_local()
-        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, map(float, self._local))))
+        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, self._local.tolist())))
         await self.broker.publish(self._telemetry_topic, encode(make_envelope(self.agent_id, body, step=step)))
 
     async def collect(self, step: int) -> np.ndarray:
@@ -197,7 +198,7 @@ class ProxyAgent:
         return obs
 
     def _complete(self, step: int) -> bool:
-        return self._price_step == step and bool((self._peer_step == step).all())
+        return self._price_step == step and self._fresh_step == step and self._peers_fresh == len(self.peers)
 
     async def _receive(self, step: int) -> None:
         assert self._reports is not None
@@ -209,7 +210,7 @@ class ProxyAgent:
             if remaining <= 0:
                 self.stats["late"] += 1
                 log.warning("%s: step %d incomplete after %.2fs (price step %d, peers %s); using last values",
-                            self.agent_id, step, self.step_timeout_s, self._price_step, self._peer_step.tolist())
+                            self.agent_id, step, self.step_timeout_s, self._price_step, self._peer_step)
                 return
             try:
                 delivery = await self._reports.get(timeout=remaining)
@@ -242,16 +243,19 @@ class ProxyAgent:
                 self.stats["stale"] += 1
             return
         if isinstance(body, TelemetryBody) and topic.endswith("/telemetry"):
-            who = topic[len(self._site_prefix):].split("/", 1)[0]
-            i = self._peer_index.get(who)
-            if i is None or envelope.sender != who:
+            i = self._peer_of_topic.get(topic)
+            if i is None or envelope.sender != self.peers[i]:
                 self.stats["rejected_sender"] += 1
                 log.warning("%s: telemetry on %s from %r is not from a known peer", self.agent_id, topic, envelope.sender)
                 return
-            if envelope.step == step:
-                self._peer_exchange[i] = body.values.get("exchange_mw", self._peer_exchange[i])
-                self._peer_step[i] = step
-            else:
+            if envelope.step != step:
                 self.stats["stale"] += 1
+                return
+            self._peer_exchange[i] = body.values.get("exchange_mw", self._peer_exchange[i])
+            if self._peer_step[i] != step:
+                self._peer_step[i] = step
+                if self._fresh_step != step:
+                    self._fresh_step, self._peers_fresh = step, 0
+                self._peers_fresh += 1
             return
         self.stats["ignored"] += 1  # well-formed, but nothing this agent uses (status, other buses)
