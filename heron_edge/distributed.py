@@ -76,12 +76,14 @@ class DistributedRunner:
     async def _observe_all(self) -> dict[str, np.ndarray]:
         plant, step = self.plant, self.plant.t
         assert plant.last is not None
-        # Every agent reports first, then the operator and the protocols' pre-decision roles run, then
-        # each agent collects. Eagerly gathered: over MQTT the PUBACK waits and the protocol rounds
-        # overlap, in memory nothing suspends and no task is made.
-        await gather_eagerly(*(proxy.report(step) for proxy in self.proxies))
+        # Every agent reports and the operator sends the price (and setpoints, from the reported
+        # needs), then the protocols' pre-decision roles run, then each agent collects. Eagerly
+        # gathered, in that order: over MQTT the PUBACK waits and the protocol rounds overlap, in
+        # memory the operator finds every report already delivered, nothing suspends and no task is made.
         operator = self.operator.before_decision(step, plant.price(), self.coordination.head_loading_pu(plant.last))
-        (price, setpoints), *_ = await gather_eagerly(operator, *(proxy.coordinate(step) for proxy in self.proxies))
+        *_, (price, setpoints) = await gather_eagerly(*(proxy.report(step) for proxy in self.proxies), operator)
+        if self.coordination.setpoint or self.coordination.consensus:
+            await gather_eagerly(*(proxy.coordinate(step) for proxy in self.proxies))
         self._observations = [await proxy.collect(step) for proxy in self.proxies]
         dispatch = None
         if self.coordination.consensus:

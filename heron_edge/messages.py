@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Final, Literal, NamedTuple, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from heron_edge.errors import ConfigError, MessageError
 
@@ -242,7 +242,11 @@ class Envelope(BaseModel):
         return self.expires < (time.time() if now is None else now)
 
 
-_ENVELOPE: Final = TypeAdapter(Envelope)
+# the model's own core validator and serializer: what TypeAdapter and model_* call, minus a Python layer
+# (every message of every step passes here)
+_VALIDATE_JSON: Final = Envelope.__pydantic_validator__.validate_json
+_VALIDATE_PYTHON: Final = Envelope.__pydantic_validator__.validate_python
+_TO_JSON: Final = Envelope.__pydantic_serializer__.to_json
 _NO_MAC: Final = {"mac"}
 
 DecodeReason = Literal["not_json", "schema", "unknown_kind", "expired"]
@@ -260,8 +264,8 @@ class DecodeError(MessageError):
 def encode(envelope: Envelope) -> bytes:
     """Compact JSON bytes of an envelope (what goes on the wire); ``mac`` only when set."""
     if envelope.mac is None:
-        return _ENVELOPE.dump_json(envelope, exclude=_NO_MAC)
-    return _ENVELOPE.dump_json(envelope)
+        return _TO_JSON(envelope, exclude=_NO_MAC)
+    return _TO_JSON(envelope)
 
 
 def decode(payload: bytes | bytearray | memoryview | str, *, now: float | None = None) -> Envelope:
@@ -273,7 +277,7 @@ def decode(payload: bytes | bytearray | memoryview | str, *, now: float | None =
     if isinstance(payload, memoryview):
         payload = payload.tobytes()
     try:
-        envelope = _ENVELOPE.validate_json(payload)
+        envelope = _VALIDATE_JSON(payload)
     except ValidationError as exc:
         raise _decode_error(exc) from None
     if envelope.expires is not None and envelope.expires < (time.time() if now is None else now):
@@ -303,14 +307,11 @@ def make_envelope(
 ) -> Envelope:
     """An envelope stamped now; with ``ttl_s`` it expires ``ttl_s`` seconds from now."""
     now = time.time()
-    return Envelope(
-        sender=sender,
-        recipient=recipient,
-        step=step,
-        ts=now,
-        expires=None if ttl_s is None else now + ttl_s,
-        body=body,
-    )
+    envelope: Envelope = _VALIDATE_PYTHON({
+        "id": _new_id(), "sender": sender, "recipient": recipient, "step": step, "ts": now,
+        "expires": None if ttl_s is None else now + ttl_s, "body": body,
+    })
+    return envelope
 
 
 # --------------------------------------------------------------------------------------------

@@ -93,6 +93,10 @@ class ProxyAgent:
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
         self._price_topic = bus_topic(site, "price")
         self._peer_of_topic = {agent_topic(site, p, "telemetry"): i for i, p in enumerate(self.peers)}
+        n_protocol = roles.coordination.n_features if roles else 0
+        self._peers_start = ob.N_CONTEXT + ob.N_LOCAL
+        self._protocol_start = self._peers_start + len(self.peers)
+        self._n_observation = self._protocol_start + n_protocol
 
     @property
     def price_step(self) -> int:
@@ -106,8 +110,7 @@ class ProxyAgent:
 
     @property
     def observation_size(self) -> int:
-        n_protocol = self.roles.coordination.n_features if self.roles else 0
-        return ob.N_CONTEXT + ob.N_LOCAL + len(self.peers) + n_protocol
+        return self._n_observation
 
     async def start(self) -> None:
         """Connect, subscribe to the bus and peers' reports (and our commands), announce ourselves online."""
@@ -185,16 +188,17 @@ class ProxyAgent:
     async def collect(self, step: int) -> np.ndarray:
         """Wait (bounded) for this step's price and peers' telemetry; the observation of ``step``."""
         await self._receive(step)
-        obs = np.empty(self.observation_size, dtype=np.float32)
+        obs = np.empty(self._n_observation, dtype=np.float32)
         ob.context(step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
-        obs[ob.N_CONTEXT : ob.N_CONTEXT + ob.N_LOCAL] = self._local
-        start = ob.N_CONTEXT + ob.N_LOCAL
-        obs[start : start + len(self.peers)] = self._peer_exchange
-        if self.roles:
+        start, protocol = self._peers_start, self._protocol_start
+        obs[ob.N_CONTEXT : start] = self._local
+        obs[start:protocol] = self._peer_exchange
+        if protocol < self._n_observation:
+            assert self.roles is not None
             clearing = self.last_clearing
             traded = float(clearing.net_mw([self.agent_id])[0]) if clearing else 0.0
             price = clearing.price_usd_per_mwh if clearing and clearing.price_usd_per_mwh is not None else 0.0
-            obs[start + len(self.peers) :] = self.roles.coordination.agent_features(self.setpoint_mw, self.dispatch_mw, traded, price)
+            obs[protocol:] = self.roles.coordination.agent_features(self.setpoint_mw, self.dispatch_mw, traded, price)
         return obs
 
     def _complete(self, step: int) -> bool:
@@ -202,9 +206,10 @@ class ProxyAgent:
 
     async def _receive(self, step: int) -> None:
         assert self._reports is not None
-        deadline = time.monotonic() + self.step_timeout_s
+        started = time.monotonic()
         for delivery in self._reports.drain():
             self._handle(delivery.topic, delivery.payload, step)
+        deadline = started + self.step_timeout_s
         while not self._complete(step):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
