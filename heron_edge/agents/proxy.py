@@ -117,7 +117,10 @@ class ProxyAgent:
         if self._reports is not None:
             return
         await self.broker.connect()
-        self._reports = await self.broker.subscribe(f"heron/{self.site}/+/+")
+        # QoS 0 for this per-step stream (price, peers' telemetry; publishers still send at QoS 1):
+        # sessions start clean, so a QoS 1 delivery is never resent and its PUBACK would buy nothing;
+        # what does not arrive is the step timeout's business (last value, counted late).
+        self._reports = await self.broker.subscribe(f"heron/{self.site}/+/+", qos=0)
         if self.roles:
             await self.roles.prepare()  # commands (setpoints), market and consensus arrive on the roles' link
         await self._publish_status("online")
