@@ -77,7 +77,6 @@ class OutboxBroker(BrokerWrapper):
         self.telemetry_topic = telemetry_topic
         self.telemetry = 0  # telemetry records handed to us (published now or queued)
 
-
     async def publish(self, topic: str, payload: Payload, *, qos: int = 1, retain: bool = False) -> None:
         if topic != self.telemetry_topic:
             await self.inner.publish(topic, payload, qos=qos, retain=retain)
@@ -97,11 +96,6 @@ class OutboxBroker(BrokerWrapper):
         if len(self.outbox) == 0 or not self.inner.connected:
             return 0
         return await self.outbox.flush(lambda topic, data: self.inner.publish(topic, data, qos=1))
-
-
-
-
-
 
 
 @dataclass
