@@ -1,5 +1,6 @@
-"""Run the system operator as its own process: it follows the bus clock and, each step, publishes the price and runs
-the operator side of the coordination protocols (setpoints, market clearing)."""
+"""Run the system operator as its own process: it follows a clock (the bus clock, or in the field the wall-clock
+timer the gateways use) and, each step, publishes the price and runs the operator side of the coordination
+protocols (setpoints, market clearing)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenario", default="ieee34_3x13", metavar="NAME_OR_TOML",
                         help="the price profile comes from this scenario (default: %(default)s)")
     parser.add_argument("--year", type=int, default=2023, help="profile year (default: %(default)s)")
-    parser.add_argument("--clock-sender", default="plant", help="the only accepted clock announcer (default: %(default)s)")
+    parser.add_argument("--clock", choices=("bus", "timer"), default="bus",
+                        help="bus: run each step announced on the bus clock and answer done (lock-step SIL, a site "
+                             "orchestrator); timer: run step floor(unix time / period) as each period starts, like "
+                             "gateways with clock = \"timer\"; the price is the profile's at the same time of year "
+                             "(UTC) (default: %(default)s)")
+    parser.add_argument("--period-s", type=float, default=3600.0, metavar="S",
+                        help="timer clock: the step length, as the gateways' cycle.period_s (default: %(default)s)")
+    parser.add_argument("--clock-sender", default="plant", help="bus clock: the only accepted announcer (default: %(default)s)")
     parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, metavar="NAME",
                         help="coordination protocol, as in simulate (repeatable: one vertical + one horizontal)")
     parser.add_argument("--protocol-options", default=None, metavar="JSON",
@@ -50,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         options = json.loads(args.protocol_options) if args.protocol_options else {}
         if not isinstance(options, dict):
             raise ConfigError("--protocol-options must be a JSON object")
+        if not args.period_s > 0:
+            raise ConfigError("--period-s must be positive")
         asyncio.run(_main(args, options))
     except (ConfigError, json.JSONDecodeError) as exc:
         print(f"heron-edge operator: error: {exc}", file=sys.stderr)
@@ -64,6 +74,7 @@ async def _main(args: argparse.Namespace, options: dict[str, dict[str, object]])
     from heron_edge.messages import agent_topic
     from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
     from heron_edge.runtime.secure import SigningBroker, broker_from_args, signer_from_env
+    from heron_edge.runtime.wallclock import hour_of_year_index
     from sim.profiles import load_profiles
     from sim.scenario import load_scenario
 
@@ -76,9 +87,15 @@ async def _main(args: argparse.Namespace, options: dict[str, dict[str, object]])
     coordination = Coordination(scenario, args.protocol, options)
     operator = SystemOperator(args.id, commands, coordination, site=args.site, step_timeout_s=args.step_timeout)
     meter = FeederMeter(broker, site=args.site, meter_id=args.meter_id, timeout_s=args.step_timeout)
-    service = CoordinationService(operator, lambda step: float(prices[step]), meter=meter, ledger=args.ledger)
+    if args.clock == "timer":  # a wall-clock step: the price at the same time of the profile's year
+        def price_of(step: int) -> float:
+            return float(prices[hour_of_year_index(step * args.period_s, scenario.step_hours, len(prices))])
+    else:  # the bus clock counts the profile's own steps
+        def price_of(step: int) -> float:
+            return float(prices[step])
+    service = CoordinationService(operator, price_of, meter=meter, ledger=args.ledger)
     runtime = OperatorRuntime(broker, site=args.site, operator_id=args.id, services=[service],
-                              clock_sender=args.clock_sender)
+                              clock_sender=args.clock_sender, clock=args.clock, period_s=args.period_s)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop)

@@ -105,8 +105,9 @@ class CycleSettings(_Model):
     """When the gateway runs its cycle.
 
     clock="bus": one cycle per step announced on ``heron/{site}/bus/clock`` (lock-step or a real-time
-    orchestrator), answered with a ``done`` clock message. clock="timer": one cycle every
-    ``period_s``; the step is ``floor(unix time / period_s)``. In both, ``period_s`` is the watchdog
+    orchestrator), answered with a ``done`` clock message. clock="timer" (field): one cycle as each
+    wall-clock period starts; the step is ``floor(unix time / period_s)``, so gateways and an operator
+    on the same timer clock (``heron-edge operator --clock timer``) meet on it. In both, ``period_s`` is the watchdog
     tick: without a clock message for that long, a failsafe check (and, if due, a failsafe cycle) runs.
     step_timeout_s: the longest a cycle waits for this step's price and the peers' telemetry.
     """

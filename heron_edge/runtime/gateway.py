@@ -41,6 +41,7 @@ from heron_edge.runtime.config import GatewayConfig
 from heron_edge.runtime.failsafe import FailsafeState, safe_setpoints
 from heron_edge.runtime.modbus_io import ModbusDeviceIO
 from heron_edge.runtime.outbox import Outbox
+from heron_edge.runtime.wallclock import timer_steps
 
 __all__ = ["CycleTiming", "Gateway", "OutboxBroker", "make_broker"]
 
@@ -176,7 +177,8 @@ class Gateway:
             return self.raw_broker.connected
         try:
             await self.raw_broker.connect()
-            self._clock_sub = await self.raw_broker.subscribe(self._clock_topic)
+            if self.config.cycle.clock == "bus":
+                self._clock_sub = await self.raw_broker.subscribe(self._clock_topic)
             self._cmd_sub = await self.raw_broker.subscribe(command_filter(self.site, self.agent_id))
             await self.proxy.start()
         except BrokerError as exc:
@@ -226,11 +228,8 @@ class Gateway:
             pass
 
     async def _run_timer(self) -> None:
-        period = self.config.cycle.period_s
-        while not self._stop.is_set():
-            start = time.monotonic()
-            await self.cycle(int(time.time() // period))
-            await self._sleep(period - (time.monotonic() - start))
+        async for step in timer_steps(self.config.cycle.period_s, self._stop):
+            await self.cycle(step)
 
     async def _run_bus(self) -> None:
         period = self.config.cycle.period_s

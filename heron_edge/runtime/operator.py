@@ -1,4 +1,8 @@
-"""The system operator as its own process: it follows the bus clock and runs its per-step services.
+"""The system operator as its own process: it follows a clock and runs its per-step services.
+
+The clock is the bus clock (lock-step SIL or a site orchestrator; the operator answers ``done``) or,
+in the field, the timer clock of ``heron_edge.runtime.wallclock``: the operator runs step N as its
+wall-clock period starts, the moment the gateways on the same timer clock run it.
 
 The service is :class:`CoordinationService`: the environment's ``SystemOperator`` with the same
 ``Coordination`` (price always; setpoints from the microgrids' telemetry; the market after the
@@ -20,15 +24,16 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from heron_edge.agents import SystemOperator
 from heron_edge.brokers import Broker, Subscription
-from heron_edge.errors import BrokerError
+from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import (
     ClockBody, DecodeError, StatusBody, TelemetryBody, agent_topic, bus_topic, decode, make_envelope,
 )
 from heron_edge.protocols import Clearing, PriceSignal
+from heron_edge.runtime.wallclock import timer_steps
 
 __all__ = ["METER_KIND", "CoordinationService", "FeederMeter", "OperatorRuntime", "StepService", "ledger_row"]
 
@@ -161,15 +166,25 @@ class CoordinationService:
 
 
 class OperatorRuntime:
-    """Runs ``services`` on every step announced by ``clock_sender``; ``await run()`` until :meth:`stop`."""
+    """Runs ``services`` on every step of its clock; ``await run()`` until :meth:`stop`.
+
+    ``clock="bus"``: every step announced by ``clock_sender``, answered with ``done``. ``clock="timer"``:
+    every ``period_s`` wall-clock period, as it starts (no ``done``: nobody waits for one).
+    """
 
     def __init__(self, broker: Broker, *, site: str, operator_id: str, services: Sequence[StepService],
-                 clock_sender: str = "plant") -> None:
+                 clock_sender: str = "plant", clock: Literal["bus", "timer"] = "bus", period_s: float = 1.0) -> None:
+        if clock not in ("bus", "timer"):
+            raise ConfigError(f"clock must be 'bus' or 'timer', not {clock!r}")
+        if not period_s > 0:
+            raise ConfigError(f"period_s must be positive, not {period_s!r}")
         self.broker = broker
         self.site = site
         self.operator_id = operator_id
         self.services = list(services)
         self.clock_sender = clock_sender
+        self.clock = clock
+        self.period_s = period_s
         self.stats: Counter[str] = Counter()
         self.done_step = -1
         self._stop = asyncio.Event()
@@ -187,6 +202,9 @@ class OperatorRuntime:
         await self.broker.connect()
         for service in self.services:
             await service.start()
+        if self.clock == "timer":
+            await self._run_timer()
+            return
         sub = await self.broker.subscribe(self._clock_topic)
         await self._status("online")
         try:
@@ -214,13 +232,25 @@ class OperatorRuntime:
             except BrokerError:
                 pass
 
+    async def _run_timer(self) -> None:
+        await self._status("online")
+        try:
+            async for step in timer_steps(self.period_s, self._stop):
+                await self._run_step(step)
+        finally:
+            try:
+                await self._status("offline")
+            except BrokerError:
+                pass
+
     async def _run_step(self, step: int) -> None:
         repeat = step == self.done_step
         try:
             for service in self.services:
                 await (service.on_repeat(step) if repeat else service.on_step(step))
-            await self.broker.publish(self._clock_topic, make_envelope(
-                self.operator_id, ClockBody(step=step, done=True), step=step))
+            if self.clock == "bus":
+                await self.broker.publish(self._clock_topic, make_envelope(
+                    self.operator_id, ClockBody(step=step, done=True), step=step))
             self.stats["repeats" if repeat else "steps"] += 1
             self.done_step = step
         except BrokerError as exc:

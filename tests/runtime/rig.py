@@ -1,6 +1,9 @@
 """An in-process SIL rig for tests: the plant (real emulated Modbus devices on loopback), the operator
 and one Gateway per microgrid, all on one asyncio loop, talking through a real Mosquitto; optionally
-with coordination protocols (the operator's ledger and the agents' journals in the workdir)."""
+with coordination protocols (the operator's ledger and the agents' journals in the workdir).
+
+``clock="bus"``: lock-step, the plant announces every step. ``clock="timer"``: the field set-up, the
+gateways and the operator each on the wall-clock timer, the plant advancing in real time."""
 from __future__ import annotations
 
 import asyncio
@@ -17,6 +20,7 @@ from heron_edge.runtime.gateway import Gateway
 from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
 from heron_edge.runtime.sil import agent_config
 from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
+from heron_edge.runtime.wallclock import hour_of_year_index
 from sim.plant import Plant
 
 SITE = "t"
@@ -29,24 +33,27 @@ class Rig:
     def __init__(self, url: str, workdir: Path, *, steps: int = 24, start_step: int = 4000, period_s: float = 0.3,
                  step_timeout_s: float = 0.3, upstream_timeout_s: float = 1.0, protocols: list[str] | None = None,
                  protocol_options: dict[str, dict[str, Any]] | None = None, repeat_s: float = 0.3,
-                 plant_runtime: type[PlantRuntime] = PlantRuntime, **overrides: Any) -> None:
+                 plant_runtime: type[PlantRuntime] = PlantRuntime, clock: str = "bus", **overrides: Any) -> None:
         self.url = url
         self.workdir = workdir
         self.plant = Plant("ieee34_3x13")
         self.plant_broker = MqttBroker(url, client_id=f"{SITE}-plant", reconnect_min_delay_s=0.05, reconnect_max_delay_s=0.2)
         self.runtime = plant_runtime(self.plant, self.plant_broker, site=SITE, participants=[*self.plant.names, OPERATOR],
                                      start_steps=[start_step], steps_per_episode=steps, year=2023, repeat_s=repeat_s,
-                                     max_wait_s=30.0, ready_timeout_s=10.0)
+                                     max_wait_s=30.0, ready_timeout_s=10.0,
+                                     mode="lockstep" if clock == "bus" else "realtime", period_s=period_s)
         self.op_broker = MqttBroker(url, client_id=f"{SITE}-operator", reconnect_min_delay_s=0.05, reconnect_max_delay_s=0.2)
         self.protocols = protocols
         self.protocol_options = protocol_options or {}
         self.coordination = Coordination(self.plant.scenario, protocols, dict(self.protocol_options))
         self.operator = SystemOperator(OPERATOR, self.op_broker, self.coordination, site=SITE, step_timeout_s=1.0)
         self.ledger = workdir / "ledger.jsonl"
-        service = CoordinationService(self.operator, self.plant.price, ledger=self.ledger,
+        self.clock = clock
+        price_of = self.plant.price if clock == "bus" else self.wall_price
+        service = CoordinationService(self.operator, price_of, ledger=self.ledger,
                                       meter=FeederMeter(self.op_broker, site=SITE, meter_id=PLANT_ID, timeout_s=1.0))
         self.op_runtime = OperatorRuntime(self.op_broker, site=SITE, operator_id=OPERATOR, services=[service],
-                                          clock_sender=PLANT_ID)
+                                          clock_sender=PLANT_ID, clock=clock, period_s=period_s)  # type: ignore[arg-type]
         self.gateways: dict[str, Gateway] = {}
         self._timing = dict(period_s=period_s, step_timeout_s=step_timeout_s, upstream_timeout_s=upstream_timeout_s)
         self._overrides = overrides
@@ -62,6 +69,7 @@ class Rig:
                                 workdir=self.workdir, protocols=self.protocols, protocol_options=self.protocol_options,
                                 **self._timing)
             data["broker"]["reconnect_max_delay_s"] = 0.5
+            data["cycle"]["clock"] = self.clock
             data.update(self._overrides)
             self.gateways[name] = Gateway(parse_gateway_config(data))
         self._tasks = [asyncio.ensure_future(self.op_runtime.run()),
@@ -87,6 +95,11 @@ class Rig:
         for task in self._tasks:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+    def wall_price(self, step: int) -> float:
+        """The timer clock's price: the profile's at the same time of year as the step's wall-clock start."""
+        period_s = self._timing["period_s"]
+        return self.plant.price(hour_of_year_index(step * period_s, self.plant.dt_h, self.plant.n_steps_in_year))
 
     @property
     def steps_done(self) -> int:
