@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 __all__ = ["hour_of_year_index", "seconds_to_next", "step_at", "timer_steps"]
+
+log = logging.getLogger(__name__)
 
 
 def step_at(period_s: float, now: float | None = None) -> int:
@@ -33,17 +36,23 @@ def hour_of_year_index(unix_s: float, step_hours: float, n_steps: int) -> int:
     return int((moment - start).total_seconds() // (step_hours * 3600.0)) % n_steps
 
 
-async def timer_steps(period_s: float, stop: asyncio.Event) -> AsyncIterator[int]:
+async def timer_steps(period_s: float, stop: asyncio.Event,
+                      clock: Callable[[], float] = time.time) -> AsyncIterator[int]:
     """Each step once, as its period starts, until ``stop`` is set. A step whose period has already
-    passed when the previous one finished is skipped: a late consumer catches up instead of queuing."""
+    passed when the previous one finished is skipped: a late consumer catches up instead of queuing.
+    When the wall clock is set back (an NTP step, a gateway booted with a stale clock) the steps
+    follow it at once rather than pausing until the old step number comes round again."""
     last: int | None = None
     while not stop.is_set():
-        step = step_at(period_s)
-        if last is not None and step <= last:  # woke a hair early, or still inside the last step
+        now = clock()
+        step = step_at(period_s, now)
+        if step == last:  # still inside the last step (or woke a hair early)
             try:
-                await asyncio.wait_for(stop.wait(), seconds_to_next(period_s) + 1e-4)
+                await asyncio.wait_for(stop.wait(), seconds_to_next(period_s, now) + 1e-4)
             except asyncio.TimeoutError:
                 pass
             continue
+        if last is not None and step < last:
+            log.warning("wall clock went back %.1f s: continuing at step %d", (last - step) * period_s, step)
         last = step
         yield step

@@ -73,6 +73,30 @@ def test_timer_steps_skip_periods_that_passed() -> None:
     assert second >= first + 2 and third == second + 1
 
 
+def test_timer_steps_follow_a_clock_set_back() -> None:
+    """An NTP step backwards: the next step comes after a period, not when the old number comes round."""
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    async def collect() -> tuple[list[int], float]:
+        stop = asyncio.Event()
+        seen: list[int] = []
+        start = time.monotonic()
+        async for step in timer_steps(0.1, stop, clock):
+            seen.append(step)
+            if len(seen) == 2:
+                offset[0] = -3600.0  # set back an hour
+            if len(seen) == 4:
+                stop.set()
+        return seen, time.monotonic() - start
+
+    (a, b, c, d), elapsed = run_async(collect(), timeout=10)
+    assert b == a + 1 and c <= b - 36_000 + 1 and d == c + 1
+    assert elapsed < 1.0
+
+
 def test_operator_on_the_timer_clock_prices_every_wall_clock_step() -> None:
     period = 0.1
     scenario = load_scenario("ieee34_3x13")
