@@ -82,8 +82,7 @@ class DistributedRunner:
         # memory the operator finds every report already delivered, nothing suspends and no task is made.
         operator = self.operator.before_decision(step, plant.price(), self.coordination.head_loading_pu(plant.last))
         *_, (price, setpoints) = await gather_eagerly(*(proxy.report(step) for proxy in self.proxies), operator)
-        if self.coordination.setpoint or self.coordination.consensus:
-            await gather_eagerly(*(proxy.coordinate(step) for proxy in self.proxies))
+        await gather_eagerly(*(proxy.coordinate(step) for proxy in self.proxies))
         self._observations = [await proxy.collect(step) for proxy in self.proxies]
         dispatch = None
         if self.coordination.consensus:

@@ -80,9 +80,7 @@ class ProxyAgent:
         self._price = 0.0
         self._price_step = -1
         self._peer_exchange = np.zeros(len(self.peers))
-        self._peer_step = [-1] * len(self.peers)  # lists, not arrays: scalar updates on every message
-        self._peers_fresh = 0  # how many peers reported for ``self._fresh_step``
-        self._fresh_step = -1
+        self._peer_step = [-1] * len(self.peers)  # a list, not an array: scalar updates on every message
         self.roles = roles
         self._local = np.zeros(ob.N_LOCAL)
         self.setpoint_mw: float | None = None
@@ -93,10 +91,8 @@ class ProxyAgent:
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
         self._price_topic = bus_topic(site, "price")
         self._peer_of_topic = {agent_topic(site, p, "telemetry"): i for i, p in enumerate(self.peers)}
-        n_protocol = roles.coordination.n_features if roles else 0
-        self._peers_start = ob.N_CONTEXT + ob.N_LOCAL
-        self._protocol_start = self._peers_start + len(self.peers)
-        self._n_observation = self._protocol_start + n_protocol
+        self._protocol_start = ob.N_CONTEXT + ob.N_LOCAL + len(self.peers)
+        self._n_observation = self._protocol_start + (roles.coordination.n_features if roles else 0)
 
     @property
     def price_step(self) -> int:
@@ -193,7 +189,7 @@ class ProxyAgent:
         await self._receive(step)
         obs = np.empty(self._n_observation, dtype=np.float32)
         ob.context(step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
-        start, protocol = self._peers_start, self._protocol_start
+        start, protocol = ob.N_CONTEXT + ob.N_LOCAL, self._protocol_start
         obs[ob.N_CONTEXT : start] = self._local
         obs[start:protocol] = self._peer_exchange
         if protocol < self._n_observation:
@@ -205,14 +201,13 @@ class ProxyAgent:
         return obs
 
     def _complete(self, step: int) -> bool:
-        return self._price_step == step and self._fresh_step == step and self._peers_fresh == len(self.peers)
+        return self._price_step == step and self._peer_step.count(step) == len(self._peer_step)
 
     async def _receive(self, step: int) -> None:
         assert self._reports is not None
-        started = time.monotonic()
+        deadline = time.monotonic() + self.step_timeout_s
         for delivery in self._reports.drain():
             self._handle(delivery.topic, delivery.payload, step)
-        deadline = started + self.step_timeout_s
         while not self._complete(step):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -260,10 +255,6 @@ class ProxyAgent:
                 self.stats["stale"] += 1
                 return
             self._peer_exchange[i] = body.values.get("exchange_mw", self._peer_exchange[i])
-            if self._peer_step[i] != step:
-                self._peer_step[i] = step
-                if self._fresh_step != step:
-                    self._fresh_step, self._peers_fresh = step, 0
-                self._peers_fresh += 1
+            self._peer_step[i] = step
             return
         self.stats["ignored"] += 1  # well-formed, but nothing this agent uses (status, other buses)

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -202,46 +202,39 @@ class OperatorRuntime:
         await self.broker.connect()
         for service in self.services:
             await service.start()
-        if self.clock == "timer":
-            await self._run_timer()
-            return
-        sub = await self.broker.subscribe(self._clock_topic)
+        sub = await self.broker.subscribe(self._clock_topic) if self.clock == "bus" else None
         await self._status("online")
         try:
-            while not self._stop.is_set():
-                try:
-                    delivery = await sub.get(timeout=0.5)
-                except (TimeoutError, asyncio.TimeoutError):
-                    continue
-                try:
-                    envelope = decode(delivery.payload)
-                except DecodeError as exc:
-                    self.stats[f"rejected_{exc.reason}"] += 1
-                    continue
-                body = envelope.body
-                if not isinstance(body, ClockBody) or body.done:
-                    continue
-                if envelope.sender != self.clock_sender:
-                    self.stats["rejected_sender"] += 1
-                    continue
-                await self._run_step(body.step)
-        finally:
-            try:
-                await self._status("offline")
-                await self.broker.unsubscribe(sub)
-            except BrokerError:
-                pass
-
-    async def _run_timer(self) -> None:
-        await self._status("online")
-        try:
-            async for step in timer_steps(self.period_s, self._stop):
+            steps = timer_steps(self.period_s, self._stop) if sub is None else self._announced_steps(sub)
+            async for step in steps:
                 await self._run_step(step)
         finally:
             try:
                 await self._status("offline")
+                if sub is not None:
+                    await self.broker.unsubscribe(sub)
             except BrokerError:
                 pass
+
+    async def _announced_steps(self, sub: Subscription) -> AsyncIterator[int]:
+        """Each step the clock sender announces on the bus clock, until :meth:`stop`."""
+        while not self._stop.is_set():
+            try:
+                delivery = await sub.get(timeout=0.5)
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+            try:
+                envelope = decode(delivery.payload)
+            except DecodeError as exc:
+                self.stats[f"rejected_{exc.reason}"] += 1
+                continue
+            body = envelope.body
+            if not isinstance(body, ClockBody) or body.done:
+                continue
+            if envelope.sender != self.clock_sender:
+                self.stats["rejected_sender"] += 1
+                continue
+            yield body.step
 
     async def _run_step(self, step: int) -> None:
         repeat = step == self.done_step

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from heron_edge.brokers import MqttBroker
+from heron_edge.messages import PriceBody, bus_topic, decode
 from heron_edge.runtime.mosquitto import MosquittoProcess
-from heron_edge.runtime.wallclock import step_at
+from heron_edge.runtime.wallclock import hour_of_year_index, step_at
+from sim.profiles import load_profiles
+from sim.scenario import load_scenario
 from tests.conftest import run_async
 from tests.runtime.rig import Rig, wait_for
 
@@ -53,18 +61,6 @@ def test_gateways_and_operator_meet_on_the_timer_clock(mosquitto: MosquittoProce
 def test_operator_cli_on_the_timer_clock_prices_the_time_of_year(mosquitto: MosquittoProcess, tmp_path: Path) -> None:
     """``heron-edge operator --clock timer`` as a process: one price per wall-clock step, the profile's at that
     time of year, a ledger line each, and a clean exit on SIGTERM."""
-    import signal
-    import subprocess
-    import sys
-
-    import numpy as np
-
-    from heron_edge.brokers import MqttBroker
-    from heron_edge.messages import PriceBody, bus_topic, decode
-    from heron_edge.runtime.wallclock import hour_of_year_index
-    from sim.profiles import load_profiles
-    from sim.scenario import load_scenario
-
     period = 0.25
     ledger = tmp_path / "ledger.jsonl"
 
