@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import numpy as np
 import pytest
@@ -14,20 +15,33 @@ from pettingzoo.test import parallel_api_test
 STEPS = 24
 
 
-def trajectory(env: MultiAgentMicrogrids, seed: int = 5) -> dict[str, np.ndarray]:
-    """Run one seeded episode with seeded actions; return the plant's trajectory."""
+def trajectory(env: MultiAgentMicrogrids, seed: int = 5) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Run one seeded episode with seeded actions; the plant's trajectory and the observations (steps x agents x n)."""
     rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    soc, exchange, vm, rewards = [], [], [], []
+    obs, _ = env.reset(seed=seed)
+    soc, exchange, vm, rewards, seen = [], [], [], [], [[obs[a] for a in env.possible_agents]]
     while env.agents:
         actions = {a: rng.uniform(env.action_space(a).low, env.action_space(a).high).astype(np.float32) for a in env.agents}
-        _, reward, _, _, infos = env.step(actions)
+        obs, reward, _, _, infos = env.step(actions)
         last = env.plant.last
         soc.append(last.soc.copy())
         exchange.append(last.exchange_mw.copy())
         vm.append(last.vm_pu.copy())
         rewards.append([reward[a] for a in env.possible_agents])
-    return {"soc": np.array(soc), "exchange": np.array(exchange), "vm": np.array(vm), "reward": np.array(rewards)}
+        seen.append([obs[a] for a in env.possible_agents])
+    plant = {"soc": np.array(soc), "exchange": np.array(exchange), "vm": np.array(vm), "reward": np.array(rewards)}
+    return plant, np.array(seen)
+
+
+def distributed_view(central: np.ndarray) -> np.ndarray:
+    """What each agent's distributed observation must hold, taken from the centralized observations:
+    the context, its own 8 local features and its peers' exchange_mw (the layout in heron_edge.observations)."""
+    steps, n, _ = central.shape
+    out = np.empty((steps, n, 3 + 8 + n - 1), dtype=central.dtype)
+    for i in range(n):
+        out[:, i, :11] = np.concatenate([central[:, i, :3], central[:, i, 3 + 8 * i : 11 + 8 * i]], axis=1)
+        out[:, i, 11:] = np.stack([central[:, i, 3 + 8 * p + 6] for p in range(n) if p != i], axis=1)  # 6: exchange_mw
+    return out
 
 
 def test_distributed_in_memory_api_and_layout() -> None:
@@ -58,15 +72,18 @@ def test_default_broker_is_in_memory() -> None:
 
 @pytest.mark.mqtt
 def test_modes_give_the_same_plant_trajectory(mosquitto) -> None:
-    central = trajectory(MultiAgentMicrogrids({"centralized": True, "max_episode_steps": STEPS}))
+    central, central_obs = trajectory(MultiAgentMicrogrids({"centralized": True, "max_episode_steps": STEPS}))
     memory_env = MultiAgentMicrogrids({"centralized": False, "message_broker": InMemoryBroker(), "max_episode_steps": STEPS})
-    memory = trajectory(memory_env)
+    memory, memory_obs = trajectory(memory_env)
     mqtt_env = MultiAgentMicrogrids({"centralized": False, "message_broker": MqttBroker(mosquitto.url),
                                      "max_episode_steps": STEPS})
-    mqtt = trajectory(mqtt_env)
+    mqtt, mqtt_obs = trajectory(mqtt_env)
     for key in central:
         np.testing.assert_array_equal(central[key], memory[key], err_msg=key)
         np.testing.assert_array_equal(central[key], mqtt[key], err_msg=key)
+    # and every agent saw, through messages, exactly what the centralized state says (price, own, peers)
+    np.testing.assert_array_equal(memory_obs, distributed_view(central_obs))
+    np.testing.assert_array_equal(mqtt_obs, memory_obs)
     # distributed agents really heard each other over Mosquitto, nothing was late
     for stats in mqtt_env._runner.stats.values():
         assert stats["received"] >= STEPS * 3 and stats.get("late", 0) == 0
@@ -98,13 +115,19 @@ def _inject_garbage(env: MultiAgentMicrogrids) -> None:
 
 
 @pytest.mark.parametrize("transport", ["memory", pytest.param("mqtt", marks=pytest.mark.mqtt)])
-def test_bad_messages_are_rejected_counted_and_the_agents_keep_stepping(transport: str, request) -> None:
+def test_bad_messages_are_rejected_counted_and_the_agents_keep_stepping(transport: str, request,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
     broker = InMemoryBroker() if transport == "memory" else MqttBroker(request.getfixturevalue("mosquitto").url)
     env = MultiAgentMicrogrids({"centralized": False, "message_broker": broker, "max_episode_steps": 6})
     env.reset(seed=0)
-    _inject_garbage(env)
-    for _ in range(6):
-        obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
+    with caplog.at_level(logging.WARNING, logger="heron_edge.agents.proxy"):
+        _inject_garbage(env)
+        for _ in range(6):
+            obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
+    for agent in env.possible_agents:  # each rejection was logged, by the agent that rejected it
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{agent}: rejected a message")]
+        for reason in ("not_json", "schema", "unknown_kind", "expired"):
+            assert sum(f": {reason}:" in m for m in logged) == 1, (agent, reason, logged)
     for agent, stats in env._runner.stats.items():
         for reason in ("rejected_not_json", "rejected_schema", "rejected_unknown_kind", "rejected_expired"):
             assert stats.get(reason) == 1, (agent, reason, stats)
