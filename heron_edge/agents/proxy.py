@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -79,6 +80,7 @@ class ProxyAgent:
         self.next_step = 0
         self._price = 0.0
         self._price_step = -1
+        self.price_received_at = -math.inf  # time.monotonic() of the last price accepted for its step
         self._peer_exchange = np.zeros(len(self.peers))
         self._peer_step = [-1] * len(self.peers)  # a list, not an array: scalar updates on every message
         self.roles = roles
@@ -203,11 +205,16 @@ class ProxyAgent:
     def _complete(self, step: int) -> bool:
         return self._price_step == step and self._peer_step.count(step) == len(self._peer_step)
 
+    def take_queued(self, step: int) -> None:
+        """Handle whatever has arrived for ``step`` without waiting (e.g. a price re-sent on a repeated step)."""
+        assert self._reports is not None
+        for delivery in self._reports.drain():
+            self._handle(delivery.topic, delivery.payload, step)
+
     async def _receive(self, step: int) -> None:
         assert self._reports is not None
         deadline = time.monotonic() + self.step_timeout_s
-        for delivery in self._reports.drain():
-            self._handle(delivery.topic, delivery.payload, step)
+        self.take_queued(step)
         while not self._complete(step):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -242,6 +249,7 @@ class ProxyAgent:
             elif envelope.step == step:
                 self._price = body.price_usd_per_mwh + body.congestion_adder_usd_per_mwh
                 self._price_step = step
+                self.price_received_at = time.monotonic()
             else:
                 self.stats["stale"] += 1
             return

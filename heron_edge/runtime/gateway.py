@@ -162,7 +162,7 @@ class Gateway:
         self.done_step = -1
         self.last_action: np.ndarray | None = None
         self._dirty = False  # a failsafe cycle ran since the last completed step
-        self._last_upstream = time.monotonic()
+        self._started_at = time.monotonic()  # the upstream counts as heard at start
         self._clock_sub: Subscription | None = None
         self._cmd_sub: Subscription | None = None
         self._started = False
@@ -240,15 +240,14 @@ class Gateway:
                 await self._sleep(period)
             if self._stop.is_set():
                 return
-            if step is not None:
-                if step == self.done_step and not self._dirty:
-                    await self._publish_done(step)  # a repeated announcement: our done may have been lost
-                    continue
+            if step is not None and (step != self.done_step or self._dirty):
                 await self.cycle(step)
                 continue
-            # watchdog tick: no clock for a period
-            silent = time.monotonic() - self._last_upstream > self.config.failsafe.upstream_timeout_s
-            if not self.raw_broker.connected or silent:
+            if step is not None:  # a repeated announcement: our done may have been lost; the price may come again
+                self.proxy.take_queued(step)
+                await self._publish_done(step)
+            # no new step: the watchdog (the clock alone does not keep us out of failsafe, a price does)
+            if not self.raw_broker.connected or self._upstream_silent_s() > self.config.failsafe.upstream_timeout_s:
                 await self.cycle(self.step, watchdog=True)
 
     async def _next_clock(self, timeout: float) -> int | None:
@@ -268,8 +267,11 @@ class Gateway:
                 step = self._clock_step(d.payload)
                 if step is not None:
                     newest = step if newest is None else max(newest, step)
-        self._last_upstream = time.monotonic()
         return newest
+
+    def _upstream_silent_s(self) -> float:
+        """Seconds since the upstream's last price for its step (or since start)."""
+        return time.monotonic() - max(self._started_at, self.proxy.price_received_at)
 
     def _clock_step(self, payload: bytes) -> int | None:
         try:
@@ -330,11 +332,9 @@ class Gateway:
                 observation = await self.proxy.collect(step)
             except BrokerError as exc:
                 reasons["broker"] = f"coordination: {exc}"
-        if self.proxy.price_step == step and observation is not None:
-            self._last_upstream = time.monotonic()
         if not self.raw_broker.connected:
             reasons["broker"] = "disconnected"
-        silent_s = time.monotonic() - self._last_upstream
+        silent_s = self._upstream_silent_s()
         if silent_s > self.config.failsafe.upstream_timeout_s:
             reasons["upstream"] = f"no price from {self.config.upstream_id} for {silent_s:.1f} s"
         if self.failsafe.update(reasons):

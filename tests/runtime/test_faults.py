@@ -137,3 +137,19 @@ def test_malformed_and_forged_commands_rejected(mosquitto: MosquittoProcess, tmp
             await attacker.close()
 
     run_async(scenario(), timeout=90)
+
+
+def test_operator_gone_while_the_clock_runs_means_failsafe(mosquitto: MosquittoProcess, tmp_path: Path) -> None:
+    """The plant keeps announcing (repeating the step the dead operator never finished): the clock alone
+    must not keep the agents out of failsafe; no price for upstream_timeout_s does put them in it."""
+    async def scenario() -> None:
+        async with Rig(mosquitto.url, tmp_path, steps=50, upstream_timeout_s=1.0) as rig:
+            await wait_for(lambda: rig.steps_done >= 3, 20, "3 plant steps")
+            assert not any(g.failsafe.active for g in rig.gateways.values())
+            rig.op_runtime.stop()  # the operator process dies; the plant repeats its announcement meanwhile
+            took = await wait_for(lambda: all(g.failsafe.active for g in rig.gateways.values()), 10, "failsafe")
+            assert took < 1.0 + 2.0  # the upstream timeout plus a couple of repeats
+            for g in rig.gateways.values():
+                assert "upstream" in g.failsafe.reasons and "broker" not in g.failsafe.reasons
+
+    run_async(scenario(), timeout=60)
