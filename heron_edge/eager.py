@@ -5,7 +5,7 @@
 A coroutine that finishes without suspending (a publish to the in-memory broker) then costs a
 function call instead of a Task and a trip through the event loop; one that suspends (waiting for
 an MQTT PUBACK) continues as a Task, so waits still overlap. This is what Python 3.12's
-``asyncio.eager_task_factory`` does for every task; this package supports Python 3.10+.
+``asyncio.eager_task_factory`` does for every task; this package supports Python 3.11+.
 """
 from __future__ import annotations
 

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs (Debian mosquitto, a venv with the package and its
-# test extras) and runs the whole suite. Used by the README and by .ci/run.
+# Installs everything the test suite needs (Debian: mosquitto, and python3-venv where venv cannot
+# bootstrap pip; a venv with the package and its test extras) and runs the whole suite. Used by the
+# README and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "${#missing[@]}" -gt 0 ]; then
+    SUDO=(); [ "$(id -u)" -ne 0 ] && SUDO=(sudo -n)
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 VENV="${HERON_VENV:-.venv}"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+[ -x "$VENV/bin/pip" ] || python3 -m venv --clear "$VENV"  # --clear: a half-made venv is made again
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null
 "$VENV/bin/pip" install -q -e '.[sim,test]'
 export OPENBLAS_NUM_THREADS=1 PATH="$PATH:/usr/sbin"
