@@ -59,7 +59,8 @@ def run_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -
 
 
 async def gather_eagerly(*coros: Coroutine[Any, Any, T]) -> list[T]:
-    """Results of ``coros`` in order; the first exception propagates (the others are cancelled or closed)."""
+    """Results of ``coros`` in order; the first exception propagates once the others are cancelled
+    (those suspended) or closed (those not started)."""
     results: list[Any] = [None] * len(coros)
     pending: dict[int, asyncio.Future[T]] = {}
     started = 0
@@ -72,13 +73,14 @@ async def gather_eagerly(*coros: Coroutine[Any, Any, T]) -> list[T]:
                 results[i] = stop.value
                 continue
             pending[i] = asyncio.ensure_future(_resume(coro, yielded))
+        if pending:
+            for i, value in zip(pending, await asyncio.gather(*pending.values())):
+                results[i] = value
     except BaseException:
         for coro in coros[started:]:  # never started: close them so they do not warn
             coro.close()
-        for task in pending.values():
+        for task in pending.values():  # asyncio.gather leaves the others running: stop them
             task.cancel()
+        await asyncio.gather(*pending.values(), return_exceptions=True)
         raise
-    if pending:
-        for i, value in zip(pending, await asyncio.gather(*pending.values())):
-            results[i] = value
     return results

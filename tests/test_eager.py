@@ -55,13 +55,20 @@ def test_no_task_for_coroutines_that_finish_at_once() -> None:
 
 @pytest.mark.parametrize("bad", [failing, fail_after_sleep])
 def test_errors_propagate_and_nothing_is_left_running(bad) -> None:
+    finished = []
+
+    async def slow() -> int:
+        await asyncio.sleep(0.3)
+        finished.append(True)
+        return 1
+
     async def main() -> set:
         with pytest.raises(ValueError, match="boom"):
-            await gather_eagerly(sleeping(1, 0.05), bad("boom"), immediate(3))
-        await asyncio.sleep(0.1)
+            await gather_eagerly(slow(), bad("boom"), immediate(3))
         return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
 
-    assert asyncio.run(main()) == set()
+    assert asyncio.run(main()) == set()  # nothing left running once the error is out
+    assert finished == []  # the slow one was cancelled, not left to finish
 
 
 def test_cancellation_reaches_the_suspended_coroutines() -> None:

@@ -32,16 +32,19 @@ class SystemOperator:
         self.roles = OperatorRoles(coordination, Link(broker, site=site, agent_id=agent_id, timeout_s=step_timeout_s))
         self.stats: Counter[str] = Counter()
         self._telemetry: Subscription | None = None
+        self._started = False
         self._needs = np.zeros(len(coordination.names))
         self._index = {name: i for i, name in enumerate(coordination.names)}
 
     async def start(self) -> None:
-        """Subscribe what the operator listens to (idempotent)."""
-        if self._telemetry is None:
-            await self.broker.connect()
-            await self.roles.prepare()
-            if self.coordination.setpoint:
-                self._telemetry = await self.broker.subscribe(agent_filter(self.site, "telemetry"))
+        """Subscribe what the operator listens to (idempotent: every step calls it)."""
+        if self._started:
+            return
+        await self.broker.connect()
+        await self.roles.prepare()
+        if self.coordination.setpoint:
+            self._telemetry = await self.broker.subscribe(agent_filter(self.site, "telemetry"))
+        self._started = True
 
     def reset(self, step: int) -> None:
         self.roles.reset(step)
@@ -86,7 +89,8 @@ class SystemOperator:
                 self.stats["stale"] += 1
                 continue
             values = envelope.body.values
-            self._needs[i] = values.get("load_mw", 0.0) - values.get("pv_mw", 0.0) - values.get("wind_mw", 0.0)
+            self._needs[i] = self.coordination.needs_mw(values.get("load_mw", 0.0), values.get("pv_mw", 0.0),
+                                                        values.get("wind_mw", 0.0))
             fresh[i] = True
         return self._needs.copy()
 
@@ -94,4 +98,5 @@ class SystemOperator:
         if self._telemetry is not None:
             await self.broker.unsubscribe(self._telemetry)
             self._telemetry = None
+        self._started = False
         await self.roles.link.close()
