@@ -136,6 +136,8 @@ class RulePolicy:
         price = float(observation[2]) * PRICE_SCALE
         self._prices.append(price)
         generator_mw = self.generator_mw(price)
+        if "dispatch_mw" in self.protocol_features:  # the agreed dispatch replaces the price rule, before the battery sizes
+            generator_mw = min(max(self._feature(observation, "dispatch_mw"), 0.0), self.generator_p_max_mw)
         curtail = 1.0 if price < 0.0 else 0.0
         battery = 0.0
         if price < 0.0:
@@ -148,8 +150,6 @@ class RulePolicy:
             elif price >= np.quantile(history, self.discharge_quantile) and price * self.round_trip_efficiency > low:
                 net_load_mw = float(local[0] - local[1] - local[2]) - generator_mw
                 battery = min(max(net_load_mw, 0.0) / self.battery_p_max_mw, 1.0)
-        if "dispatch_mw" in self.protocol_features:
-            generator_mw = min(max(self._feature(observation, "dispatch_mw"), 0.0), self.generator_p_max_mw)
         if "setpoint_mw" in self.protocol_features:
             used = 0.0 if curtail else float(local[1] + local[2])
             cover_mw = float(local[0]) - used - generator_mw - self._feature(observation, "setpoint_mw")

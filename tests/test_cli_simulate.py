@@ -187,3 +187,20 @@ def test_random_policy_is_seeded_and_inside_bounds() -> None:
     draws = np.array([a.act(np.zeros(30)) for _ in range(200)])
     np.testing.assert_array_equal(draws, [b.act(np.zeros(30)) for _ in range(200)])
     assert (draws >= low).all() and (draws <= high).all() and (draws[:, 0] < 0).any()
+
+
+def test_rule_policy_sizes_the_battery_after_the_agreed_dispatch() -> None:
+    """With consensus, the battery covers what the dispatched generator does not: it never exports."""
+    policy = RulePolicy(agent_index=0, n_agents=3, layout="distributed", battery_p_max_mw=1.0, generator_p_max_mw=1.0,
+                        cost_a_usd_per_mw2h=0.0, cost_b_usd_per_mwh=1000.0, min_history=1,
+                        protocol_features=("dispatch_mw",))
+    obs = np.zeros(policy.obs_size, np.float32)
+    obs[3] = 0.8  # load 0.8 MW, no PV, no wind
+    obs[-1] = 0.6  # the agreed dispatch
+    obs[2] = 0.1
+    for _ in range(3):
+        policy.act(obs)  # a price history of 10 USD/MWh
+    obs[2] = 1.0  # then 100 USD/MWh: a discharge price
+    battery, generator, *_ = policy.act(obs)
+    assert generator == pytest.approx(0.6)
+    assert battery == pytest.approx(0.2)  # 0.8 - 0.6, not the whole 0.8 (which exported 0.6 MW)
