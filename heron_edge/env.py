@@ -217,11 +217,12 @@ class MultiAgentMicrogrids(ParallelEnv):
         return infos
 
     def state(self) -> np.ndarray:
-        """The global state vector (context and every microgrid's local features), whatever the mode."""
+        """The global state vector (context with the signalled price, every microgrid's local features), whatever the mode."""
         plant = self.plant
-        assert plant.last is not None, "reset() first"
+        signals = self._signals if self._runner is None else self._runner.signals
+        assert plant.last is not None and signals is not None, "reset() first"
         ob.local_features(plant.last, plant.forecast(), self._local)
-        ob.context(plant.t, plant.profiles.steps_per_day, plant.price(), self._context)
+        ob.context(plant.t, plant.profiles.steps_per_day, signals.price.total_usd_per_mwh, self._context)
         return np.concatenate([self._context, self._local.reshape(-1)]).astype(np.float32)
 
     def render(self) -> None:

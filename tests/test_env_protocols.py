@@ -100,6 +100,21 @@ def test_price_signal_adds_congestion_and_bills_it() -> None:
         assert s_info["mg1"]["price_usd_per_mwh"] == pytest.approx(p_info["mg1"]["price_usd_per_mwh"] + adder)
 
 
+@pytest.mark.parametrize("centralized", [True, False])
+def test_state_carries_the_price_the_agents_see(centralized: bool) -> None:
+    env = MultiAgentMicrogrids({"centralized": centralized, "max_episode_steps": 12, "protocol": "price_signal",
+                                "protocol_options": {"price_signal": {"congestion_threshold_pu": 0.0,
+                                                                      "congestion_adder_usd_per_mwh": 100.0}}})
+    obs, _ = env.reset(seed=5)
+    for _ in range(4):
+        obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.agents})
+        state = env.state()
+        assert state[2] != np.float32(env.plant.price() / 100.0)  # an adder runs: the raw hourly price is not it
+        assert all(state[2] == o[2] for o in obs.values())
+        np.testing.assert_array_equal(state[3:11], obs["mg1"][3:11])
+    env.close()
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
