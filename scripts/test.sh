@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the test suite needs (Debian: mosquitto, and python3-venv where venv cannot
+# Installs everything the test suite needs (Debian: mosquitto, openssl, and python3-venv where venv cannot
 # bootstrap pip; a venv with the package and its test extras) and runs the whole suite. Used by the
 # README and by .ci/run.
 set -euo pipefail
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the TLS tests make certificates with it
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then

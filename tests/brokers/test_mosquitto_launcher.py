@@ -26,6 +26,7 @@ def test_start_stop_restart_on_the_same_port() -> None:
         assert accepts(proc.port)
         config = (proc.log_path.parent / "mosquitto.conf").read_text()
         assert f"listener {proc.port} 127.0.0.1" in config and "set_tcp_nodelay true" in config
+        assert "allow_anonymous true" in config
         port, first_pid = proc.port, proc.pid
         proc.kill()
         assert not proc.running and proc.pid is None and not accepts(port)

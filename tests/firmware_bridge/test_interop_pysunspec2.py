@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import sunspec2.modbus.client
 
 from firmware_bridge import Emulator, ModbusDevice, ModbusDeviceConfig
 from firmware_bridge.models import BatteryModel, PVInverterModel, battery_nameplate, inverter_nameplate
@@ -11,7 +12,7 @@ from firmware_bridge.sunspec import ModelView
 from tests.firmware_bridge.conftest import run
 
 pytestmark = pytest.mark.modbus
-client_module = pytest.importorskip("sunspec2.modbus.client")
+client_module = sunspec2.modbus.client
 
 
 def _pysunspec2_points(model: object) -> dict[str, object]:

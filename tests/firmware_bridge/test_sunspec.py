@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+import sunspec2  # pysunspec2, a test dependency: the reference for every point
 
 from firmware_bridge.sunspec import (
     BASE_ADDRESS,
@@ -26,7 +27,6 @@ from firmware_bridge.sunspec_models import MODELS
 
 
 def _sunspec_json(model_id: int) -> dict:
-    sunspec2 = pytest.importorskip("sunspec2")
     path = Path(sunspec2.__file__).parent / "models" / "json" / f"model_{model_id}.json"
     return json.loads(path.read_text())
 

@@ -49,8 +49,8 @@ def test_gateways_and_operator_meet_on_the_timer_clock(mosquitto: MosquittoProce
                 assert not any(r["failsafe"] for r in settled), f"{name}: failsafe on the timer clock"
                 assert all(r["step"] in ledger for r in settled), f"{name}: a step the operator never priced"
                 assert g.proxy.price_step in (steps[-1], steps[-1] + 1)
-                # price and peers arrive within milliseconds of the boundary: at most one slow step under load
-                assert g.counters().get("late", 0) - late_at_start[name] <= 1, (name, g.counters())
+                # price and peers arrive within milliseconds of the boundary: at most two slow steps under load
+                assert g.counters().get("late", 0) - late_at_start[name] <= 2, (name, g.counters())
             for row in ledger.values():
                 assert row["price_usd_per_mwh"] == rig.wall_price(row["step"])
             assert rig.op_runtime.stats["steps"] >= 12 and not rig.op_runtime.stats["step_failed"]

@@ -54,7 +54,7 @@ def test_timer_steps_once_each_at_the_start_of_its_period() -> None:
     steps = [s for s, _ in seen]
     assert steps == list(range(steps[0], steps[0] + 6))  # consecutive, none twice
     for step, at in seen[1:]:  # after the first (joined mid-period) every step starts at its boundary
-        assert step * period <= at < step * period + period / 2, (step, at - step * period)
+        assert step * period <= at < (step + 1) * period, (step, at - step * period)  # inside its own period
 
 
 def test_timer_steps_skip_periods_that_passed() -> None:

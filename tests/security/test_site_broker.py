@@ -15,7 +15,7 @@ from heron_edge.messages import (
 )
 from heron_edge.security import CommandRejected
 from heron_edge.security.certs import make_ca
-from tests.conftest import run_async
+from tests.conftest import require_mosquitto, run_async
 from tests.security.conftest import OPERATOR, SITE, Site
 
 pytestmark = pytest.mark.mqtt
@@ -173,6 +173,7 @@ def test_server_certificate_names_localhost_and_the_loopback_ip(site: Site) -> N
 @paho_handshake_leak
 def test_required_client_certificates(tmp_path: Path) -> None:
     """With require_certificate the password alone is not enough: the site's client certificate is needed too."""
+    require_mosquitto()
     from heron_edge.security import write_broker_config
     from heron_edge.security.launch import free_port, running_site_mosquitto
     from tests.security.conftest import site_config
