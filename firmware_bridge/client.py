@@ -196,7 +196,7 @@ class ModbusDevice:
         locations: list[ModelLocation] = []
         address, (model_id, length) = base + 2, head[2:4]
         while model_id != END_MODEL_ID:
-            if len(locations) >= _MAX_MODELS or address + 2 + length > 0x10000:
+            if len(locations) >= _MAX_MODELS or address + 2 + length + 2 > 0x10000:  # room for the next header
                 raise NotSunSpecError(f"{self.config.link_name}: broken SunSpec model chain after {locations}")
             locations.append(ModelLocation(model_id, address, length))
             address += 2 + length

@@ -114,6 +114,9 @@ class ModbusLink:
         if not ok:
             client.close()
             raise DeviceConnectionError(f"{self.config.link_name}: cannot connect")
+        if self._closed:  # closed while connecting
+            client.close()
+            raise DeviceClosedError(f"{self.config.link_name}: link is closed")
         self._client = client
         return client
 
@@ -159,13 +162,13 @@ class ModbusLink:
         return response
 
     async def _request(self, what: str, call: Callable[[_Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        if self._closed:
-            raise DeviceClosedError(f"{self.config.link_name}: link is closed")
         c = self.config
         async with self._lock:
             for attempt in range(c.retries + 1):
                 if attempt:
                     await asyncio.sleep(min(c.backoff_s * 2 ** (attempt - 1), c.backoff_max_s))
+                if self._closed:  # checked before every attempt: a close during a retry must not reconnect
+                    raise DeviceClosedError(f"{self.config.link_name}: link is closed")
                 try:
                     return await self._once(what, call)
                 except DeviceExceptionResponse as exc:

@@ -110,3 +110,20 @@ def test_a_device_without_setpoint_control_is_never_written() -> None:
             assert context.writes == []
 
     run(scenario())
+
+
+def test_a_model_chain_that_ends_at_the_top_of_the_address_space() -> None:
+    """A chain whose last model fills the map up to 65535 leaves no room for the end marker: our own
+    NotSunSpecError, never pymodbus's ValueError for address 65536."""
+    async def scenario() -> None:
+        base = 0x10000 - 2 - 2 - 12  # 'SunS', then model 1 claiming 12 registers up to 65535
+        async with plain_server(base, [*SUNS_MARKER, 1, 12] + [0] * 12) as (port, context):
+            config = ModbusDeviceConfig(port=port, timeout_s=0.3, retries=0, base_address=base)
+            async with ModbusDevice(config) as device:
+                with pytest.raises(NotSunSpecError, match="broken SunSpec model chain"):
+                    await device.discover()
+                t = await device.read_telemetry()
+                assert t.stale and t.p_w is None
+            assert context.writes == []
+
+    run(scenario())

@@ -261,3 +261,21 @@ def test_config_is_validated() -> None:
         ModbusDeviceConfig(unit_id=0)
     with pytest.raises(ValueError):
         ModbusDeviceConfig(port=502, timeout=3)  # type: ignore[call-arg]  # unknown key
+
+
+def test_a_link_closed_during_its_retries_does_not_reconnect() -> None:
+    """close() while a request waits out its backoff: the request ends with DeviceClosedError, and the
+    link opens no new connection, even when the device has come up meanwhile."""
+    async def scenario() -> None:
+        async with battery_emulator() as emu:
+            port = emu.port
+        link = ModbusLink(config(port, retries=3, backoff_s=0.2))  # nothing listens on the port now
+        request = asyncio.ensure_future(link.read(40000, 2, unit_id=1))
+        await asyncio.sleep(0.1)  # the first attempt failed; the link waits out its backoff
+        async with battery_emulator(port=port):  # the device is back
+            await link.close()
+            with pytest.raises(DeviceClosedError):
+                await request
+            assert not link.connected and link.stats.connects == 1
+
+    run(scenario())
