@@ -28,7 +28,8 @@ from heron_edge.agents.microgrid import MicrogridAgent
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import MicrogridRoles
 from heron_edge.messages import (
-    DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_topic, bus_topic, decode, encode, make_envelope,
+    DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_filter, agent_topic, bus_topic, decode, encode,
+    make_envelope,
 )
 from heron_edge.protocols import Clearing
 
@@ -89,7 +90,7 @@ class ProxyAgent:
         self.dispatch_mw: float | None = None
         self.consensus_rounds = 0
         self.last_clearing: Clearing | None = None
-        self._reports: Subscription | None = None
+        self._streams: tuple[Subscription, Subscription] | None = None  # (price, every agent's telemetry)
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
         self._price_topic = bus_topic(site, "price")
         self._peer_of_topic = {agent_topic(site, p, "telemetry"): i for i, p in enumerate(self.peers)}
@@ -111,29 +112,32 @@ class ProxyAgent:
         return self._n_observation
 
     async def start(self) -> None:
-        """Connect, subscribe to the bus and peers' reports (and our commands), announce ourselves online."""
-        if self._reports is not None:
+        """Connect, subscribe to the price and the peers' telemetry (and, through the roles, our commands),
+        announce ourselves online."""
+        if self._streams is not None:
             return
         await self.broker.connect()
-        # QoS 0 for this per-step stream (price, peers' telemetry; publishers still send at QoS 1):
-        # sessions start clean, so a QoS 1 delivery is never resent and its PUBACK would buy nothing;
-        # what does not arrive is the step timeout's business (last value, counted late).
-        self._reports = await self.broker.subscribe(f"heron/{self.site}/+/+", qos=0)
+        # QoS 0 for these per-step streams (publishers still send at QoS 1): sessions start clean, so a
+        # QoS 1 delivery is never resent and its PUBACK would buy nothing; what does not arrive is the
+        # step timeout's business (last value, counted late).
+        self._streams = (await self.broker.subscribe(self._price_topic, qos=0),
+                         await self.broker.subscribe(agent_filter(self.site, "telemetry"), qos=0))
         if self.roles:
             await self.roles.prepare()  # commands (setpoints), market and consensus arrive on the roles' link
         await self._publish_status("online")
 
     async def close(self) -> None:
         """Say offline and drop our subscriptions (closing twice is harmless)."""
-        if self._reports is None:
+        if self._streams is None:
             return
         try:
             await self._publish_status("offline")
-            await self.broker.unsubscribe(self._reports)
+            for stream in self._streams:
+                await self.broker.unsubscribe(stream)
             if self.roles:
                 await self.roles.link.close()
         finally:
-            self._reports = None
+            self._streams = None
 
     async def _publish_status(self, state: str) -> None:
         counters = {k: int(v) for k, v in self.stats.items()}
@@ -179,7 +183,7 @@ class ProxyAgent:
 
     async def report(self, step: int) -> None:
         """Read the local devices and publish them as telemetry for ``step`` (peers use our exchange)."""
-        if self._reports is None:
+        if self._streams is None:
             await self.start()
         self.next_step = step
         self._local = await self.actual_agent.observe_local()
@@ -207,12 +211,14 @@ class ProxyAgent:
 
     def take_queued(self, step: int) -> None:
         """Handle whatever has arrived for ``step`` without waiting (e.g. a price re-sent on a repeated step)."""
-        assert self._reports is not None
-        for delivery in self._reports.drain():
-            self._handle(delivery.topic, delivery.payload, step)
+        assert self._streams is not None
+        for stream in self._streams:
+            for delivery in stream.drain():
+                self._handle(delivery.topic, delivery.payload, step)
 
     async def _receive(self, step: int) -> None:
-        assert self._reports is not None
+        assert self._streams is not None
+        price, telemetry = self._streams
         deadline = time.monotonic() + self.step_timeout_s
         self.take_queued(step)
         while not self._complete(step):
@@ -222,13 +228,12 @@ class ProxyAgent:
                 log.warning("%s: step %d incomplete after %.2fs (price step %d, peers %s); using last values",
                             self.agent_id, step, self.step_timeout_s, self._price_step, self._peer_step)
                 return
-            try:
-                delivery = await self._reports.get(timeout=remaining)
+            try:  # wait on whichever is still missing, then take everything that came
+                delivery = await (price if self._price_step != step else telemetry).get(timeout=remaining)
             except (TimeoutError, asyncio.TimeoutError):
                 continue
             self._handle(delivery.topic, delivery.payload, step)
-            for delivery in self._reports.drain():
-                self._handle(delivery.topic, delivery.payload, step)
+            self.take_queued(step)
 
     def _handle(self, topic: str, payload: bytes, step: int) -> None:
         """Decode one delivery and keep what it says; anything unusable is rejected and counted."""
@@ -265,4 +270,4 @@ class ProxyAgent:
             self._peer_exchange[i] = body.values.get("exchange_mw", self._peer_exchange[i])
             self._peer_step[i] = step
             return
-        self.stats["ignored"] += 1  # well-formed, but nothing this agent uses (status, other buses)
+        self.stats["ignored"] += 1  # well-formed, but not a price or telemetry (e.g. another body on these topics)
