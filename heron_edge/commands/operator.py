@@ -10,6 +10,10 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sim.scenario import Scenario
 
 PROTOCOLS = ("setpoint", "price_signal", "p2p_trading", "consensus")
 
@@ -50,8 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM / SIGINT; 2 on a bad protocol configuration."""
-    from heron_edge.errors import ConfigError
+    """Serve until SIGTERM / SIGINT; 2 on a bad scenario or protocol configuration, 1 when the broker
+    cannot be reached at start (a one-line error, no traceback)."""
+    from heron_edge.commands.simulate import ScenarioError, _load_scenario
+    from heron_edge.errors import BrokerError, ConfigError
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -60,14 +66,18 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--protocol-options must be a JSON object")
         if not args.period_s > 0:
             raise ConfigError("--period-s must be positive")
-        asyncio.run(_main(args, options))
-    except (ConfigError, json.JSONDecodeError) as exc:
+        scenario = _load_scenario(args.scenario)
+        asyncio.run(_main(args, scenario, options))
+    except (ConfigError, ScenarioError, json.JSONDecodeError) as exc:
         print(f"heron-edge operator: error: {exc}", file=sys.stderr)
         return 2
+    except BrokerError as exc:
+        print(f"heron-edge operator: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
-async def _main(args: argparse.Namespace, options: dict[str, dict[str, object]]) -> None:
+async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str, dict[str, object]]) -> None:
     from heron_edge.agents import SystemOperator
     from heron_edge.brokers import Broker
     from heron_edge.coordination import Coordination
@@ -76,9 +86,7 @@ async def _main(args: argparse.Namespace, options: dict[str, dict[str, object]])
     from heron_edge.runtime.secure import SigningBroker, broker_from_args, signer_from_env
     from heron_edge.runtime.wallclock import hour_of_year_index
     from sim.profiles import load_profiles
-    from sim.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario)
     prices = load_profiles(args.year, [scenario.price_profile], scenario.step_hours).series[scenario.price_profile]
     broker = broker_from_args(args, client_id=f"heron-{args.site}-{args.id}",
                               status_topic=agent_topic(args.site, args.id, "status"), reconnect_max_delay_s=1.0)

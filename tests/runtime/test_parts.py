@@ -1,6 +1,7 @@
 """The runtime's parts without a broker: outbox, config, meter map, failsafe commands, agent config files."""
 from __future__ import annotations
 
+import socket
 import tomllib
 from pathlib import Path
 
@@ -128,3 +129,17 @@ def test_agent_cli_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     path.write_text(data)
     assert main(["agent", "--config", str(path)]) == 2
     assert "site" in capsys.readouterr().err
+
+
+def test_operator_cli_start_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad scenario exits 2, an unreachable broker 1; each with one clear line, not a traceback."""
+    from heron_edge.cli import main
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["operator", "--broker", f"mqtt://127.0.0.1:{port}", "--scenario", "no_such_grid"]) == 2
+    assert "no scenario named 'no_such_grid'" in capsys.readouterr().err
+    assert main(["operator", "--broker", f"mqtt://127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot connect" in err and "Traceback" not in err
