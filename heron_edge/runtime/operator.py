@@ -137,6 +137,7 @@ class CoordinationService:
         self.meter = meter
         self.ledger = ledger
         self._loading: dict[int, float] = {}
+        self._last_step: int | None = None
 
     async def start(self) -> None:
         await self.operator.start()
@@ -150,6 +151,9 @@ class CoordinationService:
         return c.head_loading_from_mw(await self.meter.reading(step))
 
     async def on_step(self, step: int) -> None:
+        if self._last_step is not None and step < self._last_step:  # the clock went back: a new episode (SIL days)
+            self.operator.reset(step)  # as the gateways do: no protocol state or kept message carries over
+        self._last_step = step
         loading = await self._head_loading(step)
         self._loading = {step: loading}
         price, setpoints = await self.operator.before_decision(step, self.price_of(step), loading)

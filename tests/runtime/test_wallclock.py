@@ -134,3 +134,23 @@ def test_operator_clock_settings_are_checked() -> None:
         OperatorRuntime(broker, site="s", operator_id="op", services=[], clock="cron")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="period_s"):
         OperatorRuntime(broker, site="s", operator_id="op", services=[], clock="timer", period_s=0.0)
+
+
+def test_the_operator_starts_a_new_episode_when_the_step_goes_back() -> None:
+    scenario = load_scenario("ieee34_3x13")
+
+    async def run() -> list[tuple[int, bool]]:
+        broker = InMemoryBroker()
+        await broker.connect()
+        operator = SystemOperator(UPSTREAM_ID, broker, Coordination(scenario, None, {}), site="s", step_timeout_s=0.05)
+        service = CoordinationService(operator, lambda step: 30.0)
+        await service.start()
+        link = operator.roles.link
+        seen = []
+        for step in (10, 11, 5):
+            link.memory["kept"] = step  # protocol state remembered between steps
+            await service.on_step(step)
+            seen.append((link.step, "kept" in link.memory))
+        return seen
+
+    assert run_async(run(), timeout=10) == [(10, True), (11, True), (5, False)]
