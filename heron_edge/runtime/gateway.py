@@ -309,7 +309,6 @@ class Gateway:
             self.stats["episodes"] += 1
         self.step = step
         connected = await self._ensure_connected()
-        self._drain_commands()
         if connected:
             try:
                 self.stats["outbox_sent"] += await self.broker.flush()
@@ -326,12 +325,15 @@ class Gateway:
             device_ok = False
             reasons["device"] = str(exc)
         observation: np.ndarray | None = None
+        coordinated = False
         if connected and self.raw_broker.connected and not watchdog:
             try:
                 await self.proxy.coordinate(step)  # setpoint, consensus (no-op without coordination)
+                coordinated = True
                 observation = await self.proxy.collect(step)
             except BrokerError as exc:
                 reasons["broker"] = f"coordination: {exc}"
+        self._drain_commands()  # after the waits: a setpoint sent in answer to this step's telemetry counts now
         if not self.raw_broker.connected:
             reasons["broker"] = "disconnected"
         silent_s = self._upstream_silent_s()
@@ -365,7 +367,7 @@ class Gateway:
                     self.stats["settle_failed"] += 1
                     log.warning("%s: market: %s", self.agent_id, exc)
         if not watchdog and self.config.journal_file:
-            self._journal(step, action)
+            self._journal(step, action, coordinated)
         if watchdog:
             self._dirty = True  # the devices now hold failsafe commands: a repeated announcement re-runs the step
         else:
@@ -383,13 +385,15 @@ class Gateway:
         if not watchdog and self.config.cycle.clock == "bus":
             await self._publish_done(step)
 
-    def _journal(self, step: int, action: np.ndarray | None) -> None:
-        """One JSON line: the step, failsafe or not, what the protocols said, the action taken."""
+    def _journal(self, step: int, action: np.ndarray | None, coordinated: bool) -> None:
+        """One JSON line: the step, failsafe or not, what the protocols said this step (None when they did
+        not run: not the last step's values), the action taken."""
         clearing = self.proxy.last_clearing if action is not None else None
+        p = self.proxy
         row = {"step": step, "failsafe": action is None,
                "action": None if action is None else [float(a) for a in action],
-               "setpoint_mw": self.proxy.setpoint_mw, "dispatch_mw": self.proxy.dispatch_mw,
-               "consensus_rounds": self.proxy.consensus_rounds,
+               "setpoint_mw": p.setpoint_mw if coordinated else None, "dispatch_mw": p.dispatch_mw if coordinated else None,
+               "consensus_rounds": p.consensus_rounds if coordinated else 0,
                "traded_mw": float(clearing.net_mw([self.agent_id])[0]) if clearing is not None else None,
                "clearing_price_usd_per_mwh": clearing.price_usd_per_mwh if clearing is not None else None}
         assert self.config.journal_file is not None
