@@ -47,6 +47,9 @@ __all__ = ["CycleTiming", "Gateway", "OutboxBroker", "make_broker"]
 
 log = logging.getLogger(__name__)
 
+_FLUSH_SHARE = 0.25
+"""The share of a cycle's period the outbox backlog may take."""
+
 
 def make_broker(config: GatewayConfig) -> MqttBroker:
     """The gateway's MqttBroker: one client id per gateway, the password from the environment, last will offline."""
@@ -92,11 +95,11 @@ class OutboxBroker(BrokerWrapper):
                 log.info("telemetry to the outbox: %s", exc)
         self.outbox.add(topic, data)
 
-    async def flush(self) -> int:
-        """Send the outbox in order (stops at the first failure); returns how many went out."""
+    async def flush(self, budget_s: float) -> int:
+        """Send the outbox in order for at most ``budget_s`` (stops at the first failure); how many went out."""
         if len(self.outbox) == 0 or not self.inner.connected:
             return 0
-        return await self.outbox.flush(lambda topic, data: self.inner.publish(topic, data, qos=1))
+        return await self.outbox.flush(lambda topic, data: self.inner.publish(topic, data, qos=1), budget_s=budget_s)
 
 
 @dataclass
@@ -311,7 +314,8 @@ class Gateway:
         connected = await self._ensure_connected()
         if connected:
             try:
-                self.stats["outbox_sent"] += await self.broker.flush()
+                # a share of the period: a long outage's backlog drains over cycles, never stalls one
+                self.stats["outbox_sent"] += await self.broker.flush(_FLUSH_SHARE * self.config.cycle.period_s)
             except BrokerError:
                 pass
         reasons: dict[str, str] = {}

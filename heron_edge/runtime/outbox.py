@@ -8,6 +8,7 @@ in ``overflow``. The file survives a restart of the gateway.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -31,14 +32,15 @@ class Outbox:
                          " payload BLOB NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._count = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        row = self._db.execute("SELECT value FROM counters WHERE name='overflow'").fetchone()
+        self._overflow = int(row[0]) if row else 0
         self.queued = 0
         self.sent = 0
 
     @property
     def overflow(self) -> int:
-        """Records dropped because the outbox was full (persisted across restarts)."""
-        row = self._db.execute("SELECT value FROM counters WHERE name='overflow'").fetchone()
-        return int(row[0]) if row else 0
+        """Records dropped because the outbox was full (persisted across restarts; read once, kept in memory)."""
+        return self._overflow
 
     def __len__(self) -> int:
         return self._count
@@ -52,19 +54,25 @@ class Outbox:
                 self._db.execute("INSERT INTO counters VALUES ('overflow', ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
                                  (excess, excess))
                 self._count -= excess
+                self._overflow += excess
             self._db.execute("INSERT INTO outbox (topic, payload) VALUES (?, ?)", (topic, payload))
         self._count += 1
         self.queued += 1
 
-    async def flush(self, publish: Callable[[str, bytes], Awaitable[None]], *, batch: int = 100) -> int:
-        """Publish records oldest first until empty or ``publish`` raises BrokerError; returns how many were sent."""
+    async def flush(self, publish: Callable[[str, bytes], Awaitable[None]], *, batch: int = 100,
+                    budget_s: float | None = None) -> int:
+        """Publish records oldest first until empty, ``publish`` raises BrokerError or ``budget_s`` seconds
+        have passed (the rest waits for the next call); returns how many were sent."""
         sent = 0
-        while self._count:
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        while self._count and (deadline is None or time.monotonic() < deadline):
             rows = self._db.execute("SELECT id, topic, payload FROM outbox ORDER BY id LIMIT ?", (batch,)).fetchall()
             if not rows:
                 self._count = 0
                 break
             for key, topic, payload in rows:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return sent
                 try:
                     await publish(topic, bytes(payload))
                 except BrokerError:

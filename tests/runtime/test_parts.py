@@ -1,6 +1,7 @@
 """The runtime's parts without a broker: outbox, config, meter map, failsafe commands, agent config files."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import tomllib
 from pathlib import Path
@@ -43,6 +44,25 @@ def test_outbox_keeps_order_bound_and_resumes(tmp_path: Path) -> None:
     assert len(reopened) == 0
     reopened.close()
     reopened.close()
+
+
+def test_outbox_flush_keeps_to_its_time_budget(tmp_path: Path) -> None:
+    """A long backlog over a slow link drains over several calls instead of stalling one cycle."""
+    box = Outbox(tmp_path / "o.sqlite")
+    for i in range(50):
+        box.add("t", f"m{i}".encode())
+    sent: list[bytes] = []
+
+    async def slow(topic: str, payload: bytes) -> None:
+        await asyncio.sleep(0.01)  # a 10 ms round trip
+        sent.append(payload)
+
+    first = run_async(box.flush(slow, budget_s=0.1))
+    assert 3 <= first < 50 and len(box) == 50 - first
+    while len(box):
+        run_async(box.flush(slow, budget_s=0.1))
+    assert sent == [f"m{i}".encode() for i in range(50)]  # in order, each once
+    box.close()
 
 
 def test_meter_roundtrip_is_float64_exact() -> None:
