@@ -57,7 +57,11 @@ class DistributedRunner:
         self.signals: Signals | None = None
         self._loop = asyncio.new_event_loop()
         self._observations: list[np.ndarray] = []
-        self._loop.run_until_complete(self._start())
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException:  # e.g. the broker cannot be reached: leave nothing open behind the error
+            self.close()
+            raise
 
     async def _start(self) -> None:
         await self.broker.connect()
@@ -123,10 +127,12 @@ class DistributedRunner:
             return
 
         async def _close() -> None:
-            for proxy in self.proxies:
-                await proxy.close()
-            await self.operator.close()
-            await self.broker.close()
+            try:
+                for proxy in self.proxies:
+                    await proxy.close()
+                await self.operator.close()
+            finally:
+                await self.broker.close()  # whatever the agents managed, the connection goes
 
         try:
             self._loop.run_until_complete(_close())

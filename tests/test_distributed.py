@@ -187,3 +187,30 @@ def test_messages_from_another_step_never_count_as_fresh() -> None:
     assert all(abs(o[2] * 100 - env.plant.price()) < 1e-3 for o in obs.values())
     assert all(s["stale"] >= 1 and s.get("late", 0) == 0 for s in runner.stats.values())
     env.close()
+
+
+def test_an_unreachable_broker_fails_the_constructor_and_leaves_nothing_open() -> None:
+    import gc
+    import socket
+    import warnings
+
+    from heron_edge.errors import BrokerError
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(BrokerError, match="cannot connect"):
+            MultiAgentMicrogrids({"centralized": False, "message_broker": MqttBroker(f"mqtt://127.0.0.1:{port}")})
+        gc.collect()
+    assert not [w for w in caught if "unclosed event loop" in str(w.message)]
+
+
+def test_close_after_the_broker_is_gone_still_closes_everything() -> None:
+    env = MultiAgentMicrogrids({"centralized": False, "max_episode_steps": 2})
+    env.reset(seed=0)
+    runner = env._runner
+    runner._loop.run_until_complete(runner.broker.close())  # the broker went away under the agents
+    env.close()  # no BrokerError for the lost "offline" status; the loop is closed
+    assert runner._loop.is_closed()

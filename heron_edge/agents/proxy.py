@@ -27,6 +27,7 @@ from heron_edge import observations as ob
 from heron_edge.agents.microgrid import MicrogridAgent
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import MicrogridRoles
+from heron_edge.errors import BrokerError
 from heron_edge.messages import (
     DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_filter, agent_topic, bus_topic, decode, encode,
     make_envelope,
@@ -130,14 +131,15 @@ class ProxyAgent:
         """Say offline and drop our subscriptions (closing twice is harmless)."""
         if self._streams is None:
             return
+        streams, self._streams = self._streams, None
         try:
             await self._publish_status("offline")
-            for stream in self._streams:
-                await self.broker.unsubscribe(stream)
-            if self.roles:
-                await self.roles.link.close()
-        finally:
-            self._streams = None
+        except BrokerError as exc:  # the broker is gone: still drop what we hold
+            log.info("%s: offline status not sent: %s", self.agent_id, exc)
+        for stream in streams:
+            await self.broker.unsubscribe(stream)
+        if self.roles:
+            await self.roles.link.close()
 
     async def _publish_status(self, state: str) -> None:
         counters = {k: int(v) for k, v in self.stats.items()}
