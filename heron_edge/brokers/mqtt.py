@@ -45,7 +45,7 @@ from heron_edge.brokers.base import (
     validate_topic,
 )
 from heron_edge.errors import BrokerError, ConfigError
-from heron_edge.messages import StatusBody, encode, make_envelope, parse_topic
+from heron_edge.messages import offline_will, parse_topic
 
 __all__ = ["MqttBroker", "TlsOptions", "is_loopback_host"]
 
@@ -199,8 +199,7 @@ class MqttBroker:
             parts = parse_topic(status_topic)
             if parts is None or parts.agent_id is None or parts.command or parts.kind != "status":
                 raise ConfigError(f"status_topic {status_topic!r} is not heron/{{site}}/{{agent_id}}/status")
-            offline = make_envelope(parts.agent_id, StatusBody(state="offline", detail="connection lost"), step=0)
-            will = (status_topic, encode(offline))
+            will = offline_will(parts.site, parts.agent_id)
         if will is not None:
             validate_topic(will[0])
 
