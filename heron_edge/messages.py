@@ -58,6 +58,7 @@ __all__ = [
     "make_envelope",
     "offline_will",
     "parse_topic",
+    "require_unexpired",
     "topics_markdown",
 ]
 
@@ -280,7 +281,12 @@ def decode(payload: bytes | bytearray | memoryview | str, *, now: float | None =
         envelope = _VALIDATE_JSON(payload)
     except ValidationError as exc:
         raise _decode_error(exc) from None
-    if envelope.expires is not None and envelope.expires < (time.time() if now is None else now):
+    return require_unexpired(envelope, now)
+
+
+def require_unexpired(envelope: Envelope, now: float | None = None) -> Envelope:
+    """``envelope``, or :class:`DecodeError` ``expired`` when it expired before ``now`` (default: the current time)."""
+    if envelope.is_expired(now):
         raise DecodeError("expired", f"message {envelope.id} from {envelope.sender} expired at {envelope.expires}")
     return envelope
 

@@ -30,7 +30,7 @@ from heron_edge.coordination import MicrogridRoles
 from heron_edge.errors import BrokerError
 from heron_edge.messages import (
     DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_filter, agent_topic, bus_topic, decode, encode,
-    make_envelope,
+    make_envelope, require_unexpired,
 )
 from heron_edge.protocols import Clearing
 
@@ -56,9 +56,8 @@ class _DecodeOnce:
             if len(self._envelopes) >= _DECODED_CAPACITY:
                 del self._envelopes[next(iter(self._envelopes))]
             self._envelopes[payload] = envelope
-        elif envelope.is_expired():
-            raise DecodeError("expired", f"message {envelope.id} from {envelope.sender} expired at {envelope.expires}")
-        return envelope
+            return envelope
+        return require_unexpired(envelope)  # a cached envelope may have expired since
 
 
 _decode_once = _DecodeOnce()

@@ -6,7 +6,6 @@ recomputed only when subscriptions change.
 """
 from __future__ import annotations
 
-import asyncio
 from types import TracebackType
 from typing import Final, Literal
 
@@ -39,7 +38,6 @@ class InMemoryBroker:
 
     def __init__(self) -> None:
         self._state: Literal["new", "open", "closed"] = "new"
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._filters: dict[str, list[Subscription]] = {}
         self._routes: dict[str, tuple[Subscription, ...]] = {}
         self._retained: dict[str, bytes] = {}
@@ -60,7 +58,6 @@ class InMemoryBroker:
         if self._state == "closed":
             raise BrokerError("InMemoryBroker is closed; create a new one")
         if self._state == "new":
-            self._loop = asyncio.get_running_loop()
             self._state = "open"
 
     async def close(self) -> None:

@@ -313,8 +313,6 @@ class MqttBroker:
                 await asyncio.wait_for(self._connected_event.wait(), self._timeout if timeout is None else timeout)
             except asyncio.TimeoutError:
                 raise TimeoutError(f"{self.url}: not connected within the timeout") from None
-            if self._state == "connecting":
-                continue
 
     async def close(self) -> None:
         """Disconnect (publishing the will if set), end every subscription. Idempotent."""
