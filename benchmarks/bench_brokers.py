@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -29,17 +28,9 @@ from heron_edge.brokers import Broker, InMemoryBroker, MqttBroker
 from heron_edge.messages import ClockBody, encode, make_envelope
 from heron_edge.runtime.mosquitto import find_mosquitto, running_mosquitto
 
+from _stats import summary_ms
+
 PAYLOAD = encode(make_envelope("coordinator", ClockBody(step=1), step=1))
-
-
-def summary_ms(samples_s: list[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    return {
-        "median_ms": round(statistics.median(ordered) * 1e3, 4),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3, 4),
-        "mean_ms": round(statistics.fmean(ordered) * 1e3, 4),
-        "n": len(ordered),
-    }
 
 
 async def round_trips(publisher: Broker, subscriber: Broker, rounds: int) -> dict[str, Any]:

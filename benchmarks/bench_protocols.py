@@ -15,7 +15,8 @@ Distributed = every role as its own coroutine with its own Link, gathered in one
 over one shared InMemoryBroker, and over Mosquitto (started on loopback by the launcher) with one
 MqttBroker connection per agent. ``messages`` = envelopes published per round;
 ``deliveries`` = envelopes handed to agents per round (a bus message counts once per subscriber).
-Every distributed round is checked against the centralized result.
+Every distributed round is checked against the centralized result. Only the protocol work is
+timed: every step's inputs are built before the clock starts, and the checks run after it stops.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -48,29 +49,28 @@ from heron_edge.protocols import (
 )
 from heron_edge.runtime.mosquitto import find_mosquitto, running_mosquitto
 
+from _stats import summary_ms
+
 MGS = ("mg1", "mg2", "mg3")
 GENS = [GeneratorCost(0.10, 20.0, 0.0, 5.0), GeneratorCost(0.05, 25.0, 0.5, 4.0), GeneratorCost(0.20, 15.0, 0.0, 3.0)]
 
 
-def summary_ms(samples_s: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(samples_s)
-    return {
-        "median_ms": round(statistics.median(ordered) * 1e3, 4),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3, 4),
-        "mean_ms": round(statistics.fmean(ordered) * 1e3, 4),
-        "n": len(ordered),
-    }
-
-
 @dataclass
 class Scenario:
-    """One protocol round: the agents, how to prepare them, the distributed round, the centralized one."""
+    """One protocol round: the agents, how to prepare them, a step's input, the distributed round,
+    its check against the centralized result, and the centralized round.
+
+    ``make_input(step)`` is called for every step before any clock starts; ``distributed`` returns
+    what the agents produced, and ``check(input, outcome)`` (run after the clock stops) asserts it
+    matches the centralized result and returns the message rounds used (0 if n/a)."""
 
     name: str
     agents: tuple[str, ...]
+    make_input: Callable[[int], Any]
     prepare: Callable[[dict[str, Link]], Awaitable[None]]
-    distributed: Callable[[dict[str, Link], int], Awaitable[int]]  # returns message rounds (0 if n/a)
-    centralized: Callable[[int], object]
+    distributed: Callable[[dict[str, Link], Any], Awaitable[Any]]
+    check: Callable[[Any, Any], int]
+    centralized: Callable[[Any], object]
 
 
 def inputs(step: int) -> dict[str, np.ndarray]:
@@ -90,30 +90,38 @@ def scenarios() -> list[Scenario]:
         for m in MGS:
             await setpoint.prepare(links[m], "microgrid")
 
-    async def sp_round(links: dict[str, Link], step: int) -> int:
-        needs = inputs(step)["needs"]
-        sent, *got = await asyncio.gather(setpoint.operator(links["operator"], needs, MGS),
-                                          *(setpoint.receive(links[m]) for m in MGS))
+    async def sp_round(links: dict[str, Link], needs: np.ndarray) -> Any:
+        return await asyncio.gather(setpoint.operator(links["operator"], needs, MGS),
+                                    *(setpoint.receive(links[m]) for m in MGS))
+
+    def sp_check(needs: np.ndarray, outcome: Any) -> int:
+        sent, *got = outcome
         assert [g.p_mw for g in got] == setpoint.allocate(needs).tolist() == sent.tolist()
         return 0
 
-    out.append(Scenario("setpoint", ("operator", *MGS), sp_prepare, sp_round,
-                        lambda k: setpoint.allocate(inputs(k)["needs"])))
+    out.append(Scenario("setpoint", ("operator", *MGS), lambda k: inputs(k)["needs"], sp_prepare, sp_round,
+                        sp_check, setpoint.allocate))
+
+    def pr_input(step: int) -> tuple[float, float]:
+        x = inputs(step)
+        return float(x["price"][0]), float(x["loading"][0])
 
     async def pr_prepare(links: dict[str, Link]) -> None:
         for m in MGS:
             await price.prepare(links[m], "microgrid")
 
-    async def pr_round(links: dict[str, Link], step: int) -> int:
-        x = inputs(step)
-        p, loading = float(x["price"][0]), float(x["loading"][0])
-        _, *got = await asyncio.gather(price.operator(links["operator"], p, loading),
-                                       *(price.receive(links[m]) for m in MGS))
-        assert all(g.source == "message" and g.signal == price.price(p, loading) for g in got)
+    async def pr_round(links: dict[str, Link], x: tuple[float, float]) -> Any:
+        p, loading = x
+        return await asyncio.gather(price.operator(links["operator"], p, loading),
+                                    *(price.receive(links[m]) for m in MGS))
+
+    def pr_check(x: tuple[float, float], outcome: Any) -> int:
+        _, *got = outcome
+        assert all(g.source == "message" and g.signal == price.price(*x) for g in got)
         return 0
 
-    out.append(Scenario("price_signal", ("operator", *MGS), pr_prepare, pr_round,
-                        lambda k: price.price(float(inputs(k)["price"][0]), float(inputs(k)["loading"][0]))))
+    out.append(Scenario("price_signal", ("operator", *MGS), pr_input, pr_prepare, pr_round, pr_check,
+                        lambda x: price.price(*x)))
 
     def orders(step: int) -> list[Any]:
         x = inputs(step)
@@ -124,15 +132,17 @@ def scenarios() -> list[Scenario]:
         for m in MGS:
             await p2p.prepare(links[m], "participant")
 
-    async def p2p_round(links: dict[str, Link], step: int) -> int:
-        book = orders(step)
-        market, *confs = await asyncio.gather(p2p.market(links["market"], MGS),
-                                              *(p2p.participant(links[o.agent_id], o) for o in book))
+    async def p2p_round(links: dict[str, Link], book: list[Any]) -> Any:
+        return await asyncio.gather(p2p.market(links["market"], MGS),
+                                    *(p2p.participant(links[o.agent_id], o) for o in book))
+
+    def p2p_check(book: list[Any], outcome: Any) -> int:
+        market, *confs = outcome
         expected = p2p.clear(book)
         assert market == expected and all(c.clearing == expected for c in confs)
         return 0
 
-    out.append(Scenario("p2p_trading", ("market", *MGS), p2p_prepare, p2p_round, lambda k: p2p.clear(orders(k))))
+    out.append(Scenario("p2p_trading", ("market", *MGS), orders, p2p_prepare, p2p_round, p2p_check, p2p.clear))
 
     for topology in ("complete", "path"):
         cons = ConsensusProtocol({"nodes": MGS, "topology": topology, "tol": 1e-6})
@@ -141,35 +151,38 @@ def scenarios() -> list[Scenario]:
             for m in MGS:
                 await cons.prepare(links[m])
 
-        async def c_round(links: dict[str, Link], step: int, cons: ConsensusProtocol = cons) -> int:
-            values = inputs(step)["values"]
-            res = await asyncio.gather(*(cons.node(links[m], values[k]) for k, m in enumerate(MGS)))
+        async def c_round(links: dict[str, Link], values: np.ndarray, cons: ConsensusProtocol = cons) -> Any:
+            return await asyncio.gather(*(cons.node(links[m], values[k]) for k, m in enumerate(MGS)))
+
+        def c_check(values: np.ndarray, res: Any) -> int:
             assert all(np.max(np.abs(r.value - values.mean(axis=0))) <= 1e-6 for r in res)
             return res[0].rounds
 
-        out.append(Scenario(f"consensus_{topology}", MGS, c_prepare, c_round,
-                            lambda k, cons=cons: cons.average(inputs(k)["values"])))
+        out.append(Scenario(f"consensus_{topology}", MGS, lambda k: inputs(k)["values"], c_prepare, c_round,
+                            c_check, cons.average))
 
-        async def d_round(links: dict[str, Link], step: int, cons: ConsensusProtocol = cons) -> int:
-            demand = inputs(step)["demand"]
-            res = await asyncio.gather(*(cons.dispatch_node(links[m], g, float(d))
-                                         for m, g, d in zip(MGS, GENS, demand)))
+        async def d_round(links: dict[str, Link], demand: np.ndarray, cons: ConsensusProtocol = cons) -> Any:
+            return await asyncio.gather(*(cons.dispatch_node(links[m], g, float(d))
+                                          for m, g, d in zip(MGS, GENS, demand)))
+
+        def d_check(demand: np.ndarray, res: Any, cons: ConsensusProtocol = cons) -> int:
             opt = cons.dispatch(GENS, float(demand.sum()))
             assert np.max(np.abs(np.array([r.p_mw for r in res]) - opt.p_mw)) <= 0.01 * demand.sum()
             return res[0].rounds
 
-        out.append(Scenario(f"dispatch_{topology}", MGS, c_prepare, d_round,
-                            lambda k, cons=cons: cons.dispatch(GENS, float(inputs(k)["demand"].sum()))))
+        out.append(Scenario(f"dispatch_{topology}", MGS, lambda k: inputs(k)["demand"], c_prepare, d_round,
+                            d_check, lambda demand, cons=cons: cons.dispatch(GENS, float(demand.sum()))))
     return out
 
 
 def bench_centralized(sc: Scenario, steps: int) -> dict[str, Any]:
-    for k in range(min(steps, 20)):
-        sc.centralized(k)
+    xs = [sc.make_input(k) for k in range(steps)]
+    for x in xs[:20]:
+        sc.centralized(x)
     samples = []
-    for k in range(steps):
+    for x in xs:
         start = time.perf_counter()
-        sc.centralized(k)
+        sc.centralized(x)
         samples.append(time.perf_counter() - start)
     return {"time_per_round": summary_ms(samples), "messages_per_round": 0}
 
@@ -185,6 +198,7 @@ async def bench_distributed(sc: Scenario, steps: int, make_broker: Callable[[], 
             links[agent] = Link(broker, site=site, agent_id=agent, timeout_s=2.0)
         await sc.prepare(links)
         warmup = min(20, steps)
+        xs = [sc.make_input(k) for k in range(steps + warmup)]
         samples: list[float] = []
         rounds: list[int] = []
         sent0 = deliveries0 = 0
@@ -195,9 +209,11 @@ async def bench_distributed(sc: Scenario, steps: int, make_broker: Callable[[], 
             for link in links.values():
                 link.step = k
             start = time.perf_counter()
-            r = await sc.distributed(links, k)
+            outcome = await sc.distributed(links, xs[k])
+            elapsed = time.perf_counter() - start
+            r = sc.check(xs[k], outcome)
             if k >= warmup:
-                samples.append(time.perf_counter() - start)
+                samples.append(elapsed)
                 rounds.append(r)
         sent = sum(link.stats.sent for link in links.values()) - sent0
         deliveries = sum(_deliveries(link) for link in links.values()) - deliveries0

@@ -13,14 +13,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 
 from firmware_bridge.config import ModbusDeviceConfig
 from firmware_bridge.errors import DeviceClosedError, DeviceError, DeviceExceptionResponse, ModelMissingError, NotSunSpecError
 from firmware_bridge.link import ModbusLink
 from firmware_bridge.sunspec import END_MODEL_ID, SUNS_MARKER, ModelLocation, ModelView
-from firmware_bridge.sunspec_models import DER_CTL_AC, DER_MEASURE_AC, MODELS
+from firmware_bridge.sunspec_models import DER_CTL_AC, DER_MEASURE_AC, DISABLED, ENABLED, MODELS, WSET_MOD_WATTS
 
 __all__ = ["ModbusDevice", "DeviceInfo", "PowerLimits", "Telemetry", "SetpointResult"]
 
@@ -32,7 +32,6 @@ _MAX_MODELS = 64
 _MEASURE_SPAN = DER_MEASURE_AC.point("Tmp_SF").offset + 1
 _WSET_ENA = DER_CTL_AC.point("WSetEna").offset  # WSetEna, WSetMod, WSet (2 registers): one write
 _WSET_ENA_RVRT = DER_CTL_AC.point("WSetEnaRvrt").offset  # WSetEnaRvrt, WSetRvrtTms (2 registers)
-_ENABLED, _DISABLED, _WATTS = 1, 0, 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,18 +263,7 @@ class ModbusDevice:
             if not isinstance(exc, (DeviceExceptionResponse, ModelMissingError)):
                 self._info = None  # rediscover next time: the device may have been replaced or restarted
             log.warning("%s", exc)
-            last = self._telemetry
-            self._telemetry = Telemetry(
-                timestamp=last.timestamp,
-                stale=True,
-                p_w=last.p_w,
-                q_var=last.q_var,
-                v_v=last.v_v,
-                hz=last.hz,
-                soc_pct=last.soc_pct,
-                energy_available_wh=last.energy_available_wh,
-                error=str(exc),
-            )
+            self._telemetry = replace(self._telemetry, stale=True, error=str(exc))
             return self._telemetry
         self._telemetry = Telemetry(
             timestamp=self._wall_clock(),
@@ -316,9 +304,9 @@ class ModbusDevice:
         raw32 = raw & 0xFFFF_FFFF
         try:
             if self._revert_written != (revert, self._link.stats.connects):
-                await self._write(ctl.address + _WSET_ENA_RVRT, [_DISABLED, revert >> 16, revert & 0xFFFF])
+                await self._write(ctl.address + _WSET_ENA_RVRT, [DISABLED, revert >> 16, revert & 0xFFFF])
                 self._revert_written = (revert, self._link.stats.connects)
-            await self._write(ctl.address + _WSET_ENA, [_ENABLED, _WATTS, raw32 >> 16, raw32 & 0xFFFF])
+            await self._write(ctl.address + _WSET_ENA, [ENABLED, WSET_MOD_WATTS, raw32 >> 16, raw32 & 0xFFFF])
         except DeviceError as exc:
             if not isinstance(exc, DeviceExceptionResponse):
                 self._info = None  # rediscover before the next write
@@ -331,7 +319,7 @@ class ModbusDevice:
         ctl = info.location(704)
         if ctl is None:
             raise ModelMissingError(f"{self.config.link_name}: no active-power setpoint (model 704)")
-        await self._write(ctl.address + _WSET_ENA, [_DISABLED])
+        await self._write(ctl.address + _WSET_ENA, [DISABLED])
 
 
 def _limits(capacity: ModelView, storage: bool) -> PowerLimits | None:

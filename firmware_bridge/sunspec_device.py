@@ -16,13 +16,20 @@ from enum import IntEnum
 
 from firmware_bridge.device import DeviceModel, Measurement, Nameplate
 from firmware_bridge.sunspec import PointDef, SunSpecImage, fit_scale_factor, raw_range
-from firmware_bridge.sunspec_models import COMMON, DER_CAPACITY, DER_CTL_AC, DER_MEASURE_AC, DER_STORAGE_CAPACITY
+from firmware_bridge.sunspec_models import (
+    COMMON,
+    DER_CAPACITY,
+    DER_CTL_AC,
+    DER_MEASURE_AC,
+    DER_STORAGE_CAPACITY,
+    DISABLED,
+    ENABLED,
+    WSET_MOD_WATTS,
+)
 
 __all__ = ["ExceptionCode", "SunSpecDevice", "WSET_POINTS"]
 
 _SQRT3 = math.sqrt(3.0)
-_ENABLED, _DISABLED = 1, 0
-_WSET_MOD_WATTS = 1
 _INV_RUNNING, _INV_THROTTLED = 3, 4
 _CTRL_MODES = (1 << 0) | (1 << 1)  # MAX_W | FIXED_W: the two active-power functions we honour
 _MEASURED_701 = ("W", "VA", "Var", "PF", "A", "LLV", "LNV", "Hz", "TotWhInj", "TotWhAbs", "InvSt")
@@ -134,11 +141,11 @@ class SunSpecDevice:
 
         ctl = self.image[704]
         ctl.set_raw("WSet_SF", fit_scale_factor(p_rating, "int32"))
-        ctl.set_raw("WSetEna", _DISABLED)
-        ctl.set_raw("WSetMod", _WSET_MOD_WATTS)
+        ctl.set_raw("WSetEna", DISABLED)
+        ctl.set_raw("WSetMod", WSET_MOD_WATTS)
         ctl.set_raw("WSet", 0)
         ctl.set_raw("WSetRvrt", 0)
-        ctl.set_raw("WSetEnaRvrt", _DISABLED)
+        ctl.set_raw("WSetEnaRvrt", DISABLED)
         ctl.set_raw("WSetRvrtTms", 0)
         ctl.set_raw("WSetRvrtRem", 0)
 
@@ -218,7 +225,7 @@ class SunSpecDevice:
         self.writes += 1
         now = self._clock()
         tms = self._ctl.raw("WSetRvrtTms")
-        if self._ctl.raw("WSetEna") == _ENABLED and isinstance(tms, int) and tms > 0:
+        if self._ctl.raw("WSetEna") == ENABLED and isinstance(tms, int) and tms > 0:
             self.revert_deadline = now + tms
         else:
             self.revert_deadline = None
@@ -228,9 +235,9 @@ class SunSpecDevice:
     def _valid(self, point: PointDef) -> bool:
         raw = self._ctl.raw(point.name)
         if point.name in ("WSetEna", "WSetEnaRvrt"):
-            return raw in (_ENABLED, _DISABLED)
+            return raw in (ENABLED, DISABLED)
         if point.name == "WSetMod":
-            return raw == _WSET_MOD_WATTS
+            return raw == WSET_MOD_WATTS
         if point.name in ("WSet", "WSetRvrt"):
             value = self._ctl.value(point.name)
             return value is not None and -self.nameplate.p_charge_max_w <= value <= self.nameplate.p_max_w
@@ -239,7 +246,7 @@ class SunSpecDevice:
         return False
 
     def _apply(self) -> None:
-        if self._ctl.raw("WSetEna") == _ENABLED:
+        if self._ctl.raw("WSetEna") == ENABLED:
             self.model.apply_setpoint(self._ctl.value("WSet"))
         else:
             self.model.apply_setpoint(None)

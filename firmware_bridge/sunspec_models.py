@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from firmware_bridge.sunspec import ModelDef, P
 
-__all__ = ["COMMON", "DER_MEASURE_AC", "DER_CAPACITY", "DER_CTL_AC", "DER_STORAGE_CAPACITY", "MODELS"]
+__all__ = ["COMMON", "DER_MEASURE_AC", "DER_CAPACITY", "DER_CTL_AC", "DER_STORAGE_CAPACITY", "MODELS",
+           "DISABLED", "ENABLED", "WSET_MOD_WATTS"]
 
 COMMON = ModelDef(
     1,
@@ -215,6 +216,10 @@ DER_CTL_AC = ModelDef(
         P("PFWAbsRvrt.Ext", 66, "enum16", rw=True),
     ),
 )
+
+# Symbols of model 704's enum points (values as in the SunSpec JSON model)
+DISABLED, ENABLED = 0, 1  # WSetEna, WSetEnaRvrt
+WSET_MOD_WATTS = 1  # WSetMod: WATTS (0 is W_MAX_PCT)
 
 DER_STORAGE_CAPACITY = ModelDef(
     713,
