@@ -163,7 +163,6 @@ class Gateway:
         self.timing = CycleTiming()
         self.step = 0
         self.done_step = -1
-        self.last_action: np.ndarray | None = None
         self._dirty = False  # a failsafe cycle ran since the last completed step
         self._started_at = time.monotonic()  # the upstream counts as heard at start
         self._clock_sub: Subscription | None = None
@@ -319,14 +318,12 @@ class Gateway:
             except BrokerError:
                 pass
         reasons: dict[str, str] = {}
-        device_ok = True
         try:
             if self._started:
                 await self.proxy.report(step)  # reads the devices, publishes telemetry (or queues it)
             else:
                 await self.devices.read()  # never connected yet: still watch the devices
         except DeviceError as exc:
-            device_ok = False
             reasons["device"] = str(exc)
         observation: np.ndarray | None = None
         coordinated = False
@@ -349,7 +346,7 @@ class Gateway:
         decision_s = 0.0
         action: np.ndarray | None = None
         if self.failsafe.active or observation is None:
-            await self._write_safe(device_ok)
+            await self._write_safe()
             self.failsafe.cycles += self.failsafe.active
             self.proxy.last_clearing = None  # no order this step: no trades to show next step
         else:
@@ -363,7 +360,6 @@ class Gateway:
             except DeviceError as exc:
                 self.stats["write_failed"] += 1
                 log.warning("%s: %s", self.agent_id, exc)
-            self.last_action = action
             if self.coordination is not None and self.coordination.p2p is not None:
                 try:
                     await self.proxy.settle(step, action)  # order -> clearing, before done: the plant waits
@@ -418,13 +414,12 @@ class Gateway:
         self.stats["setpoint_applied"] += 1
         return a
 
-    async def _write_safe(self, device_ok: bool) -> None:
-        meter_ok = self.devices.meter_fresh and self.devices.meter is not None
-        meter = self.devices.meter
+    async def _write_safe(self) -> None:
+        meter = self.devices.meter if self.devices.meter_fresh else None
         sp = safe_setpoints(self.config.failsafe,
-                            load_mw=meter.load_mw if meter_ok and meter else None,
-                            pv_available_mw=meter.pv_available_mw if meter_ok and meter else None,
-                            wind_available_mw=meter.wind_available_mw if meter_ok and meter else None)
+                            load_mw=meter.load_mw if meter else None,
+                            pv_available_mw=meter.pv_available_mw if meter else None,
+                            wind_available_mw=meter.wind_available_mw if meter else None)
         try:
             await self.devices.write(sp.battery_mw, sp.generator_mw, sp.pv_curtailment, sp.wind_curtailment)
         except DeviceError as exc:
