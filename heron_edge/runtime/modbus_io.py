@@ -61,6 +61,7 @@ class ModbusDeviceIO:
         self._meter_link = ModbusLink(devices.meter)
         self.meter: MeterReading | None = None  # last fresh reading
         self.meter_fresh = False
+        self.stale: dict[str, str] = {}  # role -> error of the last read
         self.timing = ModbusTiming()
         self._row = np.zeros(ob.N_LOCAL)
 
@@ -106,6 +107,7 @@ class ModbusDeviceIO:
         for role, t in telemetry.items():
             if t.stale or t.p_w is None or (role == "battery" and t.soc_pct is None):
                 stale[role] = t.error or "no value"
+        self.stale = stale
         for role in stale:
             self.timing.read_failures[role] = self.timing.read_failures.get(role, 0) + 1
         if stale:
