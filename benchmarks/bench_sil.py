@@ -41,7 +41,7 @@ def main() -> None:
 
     scenario = load_scenario("ieee34_3x13")
     central = simulate(scenario, days=cli.days, policy="rule", seed=cli.seed, progress=False, protocol=cli.protocol)
-    per_day = int(round(24 * 60 / scenario.step_minutes))
+    per_day = scenario.steps_per_day
     starts = [int(central.columns["step_in_year"][d * per_day, 0]) for d in range(cli.days)]
     workdir = Path(tempfile.mkdtemp(prefix="heron-bench-sil-"))
     args = argparse.Namespace(scenario="ieee34_3x13", broker=None, site="bench", mode="lockstep", period=1.0,

@@ -26,7 +26,7 @@ are the plant's; trades move money, not power.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
@@ -87,7 +87,7 @@ class Settlement:
     clearing: Clearing | None
     traded_mw: np.ndarray
     trade_cash_usd: np.ndarray
-    energy_cost_usd: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    energy_cost_usd: np.ndarray
 
 
 class Coordination:

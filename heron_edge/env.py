@@ -26,7 +26,7 @@ from heron_edge import observations as ob
 from heron_edge.config import EnvConfig, parse_config
 from heron_edge.coordination import Coordination, Settlement, Signals
 from heron_edge.errors import ActionError, ConfigError
-from heron_edge.protocols import Clearing
+from heron_edge.protocols import Clearing, tracking_error
 from sim.plant import Measurements, Plant, Setpoints
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
@@ -90,8 +90,7 @@ class MultiAgentMicrogrids(ParallelEnv):
             self._rng = np.random.default_rng(seed)
             self._episode = -1
         year = 2023 if self.config.train else 2024
-        if self.plant.year != year:
-            self.plant.reset(year=year)
+        self.plant.load_year(year)  # the year's length decides the start step
         start = self._start_step(options or {})
         last = self.plant.reset(year=year, start_step=start)
         self.agents = list(self.possible_agents)
@@ -193,6 +192,7 @@ class MultiAgentMicrogrids(ParallelEnv):
     def _infos(self, last: Measurements, signals: Signals, settlement: Settlement) -> dict[str, dict[str, Any]]:
         infos: dict[str, dict[str, Any]] = {}
         clearing: Clearing | None = settlement.clearing
+        errors = None if signals.setpoint_mw is None else tracking_error(signals.setpoint_mw, last.exchange_mw)
         for a, i in self._index.items():
             info: dict[str, Any] = {
                 "converged": last.converged, "step_in_year": last.step, "price_usd_per_mwh": signals.price.total_usd_per_mwh,
@@ -203,8 +203,9 @@ class MultiAgentMicrogrids(ParallelEnv):
                 "soc": float(last.soc[i]), "clamped": [f for f, mask in last.clamped.items() if mask[i]],
             }
             if signals.setpoint_mw is not None:
+                assert errors is not None
                 info["setpoint_mw"] = float(signals.setpoint_mw[i])
-                info["tracking_error_mw"] = float(last.exchange_mw[i] - signals.setpoint_mw[i])
+                info["tracking_error_mw"] = float(errors[i])
             if signals.dispatch_mw is not None:
                 info["dispatch_mw"] = float(signals.dispatch_mw[i])
                 info["consensus_rounds"] = signals.consensus_rounds

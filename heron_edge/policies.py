@@ -98,7 +98,7 @@ class RulePolicy:
         """The rule for microgrid ``agent_index`` of ``scenario`` (ratings, efficiency, generator costs from it; window = one day)."""
         mg = scenario.microgrids[agent_index]
         gen = mg.generator
-        rules.setdefault("window_steps", int(round(24 * 60 / scenario.step_minutes)))
+        rules.setdefault("window_steps", scenario.steps_per_day)
         return cls(agent_index=agent_index, n_agents=len(scenario.microgrids), layout=layout,
                    battery_p_max_mw=mg.battery.p_max_mw, round_trip_efficiency=mg.battery.efficiency ** 2,
                    generator_p_max_mw=gen.p_max_mw, cost_a_usd_per_mw2h=gen.cost_a_usd_per_mw2h,

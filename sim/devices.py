@@ -83,7 +83,3 @@ class GeneratorFleet:
     def fuel_cost_usd(self, p_mw: np.ndarray, dt_h: float) -> np.ndarray:
         running = p_mw > 1e-9
         return (self.cost_a * p_mw * p_mw + self.cost_b * p_mw + self.cost_c * running) * dt_h
-
-    def marginal_cost(self, p_mw: np.ndarray) -> np.ndarray:
-        """USD/MWh at output ``p_mw`` (the derivative of the fuel cost)."""
-        return 2.0 * self.cost_a * p_mw + self.cost_b

@@ -127,7 +127,6 @@ class BuiltNetwork:
 
     net: pp.pandapowerNet
     zones: list[MicrogridZone]
-    feeder_loads: list[int]  # loads that belong to no microgrid (the distribution feeder's own)
 
 
 def _add_line(net: pp.pandapowerNet, bus_of: dict[str, int], a: str, b: str, length_ft: float, cfg: str, prefix: str) -> int:
@@ -191,12 +190,12 @@ def ieee34_3x13(*, attach_buses: list[str], microgrid_names: list[str], load_sca
             kw.setdefault(n, [0.0, 0.0])
             kw[n][0] += p / 2
             kw[n][1] += q / 2
-    feeder_loads = [pp.create_load(net, bus_of[n], p_mw=p * 1e-3 * feeder_load_scale, q_mvar=q * 1e-3 * feeder_load_scale,
-                                   name=f"load{n}") for n, (p, q) in sorted(kw.items())]
+    for n, (p, q) in sorted(kw.items()):
+        pp.create_load(net, bus_of[n], p_mw=p * 1e-3 * feeder_load_scale, q_mvar=q * 1e-3 * feeder_load_scale, name=f"load{n}")
     for n, kvar in IEEE34_CAPACITORS_KVAR.items():
         pp.create_shunt(net, bus_of[n], q_mvar=-kvar * 1e-3, p_mw=0.0, name=f"cap{n}")
     zones = [_add_ieee13(net, name, bus_of[b], load_scale, poc_mva) for name, b in zip(microgrid_names, attach_buses)]
-    return BuiltNetwork(net=net, zones=zones, feeder_loads=feeder_loads)
+    return BuiltNetwork(net=net, zones=zones)
 
 
 def cigre_mv_der(*, zones: dict[str, list[int]], device_buses: dict[str, int], poc_lines: dict[str, int],
@@ -216,7 +215,6 @@ def cigre_mv_der(*, zones: dict[str, list[int]], device_buses: dict[str, int], p
     net.line.loc[line_sw.element[~line_sw.closed.astype(bool)].unique(), "in_service"] = False
     net.switch = net.switch.drop(line_sw.index)
     built_zones = []
-    in_zone: set[int] = set()
     for name, buses in zones.items():
         missing = [b for b in buses if b not in net.bus.index]
         if missing:
@@ -229,6 +227,4 @@ def cigre_mv_der(*, zones: dict[str, list[int]], device_buses: dict[str, int], p
         lines = [int(i) for i in net.line.index[net.line.from_bus.isin(buses) & net.line.to_bus.isin(buses)]]
         built_zones.append(MicrogridZone(name=name, buses=list(buses), device_bus=device_buses[name], loads=loads,
                                          poc_line=poc_lines[name], lines=lines))
-        in_zone.update(buses)
-    feeder_loads = [int(i) for i in net.load.index[~net.load.bus.isin(in_zone)]]
-    return BuiltNetwork(net=net, zones=built_zones, feeder_loads=feeder_loads)
+    return BuiltNetwork(net=net, zones=built_zones)

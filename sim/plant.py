@@ -45,7 +45,7 @@ class Measurements:
     step: int  # index into the profile year of the step just simulated
     converged: bool
     price_usd_per_mwh: float
-    load_mw: np.ndarray
+    load_mw: np.ndarray  # load_mw, pv_available_mw, wind_available_mw: read-only, shared with forecast()
     pv_available_mw: np.ndarray
     wind_available_mw: np.ndarray
     applied: Setpoints  # what the devices actually did, after clamping
@@ -58,9 +58,9 @@ class Measurements:
     violation_v_pu: np.ndarray  # summed p.u. outside the voltage band over the microgrid's buses
     overload_percent: np.ndarray  # summed percent above the loading limit over the microgrid's branches
     penalty_usd: np.ndarray
-    feeder_head_mw: float  # import from the upstream grid at the substation
-    vm_pu: np.ndarray  # every bus, net.bus order
-    line_loading_percent: np.ndarray
+    feeder_head_mw: float  # import from the upstream grid at the substation (NaN if not converged)
+    vm_pu: np.ndarray  # every bus, net.bus order (NaN if not converged)
+    line_loading_percent: np.ndarray  # every line (NaN if not converged)
 
 
 def build_network(scenario: Scenario) -> BuiltNetwork:
@@ -153,12 +153,17 @@ class Plant:
     def profiles(self) -> Profiles:
         return self._profiles
 
-    def reset(self, *, year: int = 2023, start_step: int = 0, soc: np.ndarray | None = None) -> Measurements:
-        """Start at ``start_step`` of ``year`` with idle devices; returns the measurements at idle setpoints."""
+    def load_year(self, year: int) -> None:
+        """Load ``year``'s profiles (no-op if they are loaded already); the clock and the devices are left as they are."""
         if self._matrix is None or self.year != year:
             self._profiles = load_profiles(year, self._profile_names, self.dt_h)  # type: ignore[arg-type]
             self._matrix = np.stack([self._profiles.series[n] for n in self._profile_names])
             self.year = year
+
+    def reset(self, *, year: int = 2023, start_step: int = 0, soc: np.ndarray | None = None) -> Measurements:
+        """Start at ``start_step`` of ``year`` with idle devices; returns the measurements at idle setpoints."""
+        self.load_year(year)
+        assert self._matrix is not None
         if not 0 <= start_step < self._matrix.shape[1]:
             raise ValueError(f"start_step {start_step} outside the year's {self._matrix.shape[1]} steps")
         self.batteries.reset(soc)
@@ -170,7 +175,7 @@ class Plant:
 
     @property
     def n_steps_in_year(self) -> int:
-        assert self._matrix is not None, "reset() first"
+        assert self._matrix is not None, "load_year() or reset() first"
         return self._matrix.shape[1]
 
     def price(self, step: int | None = None) -> float:
@@ -222,21 +227,23 @@ class Plant:
         factor = col[self._load_row]
         load_p = self._base_p * factor
         load_q = self._base_q * factor
-        pv_avail = self.pv_rating * col[self._solar_row]
-        wind_avail = self.wind_rating * col[self._wind_row]
+        available = self.forecast(t)  # the same arithmetic as here, cached per step (read-only arrays)
+        mg_load, pv_avail, wind_avail = available["load_mw"], available["pv_mw"], available["wind_mw"]
         applied, clamped = self.clamp(request)
         pv = pv_avail * (1.0 - applied.pv_curtailment)
         wind = wind_avail * (1.0 - applied.wind_curtailment)
         pf = self.powerflow
         converged = pf.solve(load_p, load_q, np.concatenate((applied.generator_mw, pv, wind)), -applied.battery_mw)
-        mg_load = self._load_to_mg @ load_p
         if converged:
             exchange = np.array([self._poc_flow(kind, idx) for kind, idx in self._poc])
             violation_v, overload = self._violations()
-        else:
+            vm_pu, line_loading = pf.vm_pu.copy(), pf.line_loading_percent.copy()
+        else:  # no network state this step: the solver's arrays still hold an earlier step's results
             exchange = mg_load - pv - wind - applied.generator_mw - applied.battery_mw  # lossless balance
             violation_v = np.zeros(n)
             overload = np.zeros(n)
+            vm_pu = np.full(len(pf.vm_pu), np.nan)
+            line_loading = np.full(len(pf.line_loading_percent), np.nan)
         p_cfg = self.scenario.penalties
         penalty = p_cfg.usd_per_pu_voltage * violation_v + p_cfg.usd_per_percent_overload * overload
         if not converged:
@@ -252,8 +259,7 @@ class Plant:
             wind_available_mw=wind_avail, applied=applied, clamped=clamped, pv_mw=pv, wind_mw=wind,
             soc=self.batteries.soc.copy(), exchange_mw=exchange, fuel_cost_usd=fuel,
             violation_v_pu=violation_v, overload_percent=overload, penalty_usd=penalty,
-            feeder_head_mw=pf.slack_p_mw if converged else float(np.nan), vm_pu=pf.vm_pu.copy(),
-            line_loading_percent=pf.line_loading_percent.copy())
+            feeder_head_mw=pf.slack_p_mw if converged else float(np.nan), vm_pu=vm_pu, line_loading_percent=line_loading)
 
     def _poc_flow(self, kind: str, idx: int) -> float:
         pf = self.powerflow

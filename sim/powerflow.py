@@ -49,7 +49,6 @@ class FastPowerFlow:
         self.trafo_loading_percent = np.zeros(len(net.trafo))
         self.trafo_p_hv_mw = np.zeros(len(net.trafo))
         self.slack_p_mw = 0.0
-        self.converged = False
 
     def reset(self) -> None:
         """Forget the warm start (start the next solve from a flat voltage profile)."""
@@ -71,7 +70,6 @@ class FastPowerFlow:
         v = g.ac_pf(self._v, self._max_iter, self._tol)
         if v.shape[0] == 0:
             self._v[:] = self._v_flat
-            self.converged = False
             return False
         self._v = v
         np.abs(v, out=self.vm_pu)
@@ -86,5 +84,4 @@ class FastPowerFlow:
         np.multiply(np.maximum(ta1 / self._trafo_rated_hv_ka, ta2 / self._trafo_rated_lv_ka), 100.0,
                     out=self.trafo_loading_percent)
         self.slack_p_mw = float(np.sum(g.get_gen_res()[0]))
-        self.converged = True
         return True

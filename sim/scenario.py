@@ -133,6 +133,10 @@ class Scenario(_Model):
     def step_hours(self) -> float:
         return self.step_minutes / 60.0
 
+    @property
+    def steps_per_day(self) -> int:
+        return int(round(24 * 60 / self.step_minutes))
+
 
 SHIPPED = ("ieee34_3x13", "cigre_mv_der")
 

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"heron-edge plant: error: {exc}", file=sys.stderr)
         return 2
-    steps_per_day = int(round(24 * 60 / scenario.step_minutes))
+    steps_per_day = scenario.steps_per_day
     if args.start_steps:
         starts = [int(k) for k in args.start_steps.split(",")]
     else:

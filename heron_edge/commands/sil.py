@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     except ScenarioError as exc:
         print(f"heron-edge sil: error: {exc}", file=sys.stderr)
         return 2
-    steps_per_day = int(round(24 * 60 / scenario.step_minutes))
+    steps_per_day = scenario.steps_per_day
     starts = [int(central.columns["step_in_year"][d * steps_per_day, 0]) for d in range(args.days)]
     try:
         stats = run_rig(args, scenario, starts, workdir)

@@ -24,7 +24,8 @@ COLUMNS = (
 )
 """CSV columns, one row per step and microgrid: MW, USD, p.u.; battery + discharge, exchange + import;
 price = the signalled price (hourly price + congestion adder); cost = fuel + energy (bought - sold, net of
-trades, trade cash included); vm_min/max over the microgrid's buses; step counts from 0 over the run.
+trades, trade cash included); vm_min/max over the microgrid's buses (nan when the power flow did not converge);
+step counts from 0 over the run.
 Protocol columns are empty (nan) when their protocol does not run."""
 PROTOCOLS = ("setpoint", "price_signal", "p2p_trading", "consensus")
 
@@ -131,68 +132,73 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
     from heron_edge.brokers import InMemoryBroker, MqttBroker
     from heron_edge.errors import ConfigError
 
-    steps_per_day = int(round(24 * 60 / scenario.step_minutes))
+    steps_per_day = scenario.steps_per_day
     broker = (MqttBroker(broker_url) if broker_url else InMemoryBroker()) if distributed else None
     config: dict[str, Any] = {"centralized": not distributed, "max_episode_steps": steps_per_day, "scenario": scenario,
                               "train": not test_year, "protocol": protocol, "message_broker": broker}
-    try:  # the network and the profiles are only checked when the plant is built and first reset
-        env = MultiAgentMicrogrids(config)
-        env.reset(seed=seed)
-    except ConfigError as exc:
-        raise ScenarioError(str(exc)) from exc
-    except (KeyError, ValueError) as exc:
-        raise ScenarioError(f"scenario {scenario.name} cannot be run: {exc}") from exc
-    agents = list(env.possible_agents)
-    policies: dict[str, Any]
-    layout = "distributed" if distributed else "centralized"
-    if policy == "rule":
-        features = env.coordination.feature_names
-        policies = {a: RulePolicy.from_scenario(scenario, i, layout=layout, protocol_features=features)
-                    for i, a in enumerate(agents)}
-    elif policy == "random":
-        policies = {a: RandomPolicy(env.action_space(a).low, env.action_space(a).high, seed=seed * 1000 + i)
-                    for i, a in enumerate(agents)}
-    else:
-        raise ValueError(f"policy must be 'rule' or 'random', got {policy!r}")
-    zones = [np.asarray(z.buses) for z in env.plant.built.zones]
-    total = days * steps_per_day
-    records: dict[str, np.ndarray] = {c: np.empty((total, len(agents))) for c in COLUMNS if c != "microgrid"}
-    k = 0
-    with tqdm(total=total, unit="step", desc=f"simulate {policy}", disable=not progress) as bar:
-        for day in range(days):
-            obs, _ = env.reset(seed=seed if day == 0 else None)  # the same seed again: the same days as above
-            while env.agents:
-                actions = {a: policies[a].act(obs[a]) for a in env.agents}
-                obs, _, _, _, infos = env.step(actions)
-                m = env.plant.last
-                assert m is not None
-                energy = np.array([infos[a]["energy_cost_usd"] for a in agents])  # settled: signal price, trades
+    env: MultiAgentMicrogrids | None = None
+    try:  # close the env (a distributed run's loop and broker connection) however the run ends
+        try:  # the network and the profiles are only checked when the plant is built and first reset
+            env = MultiAgentMicrogrids(config)
+            env.reset(seed=seed)
+        except ConfigError as exc:
+            raise ScenarioError(str(exc)) from exc
+        except (KeyError, ValueError) as exc:
+            raise ScenarioError(f"scenario {scenario.name} cannot be run: {exc}") from exc
+        agents = list(env.possible_agents)
+        policies: dict[str, Any]
+        layout = "distributed" if distributed else "centralized"
+        if policy == "rule":
+            features = env.coordination.feature_names
+            policies = {a: RulePolicy.from_scenario(scenario, i, layout=layout, protocol_features=features)
+                        for i, a in enumerate(agents)}
+        elif policy == "random":
+            policies = {a: RandomPolicy(env.action_space(a).low, env.action_space(a).high, seed=seed * 1000 + i)
+                        for i, a in enumerate(agents)}
+        else:
+            raise ValueError(f"policy must be 'rule' or 'random', got {policy!r}")
+        zones = [np.asarray(z.buses) for z in env.plant.built.zones]
+        total = days * steps_per_day
+        records: dict[str, np.ndarray] = {c: np.empty((total, len(agents))) for c in COLUMNS if c != "microgrid"}
+        k = 0
+        with tqdm(total=total, unit="step", desc=f"simulate {policy}", disable=not progress) as bar:
+            for day in range(days):
+                obs, _ = env.reset(seed=seed if day == 0 else None)  # the same seed again: the same days as above
+                while env.agents:
+                    actions = {a: policies[a].act(obs[a]) for a in env.agents}
+                    obs, _, _, _, infos = env.step(actions)
+                    m = env.plant.last
+                    assert m is not None
+                    energy = np.array([infos[a]["energy_cost_usd"] for a in agents])  # settled: signal price, trades
 
-                def info(key: str) -> list[float]:
-                    return [np.nan if infos[a].get(key) is None else float(infos[a][key]) for a in agents]
+                    def info(key: str) -> list[float]:
+                        return [np.nan if infos[a].get(key) is None else float(infos[a][key]) for a in agents]
 
-                row = {
-                    "step": k, "day": day, "step_in_year": m.step, "hour": (m.step % steps_per_day) * scenario.step_hours,
-                    "price_usd_per_mwh": info("price_usd_per_mwh"), "load_mw": m.load_mw, "pv_available_mw": m.pv_available_mw,
-                    "pv_mw": m.pv_mw, "wind_available_mw": m.wind_available_mw, "wind_mw": m.wind_mw,
-                    "battery_mw": m.applied.battery_mw, "generator_mw": m.applied.generator_mw, "soc": m.soc,
-                    "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "energy_cost_usd": energy,
-                    "cost_usd": m.fuel_cost_usd + energy, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
-                    "overload_percent": m.overload_percent,
-                    "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
-                    "converged": float(m.converged),
-                    **{key: info(key) for key in ("congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw",
-                                                  "dispatch_mw", "consensus_rounds", "traded_mw", "trade_cash_usd",
-                                                  "clearing_price_usd_per_mwh")},
-                }
-                for name, value in row.items():
-                    records[name][k] = value
-                k += 1
-                bar.update()
-    messages = int(getattr(broker, "published", 0))
-    env.close()
+                    row = {
+                        "step": k, "day": day, "step_in_year": m.step, "hour": (m.step % steps_per_day) * scenario.step_hours,
+                        "price_usd_per_mwh": info("price_usd_per_mwh"), "load_mw": m.load_mw, "pv_available_mw": m.pv_available_mw,
+                        "pv_mw": m.pv_mw, "wind_available_mw": m.wind_available_mw, "wind_mw": m.wind_mw,
+                        "battery_mw": m.applied.battery_mw, "generator_mw": m.applied.generator_mw, "soc": m.soc,
+                        "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "energy_cost_usd": energy,
+                        "cost_usd": m.fuel_cost_usd + energy, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
+                        "overload_percent": m.overload_percent,
+                        "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
+                        "converged": float(m.converged),
+                        **{key: info(key) for key in ("congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw",
+                                                      "dispatch_mw", "consensus_rounds", "traded_mw", "trade_cash_usd",
+                                                      "clearing_price_usd_per_mwh")},
+                    }
+                    for name, value in row.items():
+                        records[name][k] = value
+                    k += 1
+                    bar.update()
+        messages = int(getattr(broker, "published", 0))
+        protocols = env.coordination.protocols
+    finally:
+        if env is not None:
+            env.close()
     return Trajectory(names=agents, columns=records, step_hours=scenario.step_hours,
-                      protocols=env.coordination.protocols, mode=layout, messages=messages)
+                      protocols=protocols, mode=layout, messages=messages)
 
 
 SUMMARY_FIELDS = ("cost_usd", "fuel_usd", "bought_mwh", "sold_mwh", "penalty_usd", "v_violation_steps", "overload_steps",

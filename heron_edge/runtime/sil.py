@@ -66,7 +66,7 @@ def episode_starts(scenario: Scenario, *, days: int, seed: int, test_year: bool 
     """The first step of the year of each day, exactly as ``MultiAgentMicrogrids.reset`` picks them."""
     from heron_edge.env import MultiAgentMicrogrids
 
-    steps_per_day = int(round(24 * 60 / scenario.step_minutes))
+    steps_per_day = scenario.steps_per_day
     env = MultiAgentMicrogrids({"centralized": True, "max_episode_steps": steps_per_day, "scenario": scenario,
                                 "train": not test_year})
     starts = []
@@ -114,9 +114,9 @@ def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, 
         "devices": devices,
         "policy": {"kind": "rule", "round_trip_efficiency": mg.battery.efficiency ** 2,
                    "cost_a_usd_per_mw2h": gen.cost_a_usd_per_mw2h, "cost_b_usd_per_mwh": gen.cost_b_usd_per_mwh,
-                   "cost_c_usd_per_h": gen.cost_c_usd_per_h, "window_steps": int(round(24 * 60 / scenario.step_minutes))},
+                   "cost_c_usd_per_h": gen.cost_c_usd_per_h, "window_steps": scenario.steps_per_day},
         "cycle": {"clock": "bus", "period_s": period_s, "step_timeout_s": step_timeout_s,
-                  "steps_per_day": int(round(24 * 60 / scenario.step_minutes))},
+                  "steps_per_day": scenario.steps_per_day},
         "failsafe": {"upstream_timeout_s": upstream_timeout_s, "battery_mw": 0.0, "generator_mw": 0.0,
                      "export_limit_mw": 0.0},
         "outbox": {"path": str(workdir / f"outbox-{mg.name}.sqlite"), "max_records": 10_000},
