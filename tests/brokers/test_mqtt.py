@@ -226,3 +226,31 @@ def test_a_burst_to_another_client_is_not_dropped_by_the_broker(mosquitto: Mosqu
                 assert seq == sorted(seq)
 
     run_async(main())
+
+
+def test_fan_out_through_mosquitto_to_separate_clients(mosquitto: MosquittoProcess) -> None:
+    """One publisher, five subscriber connections with exact and wildcard filters: each gets every
+    message once, in order, through the broker (not a local short cut)."""
+    filters = ["fan/site/a/telemetry", "fan/site/+/telemetry", "fan/#", "fan/site/a/#", "fan/+/+/telemetry"]
+
+    async def main() -> list[list[bytes]]:
+        publisher = MqttBroker(mosquitto.url, client_id="fan-pub")
+        subscribers = [MqttBroker(mosquitto.url, client_id=f"fan-sub{i}") for i in range(len(filters))]
+        async with publisher:
+            subs = []
+            for broker, topic_filter in zip(subscribers, filters):
+                await broker.connect()
+                subs.append(await broker.subscribe(topic_filter))
+            for i in range(20):
+                await publisher.publish("fan/site/a/telemetry", str(i).encode())
+            await publisher.publish("fan/site/b/status", b"not for the exact ones")
+            got = [[(await sub.get(timeout=5)).payload for _ in range(20)] for sub in subs]
+            await asyncio.sleep(0.2)
+            extra = [[d.topic for d in sub.drain()] for sub in subs]
+            for broker in subscribers:
+                await broker.close()
+        assert extra == [[], [], ["fan/site/b/status"], [], []]
+        return got
+
+    expected = [str(i).encode() for i in range(20)]
+    assert run_async(main(), timeout=30) == [expected] * len(filters)
