@@ -87,6 +87,11 @@ def dispatch_at(lambda_usd_per_mwh: float, a: np.ndarray, b: np.ndarray, p_min: 
     return np.clip((lambda_usd_per_mwh - b) / (2.0 * a), p_min, p_max)
 
 
+def _close(x: float, y: float) -> bool:
+    """``np.isclose(x, y)`` for two floats, without its array machinery (every consensus step asks)."""
+    return abs(x - y) <= 1e-8 + 1e-5 * abs(y)
+
+
 def economic_dispatch(a: np.ndarray, b: np.ndarray, p_min: np.ndarray, p_max: np.ndarray,
                       demand_mw: float) -> DispatchResult:
     """The least-cost dispatch meeting ``demand_mw`` exactly (see the module docstring)."""
@@ -95,10 +100,11 @@ def economic_dispatch(a: np.ndarray, b: np.ndarray, p_min: np.ndarray, p_max: np
         raise ConfigError(f"demand must be finite, got {demand_mw!r}")
     lam_lo = b + 2.0 * a * p_min
     lam_hi = b + 2.0 * a * p_max
-    if demand_mw <= p_min.sum():
-        lam, p, feasible = float(lam_lo.min()), p_min.copy(), bool(np.isclose(demand_mw, p_min.sum()))
-    elif demand_mw >= p_max.sum():
-        lam, p, feasible = float(lam_hi.max()), p_max.copy(), bool(np.isclose(demand_mw, p_max.sum()))
+    low, high = float(p_min.sum()), float(p_max.sum())
+    if demand_mw <= low:
+        lam, p, feasible = float(lam_lo.min()), p_min.copy(), _close(demand_mw, low)
+    elif demand_mw >= high:
+        lam, p, feasible = float(lam_hi.max()), p_max.copy(), _close(demand_mw, high)
     else:
         bps = np.unique(np.concatenate([lam_lo, lam_hi]))
         total = np.clip((bps[:, None] - b) / (2.0 * a), p_min, p_max).sum(axis=1)
