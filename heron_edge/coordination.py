@@ -46,6 +46,8 @@ ProtocolName = Literal["setpoint", "price_signal", "p2p_trading", "consensus"]
 VERTICAL = ("setpoint", "price_signal")
 HORIZONTAL = ("p2p_trading", "consensus")
 UPSTREAM_ID = "system_operator"
+POWER_MARGIN = 10.0
+"""Received powers (telemetry, meter readings) must lie within this many times the site's ratings."""
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
     "setpoint": {"import_limit_mw": 1.5},
     "price_signal": {"congestion_threshold_pu": 0.8, "congestion_adder_usd_per_mwh": 50.0},
@@ -127,6 +129,14 @@ class Coordination:
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def power_limit_mw(self) -> float:
+        """The largest power a message of this site may report (MW, either sign): :data:`POWER_MARGIN` times
+        the feeder head's rating plus every microgrid's battery and generator ratings. Beyond it a value
+        cannot be a measurement of this site, so receivers reject it (``bounds``)."""
+        ratings = sum(m.battery.p_max_mw + m.generator.p_max_mw for m in self.scenario.microgrids)
+        return POWER_MARGIN * (self.scenario.feeder_head_rating_mva + ratings)
 
     def reset(self) -> None:
         self._last_traded[:] = 0.0

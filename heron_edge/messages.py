@@ -5,11 +5,19 @@ Every payload on the wire is one :class:`Envelope` encoded as compact JSON: who 
 its ``kind``. Brokers carry bytes; receivers call :func:`decode`, which raises
 :class:`DecodeError` (a :class:`~heron_edge.errors.MessageError`) with a ``reason`` the agent counts.
 
-Topics (see :data:`TOPICS` for the full table the README lists)::
+Topics (see :data:`TOPICS` for the full table the README lists): **every topic names its sender**::
 
-    heron/{site}/{agent_id}/{kind}        what an agent publishes about itself (status, telemetry)
-    heron/{site}/{agent_id}/cmd/{kind}    what is sent to one agent (setpoint, ...)
-    heron/{site}/bus/{kind}               broadcasts (price, market, consensus, clock)
+    heron/{site}/{sender}/{kind}          everything an identity says (status, telemetry, price, orders, ...)
+    heron/{site}/{agent_id}/cmd/{kind}    what is sent to one agent (setpoint, action): written by its upstream only
+
+A receiver decodes with :func:`decode_on`, which also rejects an envelope whose ``sender`` is not the
+topic's sender (or, on a command topic, whose ``recipient`` is not the topic's agent) and a body that
+does not belong on the topic's kind. The broker's ACL lets each identity write only its own topics,
+so who says what is enforced twice: by the broker, and by every receiver.
+
+Every value is bounded at decode (see :data:`LIMITS`): finite, and within physically generous limits
+(powers, prices, steps, list and string lengths); out-of-bounds is rejected with reason ``bounds``.
+Receivers add tighter, context-dependent bounds (the step window, a sender's ratings).
 """
 from __future__ import annotations
 
@@ -30,7 +38,6 @@ __all__ = [
     "BODY_TYPES",
     "Body",
     "BodyKind",
-    "BUS",
     "ClearingBody",
     "ClockBody",
     "ConsensusBody",
@@ -38,6 +45,10 @@ __all__ = [
     "DecodeError",
     "DecodeReason",
     "Envelope",
+    "LIMITS",
+    "Limits",
+    "MAX_STEP",
+    "TOPIC_KINDS",
     "OrderBody",
     "PriceBody",
     "ROOT",
@@ -50,10 +61,11 @@ __all__ = [
     "Trade",
     "agent_filter",
     "agent_topic",
-    "bus_topic",
+    "check_topic",
     "command_filter",
     "command_topic",
     "decode",
+    "decode_on",
     "encode",
     "make_envelope",
     "offline_will",
@@ -61,6 +73,43 @@ __all__ = [
     "require_unexpired",
     "topics_markdown",
 ]
+
+# --------------------------------------------------------------------------------------------
+# Limits
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Generous physical bounds every decoded value must respect (a sanity net, not a rating check).
+
+    They keep arithmetic on received values finite (two asks of 1.5e308 would clear at inf); each
+    receiver then applies its own tighter bounds (its step window, the sender's ratings).
+    """
+
+    power_mw: float = 1e5
+    """|any power|, MW (100 GW: more than any feeder)."""
+    price_usd_per_mwh: float = 1e6
+    """|any price or fee|, USD/MWh."""
+    value: float = 1e9
+    """|any other number| (consensus estimates, telemetry values), in the sender's units."""
+    step: int = 2**42
+    """Largest step number: a timer clock's step is unix time / period, so steps run to ~1e11 for 10 ms periods."""
+    items: int = 1024
+    """Most entries in a list or mapping (trades, consensus vectors, telemetry values)."""
+    text: int = 256
+    """Longest identifier or message id, characters."""
+    detail: int = 4096
+    """Longest free text (status detail), characters."""
+
+
+LIMITS: Final = Limits()
+MAX_STEP: Final = LIMITS.step
+
+_Power = Annotated[float, Field(ge=-LIMITS.power_mw, le=LIMITS.power_mw)]
+_Price = Annotated[float, Field(ge=-LIMITS.price_usd_per_mwh, le=LIMITS.price_usd_per_mwh)]
+_Value = Annotated[float, Field(ge=-LIMITS.value, le=LIMITS.value)]
+_Id = Annotated[str, Field(min_length=1, max_length=LIMITS.text)]
 
 # --------------------------------------------------------------------------------------------
 # Bodies
@@ -74,8 +123,8 @@ class SetpointBody(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["setpoint"] = "setpoint"
-    p_mw: float = Field(description="Active power setpoint, MW (generation positive).")
-    q_mvar: float | None = Field(default=None, description="Reactive power setpoint, Mvar; None = unchanged.")
+    p_mw: _Power = Field(description="Active power setpoint, MW (generation positive).")
+    q_mvar: _Power | None = Field(default=None, description="Reactive power setpoint, Mvar; None = unchanged.")
 
 
 class PriceBody(BaseModel):
@@ -83,8 +132,8 @@ class PriceBody(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["price"] = "price"
-    price_usd_per_mwh: float = Field(description="Energy price, USD/MWh.")
-    congestion_adder_usd_per_mwh: float = Field(default=0.0, description="Congestion adder, USD/MWh.")
+    price_usd_per_mwh: _Price = Field(description="Energy price, USD/MWh.")
+    congestion_adder_usd_per_mwh: _Price = Field(default=0.0, description="Congestion adder, USD/MWh.")
 
 
 class OrderBody(BaseModel):
@@ -93,18 +142,18 @@ class OrderBody(BaseModel):
     model_config = _FROZEN
     kind: Literal["order"] = "order"
     side: Literal["bid", "ask"]
-    quantity_mw: float = Field(ge=0.0, description="Quantity offered or wanted, MW (for one step).")
-    limit_price_usd_per_mwh: float = Field(description="Limit price, USD/MWh.")
+    quantity_mw: float = Field(ge=0.0, le=LIMITS.power_mw, description="Quantity offered or wanted, MW (for one step).")
+    limit_price_usd_per_mwh: _Price = Field(description="Limit price, USD/MWh.")
 
 
 class Trade(BaseModel):
     """One matched trade between a buyer and a seller (part of a :class:`ClearingBody`)."""
 
     model_config = _FROZEN
-    buyer: str
-    seller: str
-    quantity_mw: float = Field(description="Traded quantity, MW.")
-    price_usd_per_mwh: float = Field(description="Trade price, USD/MWh.")
+    buyer: _Id
+    seller: _Id
+    quantity_mw: float = Field(ge=0.0, le=LIMITS.power_mw, description="Traded quantity, MW.")
+    price_usd_per_mwh: _Price = Field(description="Trade price, USD/MWh.")
 
 
 class ClearingBody(BaseModel):
@@ -112,9 +161,9 @@ class ClearingBody(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["clearing"] = "clearing"
-    clearing_price_usd_per_mwh: float | None = Field(description="Clearing price, USD/MWh; None if no trade.")
-    trades: list[Trade]
-    fee_usd_per_mwh: float = Field(default=0.0, description="Market fee, USD/MWh.")
+    clearing_price_usd_per_mwh: _Price | None = Field(description="Clearing price, USD/MWh; None if no trade.")
+    trades: list[Trade] = Field(max_length=LIMITS.items)
+    fee_usd_per_mwh: _Price = Field(default=0.0, description="Market fee, USD/MWh.")
 
 
 class ConsensusBody(BaseModel):
@@ -122,8 +171,9 @@ class ConsensusBody(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["consensus"] = "consensus"
-    round: int = Field(ge=0, description="Iteration number within the step, from 0.")
-    values: list[float] = Field(description="The agent's current estimate (units set by the protocol).")
+    round: int = Field(ge=0, le=LIMITS.step, description="Iteration number within the step, from 0.")
+    values: list[_Value] = Field(max_length=LIMITS.items,
+                                 description="The agent's current estimate (units set by the protocol).")
     converged: bool = False
 
 
@@ -132,7 +182,7 @@ class TelemetryBody(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["telemetry"] = "telemetry"
-    values: dict[str, float]
+    values: dict[_Id, _Value] = Field(max_length=LIMITS.items)
 
 
 class ActionBody(BaseModel):
@@ -140,7 +190,7 @@ class ActionBody(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["action"] = "action"
-    values: list[float]
+    values: list[_Value] = Field(max_length=LIMITS.items)
 
 
 class StatusBody(BaseModel):
@@ -149,9 +199,10 @@ class StatusBody(BaseModel):
     model_config = _FROZEN
     kind: Literal["status"] = "status"
     state: Literal["online", "offline", "failsafe"]
-    detail: str = ""
-    counters: dict[str, int] = Field(default_factory=dict, description="Counters, e.g. rejected messages.")
-    cycle_ms: float | None = Field(default=None, description="Last measured cycle time, ms.")
+    detail: str = Field(default="", max_length=LIMITS.detail)
+    counters: dict[_Id, int] = Field(default_factory=dict, max_length=LIMITS.items,
+                                     description="Counters, e.g. rejected messages.")
+    cycle_ms: float | None = Field(default=None, ge=0.0, le=LIMITS.value, description="Last measured cycle time, ms.")
 
 
 class ClockBody(BaseModel):
@@ -159,7 +210,7 @@ class ClockBody(BaseModel):
 
     model_config = _FROZEN
     kind: Literal["clock"] = "clock"
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=LIMITS.step)
     done: bool = False
 
 
@@ -217,12 +268,13 @@ class Envelope(BaseModel):
     """One wire message: routing and timing metadata around one typed body."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-    id: str = Field(default_factory=_new_id, min_length=1, description="Message id (32 hex digits, unique per message).")
-    sender: str = Field(min_length=1)
-    recipient: str | None = Field(default=None, min_length=1, description="Recipient agent id; None = broadcast.")
-    step: int = Field(ge=0, description="Environment / control step this message belongs to.")
-    ts: float = Field(default_factory=time.time, description="Creation time, unix seconds.")
-    expires: float | None = Field(default=None, description="Not valid after this time, unix seconds.")
+    id: str = Field(default_factory=_new_id, min_length=1, max_length=LIMITS.text,
+                    description="Message id (32 hex digits, unique per message).")
+    sender: _Id
+    recipient: _Id | None = Field(default=None, description="Recipient agent id; None = broadcast.")
+    step: int = Field(ge=0, le=LIMITS.step, description="Environment / control step this message belongs to.")
+    ts: float = Field(default_factory=time.time, ge=0.0, le=1e11, description="Creation time, unix seconds.")
+    expires: float | None = Field(default=None, ge=0.0, le=1e11, description="Not valid after this time, unix seconds.")
     body: Body
     mac: str | None = Field(
         default=None,
@@ -250,12 +302,14 @@ _VALIDATE_PYTHON: Final = Envelope.__pydantic_validator__.validate_python
 _TO_JSON: Final = Envelope.__pydantic_serializer__.to_json
 _NO_MAC: Final = {"mac"}
 
-DecodeReason = Literal["not_json", "schema", "unknown_kind", "expired"]
+DecodeReason = Literal["not_json", "schema", "unknown_kind", "expired", "bounds", "sender", "topic"]
 DECODE_REASONS: Final[tuple[DecodeReason, ...]] = get_args(DecodeReason)
 
 
 class DecodeError(MessageError):
-    """A payload was rejected; ``reason`` says why (one of :data:`DECODE_REASONS`)."""
+    """A payload was rejected; ``reason`` says why (one of :data:`DECODE_REASONS`): ``bounds`` = a value
+    outside :data:`LIMITS` (or a receiver's own bounds), ``sender`` = the envelope's sender (or recipient)
+    is not the one its topic names, ``topic`` = the body does not belong on the topic's kind."""
 
     def __init__(self, reason: DecodeReason, message: str) -> None:
         super().__init__(f"{reason}: {message}")
@@ -272,8 +326,9 @@ def encode(envelope: Envelope) -> bytes:
 def decode(payload: bytes | bytearray | memoryview | str, *, now: float | None = None) -> Envelope:
     """Parse and validate one wire payload in a single pass.
 
-    Raises :class:`DecodeError` with ``reason`` ``not_json``, ``schema``, ``unknown_kind`` or
-    ``expired`` (``expires`` before ``now``, default the current time).
+    Raises :class:`DecodeError` with ``reason`` ``not_json``, ``schema``, ``unknown_kind``, ``bounds``
+    (a value outside :data:`LIMITS`) or ``expired`` (``expires`` before ``now``, default the current time).
+    Receivers of bus traffic use :func:`decode_on`, which also binds the sender to the topic.
     """
     if isinstance(payload, memoryview):
         payload = payload.tobytes()
@@ -300,7 +355,15 @@ def _decode_error(exc: ValidationError) -> DecodeError:
         if error["type"] == "union_tag_invalid" and error["loc"] == ("body",):
             return DecodeError("unknown_kind", error["msg"])
     summary = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in errors[:3])
+    if all(error["type"] in _BOUND_ERRORS for error in errors):
+        return DecodeError("bounds", summary)
     return DecodeError("schema", summary)
+
+
+_BOUND_ERRORS: Final = frozenset({
+    "greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number", "too_long", "too_short",
+    "string_too_long", "string_too_short",
+})
 
 
 def make_envelope(
@@ -325,9 +388,23 @@ def make_envelope(
 # --------------------------------------------------------------------------------------------
 
 ROOT: Final = "heron"
-BUS: Final = "bus"
 _CMD: Final = "cmd"
 _FORBIDDEN = frozenset("/+#\0")
+
+TOPIC_KINDS: Final[dict[str, frozenset[BodyKind]]] = {
+    "status": frozenset({"status"}),
+    "telemetry": frozenset({"telemetry"}),
+    "meter": frozenset({"telemetry"}),
+    "action": frozenset({"action"}),
+    "price": frozenset({"price"}),
+    "market": frozenset({"order"}),
+    "clearing": frozenset({"clearing"}),
+    "consensus": frozenset({"consensus"}),
+    "clock": frozenset({"clock"}),
+    "done": frozenset({"clock"}),
+    "setpoint": frozenset({"setpoint"}),
+}
+"""Topic kind (last level) -> the body kinds that may travel on it; anything else is rejected (``topic``)."""
 
 
 def _level(name: str, what: str) -> str:
@@ -337,29 +414,21 @@ def _level(name: str, what: str) -> str:
 
 
 @lru_cache(maxsize=8192)
-def agent_topic(site: str, agent_id: str, kind: str) -> str:
-    """``heron/{site}/{agent_id}/{kind}``: what an agent publishes about itself."""
-    if agent_id == BUS:
-        raise ConfigError(f"agent id {BUS!r} is reserved for broadcasts")
-    return f"{ROOT}/{_level(site, 'site')}/{_level(agent_id, 'agent id')}/{_level(kind, 'kind')}"
+def agent_topic(site: str, sender: str, kind: str) -> str:
+    """``heron/{site}/{sender}/{kind}``: what ``sender`` says (status, telemetry, price, orders, clock, ...)."""
+    if sender == _CMD:
+        raise ConfigError(f"id {_CMD!r} is reserved (command topics)")
+    return f"{ROOT}/{_level(site, 'site')}/{_level(sender, 'agent id')}/{_level(kind, 'kind')}"
 
 
 @lru_cache(maxsize=8192)
 def command_topic(site: str, agent_id: str, kind: str) -> str:
-    """``heron/{site}/{agent_id}/cmd/{kind}``: what is sent to one agent."""
-    if agent_id == BUS:
-        raise ConfigError(f"agent id {BUS!r} is reserved for broadcasts")
+    """``heron/{site}/{agent_id}/cmd/{kind}``: what is sent to one agent (by its upstream only)."""
     return f"{ROOT}/{_level(site, 'site')}/{_level(agent_id, 'agent id')}/{_CMD}/{_level(kind, 'kind')}"
 
 
-@lru_cache(maxsize=1024)
-def bus_topic(site: str, kind: str) -> str:
-    """``heron/{site}/bus/{kind}``: a broadcast everyone on the site may subscribe to."""
-    return f"{ROOT}/{_level(site, 'site')}/{BUS}/{_level(kind, 'kind')}"
-
-
 def agent_filter(site: str, kind: str) -> str:
-    """``heron/{site}/+/{kind}``: the same self-report (e.g. status) from every agent."""
+    """``heron/{site}/+/{kind}``: the same kind from every sender (e.g. every agent's status)."""
     return f"{ROOT}/{_level(site, 'site')}/+/{_level(kind, 'kind')}"
 
 
@@ -369,25 +438,51 @@ def command_filter(site: str, agent_id: str) -> str:
 
 
 class TopicParts(NamedTuple):
-    """A parsed heron topic; ``agent_id`` is None for bus topics."""
+    """A parsed heron topic: ``agent_id`` is the sender, or on a command topic the recipient."""
 
     site: str
-    agent_id: str | None
+    agent_id: str
     kind: str
     command: bool
 
 
+@lru_cache(maxsize=8192)
 def parse_topic(topic: str) -> TopicParts | None:
     """Split a heron topic into its parts; None if it does not follow the scheme."""
     levels = topic.split("/")
-    if len(levels) == 4 and levels[0] == ROOT:
-        _, site, who, kind = levels
-        if who == BUS:
-            return TopicParts(site, None, kind, False)
-        return TopicParts(site, who, kind, False)
-    if len(levels) == 5 and levels[0] == ROOT and levels[3] == _CMD and levels[2] != BUS:
+    if len(levels) == 4 and levels[0] == ROOT and levels[2] != _CMD and all(levels):
+        return TopicParts(levels[1], levels[2], levels[3], False)
+    if len(levels) == 5 and levels[0] == ROOT and levels[3] == _CMD and all(levels):
         return TopicParts(levels[1], levels[2], levels[4], True)
     return None
+
+
+def check_topic(topic: str, envelope: Envelope) -> Envelope:
+    """``envelope``, or :class:`DecodeError`: ``sender`` when the topic names another sender (on a command
+    topic: another recipient), ``topic`` when the topic is not a heron topic or its kind does not carry
+    this body."""
+    parts = parse_topic(topic)
+    if parts is None:
+        raise DecodeError("topic", f"{topic!r} is not a heron topic")
+    if parts.command:
+        if envelope.recipient not in (None, parts.agent_id):
+            raise DecodeError("sender", f"command on {topic} addressed to {envelope.recipient!r}")
+    elif envelope.sender != parts.agent_id:
+        raise DecodeError("sender", f"{envelope.sender!r} published on {topic}, which is {parts.agent_id!r}'s")
+    allowed = TOPIC_KINDS.get(parts.kind)
+    body_kind = envelope.body.kind
+    if (allowed is None or body_kind not in allowed):
+        raise DecodeError("topic", f"a {body_kind} body on {topic}")
+    if parts.kind == "done" and not (isinstance(envelope.body, ClockBody) and envelope.body.done):
+        raise DecodeError("topic", f"a step announcement on {topic}")
+    if parts.kind == "clock" and isinstance(envelope.body, ClockBody) and envelope.body.done:
+        raise DecodeError("topic", f"a done report on {topic}")
+    return envelope
+
+
+def decode_on(topic: str, payload: bytes | bytearray | memoryview | str, *, now: float | None = None) -> Envelope:
+    """:func:`decode` a payload received on ``topic`` and :func:`check_topic` it: what every receiver calls."""
+    return check_topic(topic, decode(payload, now=now))
 
 
 def offline_will(site: str, agent_id: str, *, detail: str = "connection lost") -> tuple[str, bytes]:
@@ -410,25 +505,31 @@ class TopicSpec:
 
 
 TOPICS: Final[tuple[TopicSpec, ...]] = (
-    TopicSpec("heron/{site}/{agent_id}/status", ("status",), "the agent (last will: offline)",
-              "its upstream, operators, monitoring", 1, True,
-              "online / offline / failsafe, counters, cycle time"),
-    TopicSpec("heron/{site}/{agent_id}/telemetry", ("telemetry",), "the agent", "its upstream, loggers", 1, False,
-              "local measurements each cycle"),
-    TopicSpec("heron/{site}/{agent_id}/action", ("action",), "the agent", "the environment, loggers", 1, False,
+    TopicSpec("heron/{site}/{id}/status", ("status",), "every identity (last will: offline)",
+              "upstream, operators, monitoring", 1, True,
+              "online / offline / failsafe, counters, cycle time; a clean stop publishes its own offline"),
+    TopicSpec("heron/{site}/{agent}/telemetry", ("telemetry",), "the agent", "its upstream, its peers, loggers", 1,
+              False, "local measurements each cycle"),
+    TopicSpec("heron/{site}/{agent}/action", ("action",), "the agent", "loggers", 1, False,
               "the action the agent applied this step"),
-    TopicSpec("heron/{site}/{agent_id}/cmd/setpoint", ("setpoint",), "its upstream (coordinator)", "the agent", 1,
+    TopicSpec("heron/{site}/{agent}/cmd/setpoint", ("setpoint",), "its upstream (the operator) only", "the agent", 1,
               False, "carries an expiry; a stale setpoint is never applied"),
-    TopicSpec("heron/{site}/{agent_id}/cmd/action", ("action",), "the environment (policy)", "the agent", 1, False,
-              "an externally chosen action for this step"),
-    TopicSpec("heron/{site}/bus/price", ("price",), "system operator / coordinator", "all agents", 1, False,
+    TopicSpec("heron/{site}/{agent}/cmd/action", ("action",), "its upstream (the operator) only", "the agent", 1,
+              False, "an externally chosen action for this step"),
+    TopicSpec("heron/{site}/{operator}/price", ("price",), "the system operator", "all agents", 1, False,
               "price signal for the step"),
-    TopicSpec("heron/{site}/bus/market", ("order", "clearing"), "traders (orders), the market (clearing)",
-              "the market (orders), traders (clearing)", 1, False, "peer-to-peer trading"),
-    TopicSpec("heron/{site}/bus/consensus", ("consensus",), "each participant", "its neighbours", 1, False,
+    TopicSpec("heron/{site}/{agent}/market", ("order",), "each trader", "the market (the operator)", 1, False,
+              "peer-to-peer trading: the agent's bid or ask"),
+    TopicSpec("heron/{site}/{operator}/clearing", ("clearing",), "the market (the operator)", "the traders", 1,
+              False, "the step's clearing price and trades"),
+    TopicSpec("heron/{site}/{agent}/consensus", ("consensus",), "each participant", "its neighbours", 1, False,
               "one message per agent per round"),
-    TopicSpec("heron/{site}/bus/clock", ("clock",), "the orchestrator (step), agents (done)", "everyone", 1,
-              False, "lock-step: step N starts / agent finished step N"),
+    TopicSpec("heron/{site}/{plant}/clock", ("clock",), "the clock (SIL plant, site orchestrator)", "everyone", 1,
+              False, "lock-step: step N starts"),
+    TopicSpec("heron/{site}/{id}/done", ("clock",), "the operator and each agent", "the clock", 1, False,
+              "lock-step: this identity finished step N"),
+    TopicSpec("heron/{site}/{plant}/meter", ("telemetry",), "the feeder-head meter (the SIL plant)", "the operator",
+              1, False, "feeder_head_mw of the last step (price_signal's congestion rule)"),
 )
 """The topic scheme as a table (the README lists it)."""
 

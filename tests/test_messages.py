@@ -27,7 +27,8 @@ from heron_edge.messages import (
     Trade,
     agent_filter,
     agent_topic,
-    bus_topic,
+    check_topic,
+    decode_on,
     command_filter,
     command_topic,
     decode,
@@ -108,13 +109,21 @@ def _wire(**overrides: object) -> bytes:
         (b"", "not_json"),
         (b'{"sender": "a", ', "not_json"),
         (b"[1, 2]", "schema"),
-        (_wire(step=-1), "schema"),
+        (_wire(step=-1), "bounds"),
         (_wire(body={"kind": "price"}), "schema"),
         (_wire(body={"kind": "setpoint", "p_mw": 1.0, "volts": 3}), "schema"),
         (_wire(body={"price_usd_per_mwh": 3.0}), "schema"),
         (_wire(surprise=True), "schema"),
         (_wire(body={"kind": "teleport", "x": 1}), "unknown_kind"),
         (_wire(expires=10.0), "expired"),
+        (_wire(step=2**43), "bounds"),
+        (_wire(body={"kind": "setpoint", "p_mw": 1e308}), "bounds"),
+        (_wire(body={"kind": "price", "price_usd_per_mwh": -1e300}), "bounds"),
+        (_wire(body={"kind": "order", "side": "bid", "quantity_mw": 1.7e308, "limit_price_usd_per_mwh": 1.0}), "bounds"),
+        (_wire(body={"kind": "telemetry", "values": {"load_mw": 1e308}}), "bounds"),
+        (_wire(body={"kind": "consensus", "round": 0, "values": [1.0] * 2000}), "bounds"),
+        (_wire(body={"kind": "clock", "step": 10**30}), "bounds"),
+        (_wire(sender="x" * 1000), "bounds"),
     ],
 )
 def test_decode_failures_have_a_reason(payload: bytes, reason: str) -> None:
@@ -137,24 +146,51 @@ def test_expiry_is_checked_against_now() -> None:
 def test_topic_scheme() -> None:
     assert agent_topic("s1", "ess1", "status") == "heron/s1/ess1/status"
     assert command_topic("s1", "ess1", "setpoint") == "heron/s1/ess1/cmd/setpoint"
-    assert bus_topic("s1", "price") == "heron/s1/bus/price"
+    assert agent_topic("s1", "system_operator", "price") == "heron/s1/system_operator/price"
     assert topic_matches(agent_filter("s1", "status"), agent_topic("s1", "pv2", "status"))
     assert topic_matches(command_filter("s1", "ess1"), command_topic("s1", "ess1", "setpoint"))
     assert not topic_matches(command_filter("s1", "ess1"), command_topic("s1", "ess2", "setpoint"))
     assert parse_topic("heron/s1/ess1/cmd/setpoint") == ("s1", "ess1", "setpoint", True)
-    assert parse_topic("heron/s1/bus/clock") == ("s1", None, "clock", False)
+    assert parse_topic("heron/s1/plant/clock") == ("s1", "plant", "clock", False)
+    assert parse_topic("heron/s1/cmd/clock") is None and parse_topic("heron/s1//clock") is None
     assert parse_topic("heron/s1/ess1/status") == ("s1", "ess1", "status", False)
     assert parse_topic("other/s1/ess1/status") is None
     for bad in ["", "a/b", "a+", "#"]:
         with pytest.raises(ConfigError):
             agent_topic("s1", bad, "status")
     with pytest.raises(ConfigError):
-        command_topic("s1", "bus", "setpoint")
+        agent_topic("s1", "cmd", "status")
+
+
+@pytest.mark.parametrize(
+    ("topic", "envelope", "reason"),
+    [
+        ("heron/s/plant/clock", make_envelope("mg1", ClockBody(step=1), step=1), "sender"),
+        ("heron/s/mg1/done", make_envelope("mg2", ClockBody(step=1, done=True), step=1), "sender"),
+        ("heron/s/mg1/done", make_envelope("mg1", ClockBody(step=1), step=1), "topic"),
+        ("heron/s/plant/clock", make_envelope("plant", ClockBody(step=1, done=True), step=1), "topic"),
+        ("heron/s/op/price", make_envelope("op", SetpointBody(p_mw=1.0), step=1), "topic"),
+        ("heron/s/mg1/cmd/setpoint", make_envelope("op", SetpointBody(p_mw=1.0), step=1, recipient="mg2"), "sender"),
+        ("heron/s/mg1/teleport", make_envelope("mg1", SetpointBody(p_mw=1.0), step=1), "topic"),
+        ("not/a/heron/topic", make_envelope("mg1", SetpointBody(p_mw=1.0), step=1), "topic"),
+    ],
+)
+def test_a_topic_binds_its_sender_and_its_kind(topic: str, envelope: Envelope, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_on(topic, encode(envelope))
+    assert info.value.reason == reason
+
+
+def test_a_well_addressed_message_passes_the_topic_check() -> None:
+    env = make_envelope("op", SetpointBody(p_mw=1.0), step=1, recipient="mg1")
+    assert check_topic("heron/s/mg1/cmd/setpoint", env) is env
+    clock = make_envelope("plant", ClockBody(step=3), step=3)
+    assert decode_on("heron/s/plant/clock", encode(clock)) == clock
 
 
 def test_topic_table_is_consistent() -> None:
     for spec in TOPICS:
-        concrete = spec.pattern.format(site="s", agent_id="a")
+        concrete = spec.pattern.format(site="s", agent="a", id="a", operator="a", plant="a")
         parts = parse_topic(concrete)
         assert parts is not None, spec.pattern
         assert set(spec.body_kinds) <= set(BODY_TYPES)
@@ -162,7 +198,7 @@ def test_topic_table_is_consistent() -> None:
     status = [s for s in TOPICS if s.pattern.endswith("/status")]
     assert len(status) == 1 and status[0].retained
     table = topics_markdown()
-    assert table.count("\n") == len(TOPICS) + 2 and "`heron/{site}/bus/clock`" in table
+    assert table.count("\n") == len(TOPICS) + 2 and "`heron/{site}/{plant}/clock`" in table
 
 
 def test_offline_will_is_a_valid_status() -> None:

@@ -2,6 +2,12 @@
 side of the configured protocols (setpoints from the microgrids' reported needs, the market).
 
 The microgrid agents accept price and commands only from their configured upstream id.
+
+The operator waits for the microgrids' telemetry at most ``telemetry_wait_s`` per step, then goes on
+with each missing microgrid's last need (counted ``late`` and ``late_<agent>``): one dead or frozen
+microgrid must never delay the price so long that the healthy ones fail safe, so that wait must stay
+well below the agents' upstream timeout (see :data:`TELEMETRY_WAIT_SHARE`). Telemetry whose powers lie
+beyond ``Coordination.power_limit_mw`` is rejected (``rejected_bounds``).
 """
 from __future__ import annotations
 
@@ -13,22 +19,27 @@ import numpy as np
 
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import Coordination, OperatorRoles
-from heron_edge.messages import DecodeError, TelemetryBody, agent_filter, decode
+from heron_edge.messages import DecodeError, TelemetryBody, agent_filter, decode_on
 from heron_edge.protocols import Clearing, Link, PriceSignal
 
 log = logging.getLogger(__name__)
+
+TELEMETRY_WAIT_SHARE = 0.5
+"""The operator's telemetry wait as a share of the agents' upstream timeout (the rest is left for the
+price to reach them): ``telemetry_wait_s = TELEMETRY_WAIT_SHARE * upstream_timeout_s``."""
 
 
 class SystemOperator:
     """The operator role over a broker: price broadcast, setpoints, market clearing."""
 
     def __init__(self, agent_id: str, broker: Broker, coordination: Coordination, *, site: str = "sim",
-                 step_timeout_s: float = 2.0) -> None:
+                 step_timeout_s: float = 2.0, telemetry_wait_s: float | None = None) -> None:
         self.agent_id = agent_id
         self.broker = broker
         self.coordination = coordination
         self.site = site
         self.step_timeout_s = step_timeout_s
+        self.telemetry_wait_s = step_timeout_s if telemetry_wait_s is None else min(telemetry_wait_s, step_timeout_s)
         self.roles = OperatorRoles(coordination, Link(broker, site=site, agent_id=agent_id, timeout_s=step_timeout_s))
         self.stats: Counter[str] = Counter()
         self._telemetry: Subscription | None = None
@@ -60,39 +71,59 @@ class SystemOperator:
 
     async def _collect_needs(self, step: int) -> np.ndarray:
         """Each microgrid's need (load - PV - wind, MW) from its telemetry of ``step``; last value if late."""
-        assert self._telemetry is not None
+        if self._telemetry is None:
+            raise RuntimeError("SystemOperator.start() was not awaited")
         fresh = np.zeros(len(self._needs), dtype=bool)
-        deadline = time.monotonic() + self.step_timeout_s
+        deadline = time.monotonic() + self.telemetry_wait_s
+        limit = self.coordination.power_limit_mw
         while not fresh.all():
             delivery = self._telemetry.get_nowait()
             if delivery is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    missing = [n for n, ok in zip(self.coordination.names, fresh) if not ok]
                     self.stats["late"] += 1
-                    log.warning("%s: telemetry of step %d missing from %s; using last needs", self.agent_id, step,
-                                [n for n, ok in zip(self.coordination.names, fresh) if not ok])
+                    self.stats.update(f"late_{n}" for n in missing)
+                    log.warning("%s: telemetry of step %d missing from %s after %.2f s; using their last needs",
+                                self.agent_id, step, missing, self.telemetry_wait_s)
                     break
                 try:
                     delivery = await self._telemetry.get(timeout=remaining)
                 except TimeoutError:
                     continue
             try:
-                envelope = decode(delivery.payload)
+                envelope = decode_on(delivery.topic, delivery.payload)
             except DecodeError as exc:
-                self.stats[f"rejected_{exc.reason}"] += 1
+                self._reject(exc.reason, delivery.topic, exc)
                 continue
             i = self._index.get(envelope.sender)
-            if i is None or not isinstance(envelope.body, TelemetryBody) or not delivery.topic.endswith(f"/{envelope.sender}/telemetry"):
-                self.stats["rejected_sender"] += 1
+            if i is None or not isinstance(envelope.body, TelemetryBody):
+                self._reject("sender", delivery.topic, f"telemetry from {envelope.sender!r}, not a microgrid")
                 continue
             if envelope.step != step:
                 self.stats["stale"] += 1
                 continue
             values = envelope.body.values
-            self._needs[i] = self.coordination.needs_mw(values.get("load_mw", 0.0), values.get("pv_mw", 0.0),
-                                                        values.get("wind_mw", 0.0))
+            powers = [values.get(k, 0.0) for k in ("load_mw", "pv_mw", "wind_mw")]
+            if any(abs(p) > limit for p in powers):
+                self._reject("bounds", delivery.topic, f"powers {powers} MW beyond +/-{limit:g} MW")
+                continue
+            self._needs[i] = self.coordination.needs_mw(*powers)
             fresh[i] = True
         return self._needs.copy()
+
+    def _reject(self, reason: str, topic: str, detail: object) -> None:
+        self.stats[f"rejected_{reason}"] += 1
+        log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)
+
+    def counters(self) -> dict[str, int]:
+        """Telemetry counters and the protocols' link counters (market orders, consensus), for the status."""
+        out = {k: int(v) for k, v in self.stats.items()}
+        link = self.roles.link.stats
+        out.update({f"protocol_rejected_{reason}": n for reason, n in link.rejected.items()})
+        out["protocol_timeouts"] = link.timeouts
+        out["protocol_stale"] = link.stale
+        return out
 
     async def close(self) -> None:
         if self._telemetry is not None:

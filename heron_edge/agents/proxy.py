@@ -29,35 +29,43 @@ from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import MicrogridRoles
 from heron_edge.errors import BrokerError
 from heron_edge.messages import (
-    DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_filter, agent_topic, bus_topic, decode, encode,
-    make_envelope, require_unexpired,
+    LIMITS, DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_filter, agent_topic, check_topic, decode,
+    encode, make_envelope, require_unexpired,
 )
 from heron_edge.protocols import Clearing
 
 log = logging.getLogger(__name__)
 
 _DECODED_CAPACITY = 256
+_DECODED_BYTES = 1 << 20
+"""The decode cache holds at most this many payload bytes (and entries of at most 1/64 of it each)."""
 
 
 class _DecodeOnce:
     """Decodes each distinct payload once per process: every agent of a site receives the same bytes.
 
-    Envelopes are immutable, so sharing one between agents is safe; expiry is still checked on every
-    use (it depends on the time), and a rejected payload is decoded again (and rejected again).
+    Envelopes are immutable, so sharing one between agents is safe; expiry and the topic binding are
+    still checked on every use (they depend on the time and the topic), and a rejected payload is
+    decoded again (and rejected again). Bounded in entries and in bytes, so large payloads cannot grow it.
     """
 
     def __init__(self) -> None:
         self._envelopes: dict[bytes, Envelope] = {}
+        self.bytes = 0
 
-    def __call__(self, payload: bytes) -> Envelope:
+    def __call__(self, topic: str, payload: bytes) -> Envelope:
         envelope = self._envelopes.get(payload)
         if envelope is None:
             envelope = decode(payload)
-            if len(self._envelopes) >= _DECODED_CAPACITY:
-                del self._envelopes[next(iter(self._envelopes))]
-            self._envelopes[payload] = envelope
-            return envelope
-        return require_unexpired(envelope)  # a cached envelope may have expired since
+            if len(payload) <= _DECODED_BYTES // 64:
+                while self._envelopes and (len(self._envelopes) >= _DECODED_CAPACITY
+                                           or self.bytes + len(payload) > _DECODED_BYTES):
+                    self.bytes -= len(oldest := next(iter(self._envelopes)))
+                    del self._envelopes[oldest]
+                self._envelopes[payload] = envelope
+                self.bytes += len(payload)
+            return check_topic(topic, envelope)
+        return check_topic(topic, require_unexpired(envelope))  # a cached envelope may have expired since
 
 
 _decode_once = _DecodeOnce()
@@ -92,7 +100,8 @@ class ProxyAgent:
         self.last_clearing: Clearing | None = None
         self._streams: tuple[Subscription, Subscription] | None = None  # (price, every agent's telemetry)
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
-        self._price_topic = bus_topic(site, "price")
+        self._price_topic = agent_topic(site, upstream_id, "price")
+        self._power_limit_mw = roles.coordination.power_limit_mw if roles else LIMITS.power_mw
         self._peer_of_topic = {agent_topic(site, p, "telemetry"): i for i, p in enumerate(self.peers)}
         self._protocol_start = ob.N_CONTEXT + ob.N_LOCAL + len(self.peers)
         self._n_observation = self._protocol_start + (roles.coordination.n_features if roles else 0)
@@ -242,17 +251,13 @@ class ProxyAgent:
             return  # our own report, echoed back by the broker
         self.stats["received"] += 1
         try:
-            envelope = _decode_once(payload)
+            envelope = _decode_once(topic, payload)
         except DecodeError as exc:
-            self.stats[f"rejected_{exc.reason}"] += 1
-            log.warning("%s: rejected a message on %s: %s", self.agent_id, topic, exc)
+            self._reject(exc.reason, topic, exc)
             return
         body: Any = envelope.body
         if topic == self._price_topic and isinstance(body, PriceBody):
-            if envelope.sender != self.upstream_id:
-                self.stats["rejected_sender"] += 1
-                log.warning("%s: price from %r, not our upstream %r", self.agent_id, envelope.sender, self.upstream_id)
-            elif envelope.step == step:
+            if envelope.step == step:
                 self._price = body.price_usd_per_mwh + body.congestion_adder_usd_per_mwh
                 self._price_step = step
                 self.price_received_at = time.monotonic()
@@ -261,14 +266,21 @@ class ProxyAgent:
             return
         if isinstance(body, TelemetryBody) and topic.endswith("/telemetry"):
             i = self._peer_of_topic.get(topic)
-            if i is None or envelope.sender != self.peers[i]:
-                self.stats["rejected_sender"] += 1
-                log.warning("%s: telemetry on %s from %r is not from a known peer", self.agent_id, topic, envelope.sender)
+            if i is None:
+                self._reject("sender", topic, f"telemetry from {envelope.sender!r}, not a known peer")
                 return
             if envelope.step != step:
                 self.stats["stale"] += 1
                 return
-            self._peer_exchange[i] = body.values.get("exchange_mw", self._peer_exchange[i])
+            exchange = body.values.get("exchange_mw", self._peer_exchange[i])
+            if abs(exchange) > self._power_limit_mw:
+                self._reject("bounds", topic, f"exchange {exchange} MW beyond +/-{self._power_limit_mw:g} MW")
+                return
+            self._peer_exchange[i] = exchange
             self._peer_step[i] = step
             return
         self.stats["ignored"] += 1  # well-formed, but not a price or telemetry (e.g. another body on these topics)
+
+    def _reject(self, reason: str, topic: str, detail: object) -> None:
+        self.stats[f"rejected_{reason}"] += 1
+        log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)

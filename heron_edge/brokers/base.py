@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Protocol, runtime_checkable
@@ -19,6 +20,8 @@ __all__ = [
     "BrokerWrapper",
     "DEFAULT_GET_TIMEOUT_S",
     "DEFAULT_MAXSIZE",
+    "MAX_PACKET_BYTES",
+    "get_any",
     "Broker",
     "Delivery",
     "Payload",
@@ -33,6 +36,10 @@ DEFAULT_GET_TIMEOUT_S: Final = 10.0
 """Default wait of :meth:`Subscription.get`, seconds."""
 DEFAULT_MAXSIZE: Final = 10_000
 """Default bound of a subscription queue, messages."""
+MAX_PACKET_BYTES: Final = 262_144
+"""Largest MQTT packet, bytes: the brokers' ``max_packet_size`` and MqttBroker's own send/receive
+limit. The largest real envelope is a market clearing, ~10 kB with 100 trades (a 100-value consensus
+vector ~2 kB), so 256 KiB leaves >25x headroom while huge messages cannot exhaust anyone's memory."""
 
 Payload = bytes | bytearray | memoryview | Envelope
 
@@ -243,6 +250,35 @@ class Subscription:
             if self._ended and self._error is None:
                 raise StopAsyncIteration from None
             raise
+
+
+async def get_any(subscriptions: Sequence[Subscription], timeout: float) -> tuple[int, Delivery]:
+    """The next delivery on any of ``subscriptions`` (the first in order when several have one), with the
+    index of its subscription: one wait for many filters (e.g. each neighbour's consensus topic).
+    Raises TimeoutError after ``timeout`` seconds, BrokerError when one of them is over."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        for i, sub in enumerate(subscriptions):
+            if sub._queue:
+                return i, sub._queue.popleft()
+        for sub in subscriptions:
+            sub._raise_if_over()
+        waiter: asyncio.Future[None] = loop.create_future()
+        handle = loop.call_at(deadline, _expire, waiter)
+        for sub in subscriptions:
+            sub._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            if not waiter.done():
+                waiter.cancel()
+            for sub in subscriptions:
+                try:
+                    sub._waiters.remove(waiter)
+                except ValueError:
+                    pass
 
 
 # --------------------------------------------------------------------------------------------

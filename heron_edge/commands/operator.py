@@ -41,7 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--meter-id", default="plant",
                         help="sender of the feeder-head meter reading (price_signal's congestion rule) (default: %(default)s)")
     parser.add_argument("--step-timeout", type=float, default=2.0, metavar="S",
-                        help="longest wait for the microgrids' telemetry / the meter per step (default: %(default)s)")
+                        help="longest wait for the meter and the market's orders per step (default: %(default)s)")
+    parser.add_argument("--upstream-timeout", type=float, default=3.0, metavar="S",
+                        help="the gateways' failsafe.upstream_timeout_s: the operator waits at most half of it for the "
+                             "microgrids' telemetry, so one silent microgrid never delays the price enough to push "
+                             "the others into failsafe (default: %(default)s)")
     parser.add_argument("--ledger", type=Path, default=None, metavar="FILE.jsonl",
                         help="append what was signalled and cleared, one JSON line per step")
     parser.add_argument("--command-keys-env", default="HERON_COMMAND_KEYS", metavar="VAR",
@@ -64,8 +68,10 @@ def run(args: argparse.Namespace) -> int:
         options = json.loads(args.protocol_options) if args.protocol_options else {}
         if not isinstance(options, dict):
             raise ConfigError("--protocol-options must be a JSON object")
-        if not args.period_s > 0:
-            raise ConfigError("--period-s must be positive")
+        for flag, value in (("--period-s", args.period_s), ("--step-timeout", args.step_timeout),
+                            ("--upstream-timeout", args.upstream_timeout)):
+            if not 0 < value < 86_400:
+                raise ConfigError(f"{flag} must be positive and less than a day, not {value!r}")
         scenario = _load_scenario(args.scenario)
         asyncio.run(_main(args, scenario, options))
     except (ConfigError, ScenarioError, json.JSONDecodeError) as exc:
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str, dict[str, object]]) -> None:
     from heron_edge.agents import SystemOperator
+    from heron_edge.agents.operator import TELEMETRY_WAIT_SHARE
     from heron_edge.brokers import Broker
     from heron_edge.coordination import Coordination
     from heron_edge.messages import agent_topic
@@ -93,8 +100,11 @@ async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str,
     signer = signer_from_env(args.command_keys_env)
     commands: Broker = broker if signer is None else SigningBroker(broker, signer)  # the protocols' commands, signed
     coordination = Coordination(scenario, args.protocol, options)
-    operator = SystemOperator(args.id, commands, coordination, site=args.site, step_timeout_s=args.step_timeout)
-    meter = FeederMeter(broker, site=args.site, meter_id=args.meter_id, timeout_s=args.step_timeout)
+    telemetry_wait_s = TELEMETRY_WAIT_SHARE * args.upstream_timeout
+    operator = SystemOperator(args.id, commands, coordination, site=args.site, step_timeout_s=args.step_timeout,
+                              telemetry_wait_s=telemetry_wait_s)
+    meter = FeederMeter(broker, site=args.site, meter_id=args.meter_id, timeout_s=min(args.step_timeout, telemetry_wait_s),
+                        limit_mw=coordination.power_limit_mw)
     if args.clock == "timer":  # a wall-clock step: the price at the same time of the profile's year
         def price_of(step: int) -> float:
             return float(prices[hour_of_year_index(step * args.period_s, scenario.step_hours, len(prices))])
@@ -102,8 +112,13 @@ async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str,
         def price_of(step: int) -> float:
             return float(prices[step])
     service = CoordinationService(operator, price_of, meter=meter, ledger=args.ledger)
+
+    def counters() -> dict[str, int]:
+        return {**operator.counters(), **{k: int(v) for k, v in meter.stats.items()}}
+
     runtime = OperatorRuntime(broker, site=args.site, operator_id=args.id, services=[service],
-                              clock_sender=args.clock_sender, clock=args.clock, period_s=args.period_s)
+                              clock_sender=args.clock_sender, clock=args.clock, period_s=args.period_s,
+                              step_limit=None if args.clock == "timer" else len(prices), counters=counters)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop)

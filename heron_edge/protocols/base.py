@@ -5,9 +5,12 @@ keeps, across steps, the agent's subscriptions, messages that arrived early (for
 round), the last values a role falls back on, and counters. Rules every role follows through it:
 
 - every wait is bounded by a deadline (``timeout_s``); a missing message yields ``None``, never a hang;
-- a payload that does not decode (not JSON, bad schema, unknown kind, expired) is rejected and
-  counted in ``stats.rejected[reason]``; the role keeps going;
-- a message from an older step is ignored (``stats.stale``); one from a later step is kept for then;
+- a payload that does not decode (not JSON, bad schema, unknown kind, expired, a value out of bounds,
+  a sender other than the one its topic names) is rejected, logged and counted in
+  ``stats.rejected[reason]``; the role keeps going;
+- a message from an older step is ignored (``stats.stale``); one from a later step is kept for then,
+  if it lies within ``step_window`` steps of the current one (further ahead: rejected as ``bounds``,
+  so a forged far-future step can neither fill the stash nor be waited for);
 - a duplicate (same envelope id) is ignored (``stats.duplicates``).
 
 Subscribe before the peers publish: call the protocol's ``prepare(link, role)`` once per Link
@@ -16,21 +19,27 @@ Subscribe before the peers publish: call the protocol's ``prepare(link, role)`` 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter, deque
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from heron_edge.brokers import Broker, Subscription
+from heron_edge.brokers import Broker, Delivery, Subscription
+from heron_edge.brokers.base import get_any
 from heron_edge.errors import ConfigError
-from heron_edge.messages import DecodeError, Envelope, decode, make_envelope
+from heron_edge.messages import DecodeError, Envelope, decode_on, make_envelope
 
-__all__ = ["Link", "LinkStats", "ProtocolConfig", "load_config"]
+__all__ = ["STEP_WINDOW", "Link", "LinkStats", "ProtocolConfig", "load_config"]
+
+log = logging.getLogger(__name__)
 
 _STASH_MAX: Final = 4096
 _SEEN_MAX: Final = 8192
+STEP_WINDOW: Final = 8
+"""How many steps ahead of the current one a message may be stamped and still be kept for later."""
 
 
 class ProtocolConfig(BaseModel):
@@ -89,7 +98,8 @@ class Link:
     setpoint). Steps must increase on a given (broker, site); start a new site for a new run.
     """
 
-    def __init__(self, broker: Broker, *, site: str, agent_id: str, step: int = 0, timeout_s: float = 1.0) -> None:
+    def __init__(self, broker: Broker, *, site: str, agent_id: str, step: int = 0, timeout_s: float = 1.0,
+                 step_window: int = STEP_WINDOW) -> None:
         if not timeout_s > 0.0:
             raise ConfigError(f"timeout_s must be > 0 seconds, got {timeout_s!r}")
         if step < 0:
@@ -99,6 +109,7 @@ class Link:
         self.agent_id: str = agent_id
         self.step: int = step
         self.timeout_s: float = timeout_s
+        self.step_window: int = step_window
         self.stats: LinkStats = LinkStats()
         self.memory: dict[str, Any] = {}
         self._boxes: dict[str, _Mailbox] = {}
@@ -162,48 +173,69 @@ class Link:
             self._seen_set.discard(self._seen.popleft())
         return True
 
-    async def receive(self, topic_filter: str, body_type: type[BaseModel], *, deadline: float,
+    def reject(self, reason: str, topic: str, detail: object) -> None:
+        """Count and log one rejected message (every role's rejections go through here)."""
+        self.stats.rejected[reason] += 1
+        log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)
+
+    def _accept(self, delivery: Delivery) -> Envelope | None:
+        """The delivery's envelope if it decodes on its topic, is new and lies within the step window;
+        None otherwise (rejected, duplicate or stale, counted)."""
+        try:
+            env = decode_on(delivery.topic, delivery.payload)
+        except DecodeError as exc:
+            self.reject(exc.reason, delivery.topic, exc)
+            return None
+        if env.step > self.step + self.step_window:
+            self.reject("bounds", delivery.topic, f"step {env.step} is more than {self.step_window} ahead of {self.step}")
+            return None
+        if not self._fresh(env):
+            return None
+        if env.step < self.step:
+            self.stats.stale += 1
+            return None
+        return env
+
+    async def receive(self, topics: str | Sequence[str], body_type: type[BaseModel], *, deadline: float,
                       senders: Collection[str] | None = None,
                       accept: Callable[[Envelope], bool] | None = None) -> Envelope | None:
-        """The next envelope of this step on ``topic_filter`` whose body is ``body_type``, from one of
-        ``senders`` (None: anyone), for which ``accept`` holds; None once ``deadline`` (event-loop
-        time) passes. Other bodies and senders are ignored; messages of the right body and sender
-        that ``accept`` refuses now (e.g. a later round) or that belong to a later step are kept."""
-        await self.subscribe(topic_filter)
-        box = self._boxes[topic_filter]
+        """The next envelope of this step on ``topics`` (one filter or several) whose body is ``body_type``,
+        from one of ``senders`` (None: anyone), for which ``accept`` holds; None once ``deadline``
+        (event-loop time) passes. Other bodies and senders are ignored; messages of the right body and
+        sender that ``accept`` refuses now (e.g. a later round) or that belong to a later step are kept."""
+        filters = (topics,) if isinstance(topics, str) else tuple(topics)
+        for topic_filter in filters:
+            await self.subscribe(topic_filter)
+        boxes = [self._boxes[f] for f in filters]
 
         def wanted(env: Envelope) -> bool:
             return (env.step == self.step and isinstance(env.body, body_type)
                     and (senders is None or env.sender in senders) and (accept is None or accept(env)))
 
-        kept = [env for env in box.stash if env.step >= self.step]
-        self.stats.stale += len(box.stash) - len(kept)
-        box.stash = deque(kept)
-        for env in box.stash:
-            if wanted(env):
-                box.stash.remove(env)
-                self.stats.received += 1
-                return env
+        for box in boxes:
+            kept = [env for env in box.stash if env.step >= self.step]
+            self.stats.stale += len(box.stash) - len(kept)
+            box.stash = deque(kept)
+            for env in box.stash:
+                if wanted(env):
+                    box.stash.remove(env)
+                    self.stats.received += 1
+                    return env
+        subs = [box.sub for box in boxes]
         loop = asyncio.get_running_loop()
         while True:
-            delivery = box.sub.get_nowait()
+            index, delivery = next(((i, d) for i, sub in enumerate(subs) if (d := sub.get_nowait()) is not None),
+                                   (-1, None))
             if delivery is None:
                 remaining = deadline - loop.time()
                 if remaining <= 0.0:
                     return None
                 try:
-                    delivery = await box.sub.get(timeout=remaining)
+                    index, delivery = await get_any(subs, remaining)
                 except TimeoutError:
                     return None
-            try:
-                env = decode(delivery.payload)
-            except DecodeError as exc:
-                self.stats.rejected[exc.reason] += 1
-                continue
-            if not self._fresh(env):
-                continue
-            if env.step < self.step:
-                self.stats.stale += 1
+            env = self._accept(delivery)
+            if env is None:
                 continue
             if not isinstance(env.body, body_type) or (senders is not None and env.sender not in senders):
                 self.stats.ignored += 1  # valid, but for another role on this topic
@@ -211,6 +243,7 @@ class Link:
             if wanted(env):
                 self.stats.received += 1
                 return env
+            box = boxes[index]
             if len(box.stash) >= _STASH_MAX:
                 box.stash.popleft()
                 self.stats.overflow += 1

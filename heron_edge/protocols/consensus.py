@@ -14,7 +14,8 @@ guarantees ``max_i |x_i - average| <= tol`` (``lambda2``: second largest eigenva
 since ``||x - avg||_2 <= ||W x - x||_2 / (1 - lambda2)`` and later rounds only shrink it).
 Otherwise it runs until ``max_rounds`` and reports ``converged=False``.
 
-**Wire.** One ``consensus`` message per node per round on ``heron/{site}/bus/consensus``;
+**Wire.** One ``consensus`` message per node per round on its own ``heron/{site}/{node}/consensus``;
+each node subscribes to its neighbours' topics only;
 ``round`` counts rounds within the step (it keeps increasing across the consensus runs of a
 dispatch). ``values`` is ``[*x_i, flooded max change]`` during averaging, and ``x_i`` alone during
 the agreement floods that follow a converged average (marked ``converged=True``).
@@ -48,7 +49,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from heron_edge.errors import ActionError, ConfigError
-from heron_edge.messages import ConsensusBody, bus_topic
+from heron_edge.messages import ConsensusBody, agent_topic
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
 from heron_edge.protocols.dispatch import DispatchResult, GeneratorCost, economic_dispatch
 from heron_edge.protocols.topology import Graph, TopologyName, build_graph
@@ -99,6 +100,11 @@ class NodeDispatch:
     excluded: tuple[str, ...]
 
 
+def neighbour_topics(graph: Graph, link: Link) -> tuple[str, ...]:
+    """The consensus topics of ``link``'s neighbours (what its node listens to), in the graph's order."""
+    return tuple(agent_topic(link.site, j, "consensus") for j in graph.neighbours[link.agent_id])
+
+
 class _Session:
     """One node's rounds within one step: neighbours still talking, round counter, exclusions."""
 
@@ -111,7 +117,8 @@ class _Session:
         self.present: list[str] = list(self.graph.neighbours[self.me])
         self.excluded: list[str] = []
         self.round = 0
-        self.topic = bus_topic(link.site, "consensus")
+        self.topic = agent_topic(link.site, self.me, "consensus")
+        self.inbox = neighbour_topics(self.graph, link)
         self.threshold = self.config.tol * (1.0 - self.graph.lambda2) / math.sqrt(len(self.graph.nodes))
         self.w = {j: self.graph.weight(self.me, j) for j in self.graph.neighbours[self.me]}
 
@@ -127,7 +134,7 @@ class _Session:
         got: dict[str, np.ndarray] = {}
         deadline = link.deadline()
         while len(got) < len(self.present):
-            env = await link.receive(self.topic, ConsensusBody, deadline=deadline, senders=self.present,
+            env = await link.receive(self.inbox, ConsensusBody, deadline=deadline, senders=self.present,
                                      accept=lambda e: e.sender not in got and e.body.round == t)  # type: ignore[union-attr]
             if env is None:
                 break
@@ -217,7 +224,8 @@ class ConsensusProtocol:
         if role != "node":
             raise ConfigError(f"unknown consensus role {role!r}")
         self.graph.index(link.agent_id)
-        await link.subscribe(bus_topic(link.site, "consensus"))
+        for topic in neighbour_topics(self.graph, link):
+            await link.subscribe(topic)
 
     async def node(self, link: Link, value: np.ndarray | float) -> ConsensusResult:
         """Run average consensus from this node's ``value`` (scalar or 1-d) with its neighbours."""
@@ -225,7 +233,6 @@ class ConsensusProtocol:
         if x0.ndim != 1 or not np.isfinite(x0).all():
             raise ActionError(f"consensus value must be a finite scalar or 1-d array, got {value!r}")
         session = _Session(self, link)
-        await link.subscribe(session.topic)
         x, rounds, converged = await session.average(x0)
         return ConsensusResult(value=x, rounds=rounds, converged=converged, excluded=tuple(session.excluded))
 
@@ -234,7 +241,6 @@ class ConsensusProtocol:
         if not math.isfinite(demand_mw):
             raise ActionError(f"demand must be finite, got {demand_mw!r}")
         session = _Session(self, link)
-        await link.subscribe(session.topic)
         n = len(self.graph.nodes)
         lam_min, lam_max = generator.lambda_range_usd_per_mwh
         bracket = await session.flood_max(np.array([-lam_min, lam_max]))

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from heron_edge.errors import ConfigError
-from heron_edge.messages import ClearingBody, OrderBody, Trade as TradeBody, bus_topic
+from heron_edge.messages import ClearingBody, OrderBody, Trade as TradeBody, agent_filter, agent_topic
 from heron_edge.protocols.auction import Clearing, Order, Trade, clear, orders_from_net
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
 
@@ -37,6 +37,9 @@ class P2PTradingConfig(ProtocolConfig):
     fee_usd_per_mwh: float = Field(default=0.0, ge=0.0, description="Trading fee, $/MWh, split equally buyer/seller.")
     market_id: str = Field(default="market", min_length=1, description="Agent id of the market (the only accepted clearing sender).")
     order_window_s: float = Field(default=1.0, gt=0.0, description="How long the market collects orders at most, s.")
+    max_quantity_mw: float = Field(default=1e3, gt=0.0, description="The market refuses orders for more MW.")
+    max_price_usd_per_mwh: float = Field(default=1e4, gt=0.0,
+                                         description="The market refuses limit prices beyond +/- this, $/MWh.")
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,17 @@ class P2PTradingProtocol:
     # -- distributed --------------------------------------------------------------------------
     async def prepare(self, link: Link, role: P2PRole) -> None:
         """Subscribe what ``role`` listens to (call once per Link before the first step)."""
-        if role not in ("market", "participant"):
+        if role == "market":
+            await link.subscribe(agent_filter(link.site, "market"))
+        elif role == "participant":
+            await link.subscribe(agent_topic(link.site, self.config.market_id, "clearing"))
+        else:
             raise ConfigError(f"unknown p2p role {role!r}")
-        await link.subscribe(bus_topic(link.site, "market"))
 
     async def market(self, link: Link, participants: Sequence[str]) -> Clearing:
         """Collect one order per expected participant (bounded by ``order_window_s``), clear,
         broadcast the clearing; returns it (``excluded`` = participants that did not answer)."""
-        topic = bus_topic(link.site, "market")
+        topic = agent_filter(link.site, "market")
         await link.subscribe(topic)
         waiting = set(participants)
         orders: list[Order] = []
@@ -113,12 +119,19 @@ class P2PTradingProtocol:
             if env is None:
                 link.stats.timeouts += 1
                 break
-            assert isinstance(env.body, OrderBody)
+            body = env.body
+            if not isinstance(body, OrderBody):
+                continue
+            if body.quantity_mw > self.config.max_quantity_mw or \
+                    abs(body.limit_price_usd_per_mwh) > self.config.max_price_usd_per_mwh:
+                link.reject("bounds", agent_topic(link.site, env.sender, "market"),
+                            f"order of {body.quantity_mw} MW at {body.limit_price_usd_per_mwh} $/MWh")
+                continue
             waiting.discard(env.sender)
             orders.append(Order(agent_id=env.sender, side=env.body.side, quantity_mw=env.body.quantity_mw,
                                 limit_price_usd_per_mwh=env.body.limit_price_usd_per_mwh))
         result = self.clear(orders)
-        await link.send(topic, _to_body(result), ttl_s=self.config.ttl_s)
+        await link.send(agent_topic(link.site, link.agent_id, "clearing"), _to_body(result), ttl_s=self.config.ttl_s)
         excluded = tuple(sorted(waiting))
         return Clearing(result.price_usd_per_mwh, result.trades, result.fee_usd_per_mwh, excluded)
 
@@ -126,13 +139,14 @@ class P2PTradingProtocol:
         """Send this step's order (None = nothing to trade) and wait for the clearing."""
         if order is not None and order.agent_id != link.agent_id:
             raise ConfigError(f"order of {order.agent_id!r} sent through the link of {link.agent_id!r}")
-        topic = bus_topic(link.site, "market")
-        await link.subscribe(topic)
+        clearing_topic = agent_topic(link.site, self.config.market_id, "clearing")
+        await link.subscribe(clearing_topic)
         body = (OrderBody(side="bid", quantity_mw=0.0, limit_price_usd_per_mwh=0.0) if order is None else
                 OrderBody(side=order.side, quantity_mw=order.quantity_mw,
                           limit_price_usd_per_mwh=order.limit_price_usd_per_mwh))
-        await link.send(topic, body, recipient=self.config.market_id, ttl_s=self.config.ttl_s)
-        env = await link.receive(topic, ClearingBody, deadline=link.deadline(self.config.order_window_s + link.timeout_s),
+        await link.send(agent_topic(link.site, link.agent_id, "market"), body, recipient=self.config.market_id,
+                        ttl_s=self.config.ttl_s)
+        env = await link.receive(clearing_topic, ClearingBody, deadline=link.deadline(self.config.order_window_s + link.timeout_s),
                                  senders=(self.config.market_id,))
         if env is None:
             link.stats.timeouts += 1

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from heron_edge.errors import ActionError, ConfigError
-from heron_edge.messages import PriceBody, bus_topic
+from heron_edge.messages import PriceBody, agent_topic
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
 
 __all__ = ["PriceSignal", "PriceSignalConfig", "PriceSignalProtocol", "ReceivedPrice"]
@@ -105,14 +105,14 @@ class PriceSignalProtocol:
     async def prepare(self, link: Link, role: PriceRole) -> None:
         """Subscribe what ``role`` listens to (call once per Link before the first step)."""
         if role == "microgrid":
-            await link.subscribe(bus_topic(link.site, "price"))
+            await link.subscribe(agent_topic(link.site, self.config.operator_id, "price"))
         elif role != "operator":
             raise ConfigError(f"unknown price role {role!r}")
 
     async def operator(self, link: Link, hourly_price_usd_per_mwh: float, head_loading_pu: float = 0.0) -> PriceSignal:
         """Compute this step's price and broadcast it once; returns it."""
         signal = self.price(hourly_price_usd_per_mwh, head_loading_pu)
-        await link.send(bus_topic(link.site, "price"),
+        await link.send(agent_topic(link.site, link.agent_id, "price"),
                         PriceBody(price_usd_per_mwh=signal.price_usd_per_mwh,
                                   congestion_adder_usd_per_mwh=signal.congestion_adder_usd_per_mwh),
                         ttl_s=self.config.ttl_s)
@@ -120,7 +120,7 @@ class PriceSignalProtocol:
 
     async def receive(self, link: Link) -> ReceivedPrice:
         """This step's price, or the documented fallback after ``link.timeout_s``."""
-        env = await link.receive(bus_topic(link.site, "price"), PriceBody, deadline=link.deadline(),
+        env = await link.receive(agent_topic(link.site, self.config.operator_id, "price"), PriceBody, deadline=link.deadline(),
                                  senders=(self.config.operator_id,))
         if env is not None:
             assert isinstance(env.body, PriceBody)

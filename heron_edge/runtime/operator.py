@@ -30,7 +30,7 @@ from heron_edge.agents import SystemOperator
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import (
-    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_topic, bus_topic, decode, make_envelope,
+    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_topic, decode_on, make_envelope,
 )
 from heron_edge.protocols import Clearing, PriceSignal
 from heron_edge.runtime.wallclock import timer_steps
@@ -58,13 +58,16 @@ class StepService(Protocol):
 
 
 class FeederMeter:
-    """The feeder-head reading of each step from the meter topic; bounded wait, None when missing."""
+    """The feeder-head reading of each step from the meter topic; bounded wait, None when missing.
 
-    def __init__(self, broker: Broker, *, site: str, meter_id: str, timeout_s: float) -> None:
+    A reading beyond ``limit_mw`` (in either direction) is rejected (``meter_rejected_bounds``)."""
+
+    def __init__(self, broker: Broker, *, site: str, meter_id: str, timeout_s: float, limit_mw: float = 1e4) -> None:
         self.broker = broker
         self.topic = agent_topic(site, meter_id, METER_KIND)
         self.meter_id = meter_id
         self.timeout_s = timeout_s
+        self.limit_mw = limit_mw
         self.stats: Counter[str] = Counter()
         self._sub: Subscription | None = None
         self._readings: dict[int, float | None] = {}
@@ -73,16 +76,22 @@ class FeederMeter:
         if self._sub is None:
             self._sub = await self.broker.subscribe(self.topic)
 
-    def _take(self, payload: bytes) -> None:
+    def _take(self, topic: str, payload: bytes) -> None:
         try:
-            envelope = decode(payload)
+            envelope = decode_on(topic, payload)
         except DecodeError as exc:
             self.stats[f"meter_rejected_{exc.reason}"] += 1
+            log.warning("operator: rejected a meter reading on %s: %s", topic, exc)
             return
-        if envelope.sender != self.meter_id or not isinstance(envelope.body, TelemetryBody):
-            self.stats["meter_rejected_sender"] += 1
+        if not isinstance(envelope.body, TelemetryBody):
+            self.stats["meter_rejected_topic"] += 1
             return
-        self._readings[envelope.step] = envelope.body.values.get("feeder_head_mw")
+        reading = envelope.body.values.get("feeder_head_mw")
+        if reading is not None and abs(reading) > self.limit_mw:
+            self.stats["meter_rejected_bounds"] += 1
+            log.warning("operator: feeder-head reading %r MW beyond +/-%g MW rejected", reading, self.limit_mw)
+            return
+        self._readings[envelope.step] = reading
         while len(self._readings) > 64:
             del self._readings[next(iter(self._readings))]
 
@@ -92,7 +101,7 @@ class FeederMeter:
         assert self._sub is not None
         deadline = time.monotonic() + self.timeout_s
         for delivery in self._sub.drain():
-            self._take(delivery.payload)
+            self._take(delivery.topic, delivery.payload)
         while step not in self._readings:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -103,7 +112,7 @@ class FeederMeter:
                 delivery = await self._sub.get(timeout=remaining)
             except (TimeoutError, asyncio.TimeoutError):
                 continue
-            self._take(delivery.payload)
+            self._take(delivery.topic, delivery.payload)
         return self._readings[step]
 
 
@@ -172,12 +181,18 @@ class CoordinationService:
 class OperatorRuntime:
     """Runs ``services`` on every step of its clock; ``await run()`` until :meth:`stop`.
 
-    ``clock="bus"``: every step announced by ``clock_sender``, answered with ``done``. ``clock="timer"``:
-    every ``period_s`` wall-clock period, as it starts (no ``done``: nobody waits for one).
+    ``clock="bus"``: every step announced by ``clock_sender`` on its clock topic, answered with ``done``
+    on the operator's own done topic; a step outside ``0 <= step < step_limit`` (e.g. past the profile
+    year) is rejected (``rejected_bounds``). ``clock="timer"``: every ``period_s`` wall-clock period, as
+    it starts (no ``done``: nobody waits for one). No step can end the process: whatever a step raises
+    is logged and counted (``step_failed``) and the next announcement is served. The retained status
+    carries the counters (``counters()``), republished after every step in which they changed.
     """
 
     def __init__(self, broker: Broker, *, site: str, operator_id: str, services: Sequence[StepService],
-                 clock_sender: str = "plant", clock: Literal["bus", "timer"] = "bus", period_s: float = 1.0) -> None:
+                 clock_sender: str = "plant", clock: Literal["bus", "timer"] = "bus", period_s: float = 1.0,
+                 step_limit: int | None = None,
+                 counters: Callable[[], dict[str, int]] | None = None) -> None:
         if clock not in ("bus", "timer"):
             raise ConfigError(f"clock must be 'bus' or 'timer', not {clock!r}")
         if not period_s > 0:
@@ -189,18 +204,32 @@ class OperatorRuntime:
         self.clock_sender = clock_sender
         self.clock = clock
         self.period_s = period_s
+        self.step_limit = step_limit
+        self._service_counters = counters
         self.stats: Counter[str] = Counter()
         self.done_step = -1
         self._stop = asyncio.Event()
-        self._clock_topic = bus_topic(site, "clock")
+        self._clock_topic = agent_topic(site, clock_sender, "clock")
+        self._done_topic = agent_topic(site, operator_id, "done")
         self._status_topic = agent_topic(site, operator_id, "status")
+        self._published_counters: dict[str, int] | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
-    async def _status(self, state: str) -> None:
-        body = StatusBody(state=state, counters={k: int(v) for k, v in self.stats.items()})  # type: ignore[arg-type]
-        await self.broker.publish(self._status_topic, make_envelope(self.operator_id, body, step=0), retain=True)
+    def counters(self) -> dict[str, int]:
+        """The runtime's counters and the services' (rejections, late telemetry, ...)."""
+        merged = {k: int(v) for k, v in self.stats.items()}
+        if self._service_counters is not None:
+            merged.update(self._service_counters())
+        return merged
+
+    async def _status(self, state: str, detail: str = "") -> None:
+        counters = self.counters()
+        body = StatusBody(state=state, detail=detail, counters=counters)  # type: ignore[arg-type]
+        await self.broker.publish(self._status_topic, make_envelope(self.operator_id, body, step=max(self.done_step, 0)),
+                                  retain=True)
+        self._published_counters = counters
 
     async def run(self) -> None:
         await self.broker.connect()
@@ -214,7 +243,7 @@ class OperatorRuntime:
                 await self._run_step(step)
         finally:
             try:
-                await self._status("offline")
+                await self._status("offline", "stopped")
                 if sub is not None:
                     await self.broker.unsubscribe(sub)
             except BrokerError:
@@ -228,15 +257,17 @@ class OperatorRuntime:
             except (TimeoutError, asyncio.TimeoutError):
                 continue
             try:
-                envelope = decode(delivery.payload)
+                envelope = decode_on(delivery.topic, delivery.payload)
             except DecodeError as exc:
                 self.stats[f"rejected_{exc.reason}"] += 1
+                log.warning("operator: rejected a clock message on %s: %s", delivery.topic, exc)
                 continue
             body = envelope.body
-            if not isinstance(body, ClockBody) or body.done:
+            if not isinstance(body, ClockBody):
                 continue
-            if envelope.sender != self.clock_sender:
-                self.stats["rejected_sender"] += 1
+            if self.step_limit is not None and body.step >= self.step_limit:
+                self.stats["rejected_bounds"] += 1
+                log.warning("operator: clock step %d is beyond the last step %d; ignored", body.step, self.step_limit - 1)
                 continue
             yield body.step
 
@@ -246,10 +277,18 @@ class OperatorRuntime:
             for service in self.services:
                 await (service.on_repeat(step) if repeat else service.on_step(step))
             if self.clock == "bus":
-                await self.broker.publish(self._clock_topic, make_envelope(
+                await self.broker.publish(self._done_topic, make_envelope(
                     self.operator_id, ClockBody(step=step, done=True), step=step))
             self.stats["repeats" if repeat else "steps"] += 1
             self.done_step = step
         except BrokerError as exc:
             self.stats["step_failed"] += 1
             log.warning("operator: step %d not completed: %s", step, exc)
+        except Exception:  # noqa: BLE001 - no step may end the operator: count, log with the traceback, go on
+            self.stats["step_failed"] += 1
+            log.exception("operator: step %d failed", step)
+        if self.counters() != self._published_counters:
+            try:
+                await self._status("online")
+            except BrokerError as exc:
+                log.info("operator: status not sent: %s", exc)

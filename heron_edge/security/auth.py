@@ -10,7 +10,10 @@ is the second line, checked by the agent itself before it applies a command:
    (unsigned envelopes encode exactly as before, so old peers keep working where no key is set);
 3. it is not a replay: its id was not seen before, and its step is not older than the newest
    step already accepted (bounded memory: at most ``max_seen_ids`` ids are remembered; ids of
-   older steps need no memory, the step rule rejects them).
+   older steps need no memory, the step rule rejects them);
+4. its step lies at most ``step_window`` steps ahead of the agent's current step (``current_step``,
+   set by the agent each cycle), so a far-future step is refused (``bounds``) and never becomes the
+   replay high-water mark that would make the genuine commands after it look like replays.
 
 The canonical encoding is :func:`heron_edge.messages.encode`: pydantic normalises every field on
 validation (floats stay floats, dict order is kept), so decode-then-encode gives back the bytes
@@ -28,7 +31,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Final, Literal, get_args
 
 from heron_edge.errors import ConfigError, MessageError
-from heron_edge.messages import DecodeError, DecodeReason, Envelope, decode, encode, parse_topic
+from heron_edge.messages import DecodeError, DecodeReason, Envelope, check_topic, decode, encode, parse_topic
 
 __all__ = [
     "COMMAND_KINDS",
@@ -133,7 +136,7 @@ class CommandGuard:
     required (a MAC present is then ignored); with a key, unsigned and wrongly signed commands are
     refused. ``require_expiry`` refuses commands without ``expires``; ``accept_broadcast`` also
     accepts ``recipient=None`` (default: a command must name this agent). ``clock`` gives unix
-    seconds (for expiry checks).
+    seconds (for expiry checks). ``step_window``: see rule 4 (checked once ``current_step`` is set).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class CommandGuard:
         require_expiry: bool = False,
         accept_broadcast: bool = False,
         clock: Callable[[], float] = time.time,
+        step_window: int = 8,
     ) -> None:
         if not agent_id or not upstream_id:
             raise ConfigError("agent_id and upstream_id must be non-empty")
@@ -162,6 +166,8 @@ class CommandGuard:
         self._clock = clock
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.newest_step: int = -1
+        self.current_step: int | None = None  # unknown: no window (an agent sets it each cycle)
+        self.step_window: int = step_window
         self.stats: Counter[str] = Counter()
 
     @property
@@ -182,6 +188,8 @@ class CommandGuard:
         """
         try:
             envelope = decode(payload, now=self._clock())
+            if topic is not None:
+                check_topic(topic, envelope)
         except DecodeError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
             raise CommandRejected(exc.reason, str(exc)) from None
@@ -225,6 +233,9 @@ class CommandGuard:
             raise CommandRejected("no_expiry", f"{what} carries no expiry")
         if envelope.is_expired(self._clock()):
             raise CommandRejected("expired", f"{what} expired at {envelope.expires}")
+        if self.current_step is not None and envelope.step > self.current_step + self.step_window:
+            raise CommandRejected("bounds", f"{what}: step {envelope.step} is more than {self.step_window} "
+                                  f"ahead of the current step {self.current_step}")
         if envelope.id in self._seen:
             raise CommandRejected("replay_id", f"{what}: message id already seen")
         if envelope.step < self.newest_step:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
-from heron_edge.messages import bus_topic, make_envelope, SetpointBody
+from heron_edge.messages import ConsensusBody, agent_topic, make_envelope, SetpointBody
 from heron_edge.protocols import ConsensusConfig, ConsensusProtocol, GeneratorCost, Link
 from heron_edge.protocols.dispatch import dispatch_at, economic_dispatch
 from tests.conftest import run_async
@@ -101,17 +101,24 @@ def test_malformed_consensus_payloads_are_counted_and_ignored() -> None:
             links = {a: Link(broker, site="s", agent_id=a) for a in IDS}
             for link in links.values():
                 await proto.prepare(link)
-            topic = bus_topic("s", "consensus")
+            topic = agent_topic("s", "mg2", "consensus")  # every node hears mg2 (a complete graph)
             await broker.publish(topic, b"{not json")
             await broker.publish(topic, b'{"sender": "mg2", "step": 0, "body": {"kind": "consensus", "round": -1}}')
             await broker.publish(topic, make_envelope("mg2", SetpointBody(p_mw=1.0), step=0, ttl_s=-1.0))
+            await broker.publish(topic, make_envelope("mg3", ConsensusBody(round=0, values=[1e6, 0.0]), step=0))  # forged
+            await broker.publish(topic, b'{"sender": "mg2", "step": 0, "body": {"kind": "consensus", "round": 0, '
+                                        b'"values": [1e300, 0.0]}}')
             out = await asyncio.gather(*(proto.node(links[a], v) for a, v in zip(IDS, (3.0, 6.0, 9.0))))
             return [out, [links[a].stats for a in IDS]]
 
     results, stats = run_async(main())
     assert all(r.value[0] == pytest.approx(6.0) and r.excluded == () for r in results)
-    for s in stats:
+    for agent, s in zip(IDS, stats):
+        if agent == "mg2":  # mg2 does not listen to its own topic
+            assert s.rejected_total == 0
+            continue
         assert s.rejected["not_json"] == 1 and s.rejected["schema"] == 1 and s.rejected["expired"] == 1
+        assert s.rejected["sender"] == 1 and s.rejected["bounds"] == 1
 
 
 # -- economic dispatch -----------------------------------------------------------------------

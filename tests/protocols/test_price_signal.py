@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
-from heron_edge.messages import PriceBody, bus_topic, make_envelope
+from heron_edge.messages import PriceBody, agent_topic, make_envelope
 from heron_edge.protocols import Link, PriceSignal, PriceSignalProtocol, ReceivedPrice
 from tests.conftest import run_async
 from tests.protocols.conftest import Transport
@@ -64,7 +64,7 @@ def test_lost_price_falls_back_to_the_last_price_and_never_hangs() -> None:
             await asyncio.gather(proto.operator(op, 42.0), proto.receive(mg))
             mg.step = 2  # lost
             lost = await proto.receive(mg)
-            await broker.publish(bus_topic("s", "price"), b'{"sender":"operator","step":3,"body":{"kind":"price"}}')
+            await broker.publish(agent_topic("s", "operator", "price"), b'{"sender":"operator","step":3,"body":{"kind":"price"}}')
             mg.step = 3
             malformed = await proto.receive(mg)
             none = await PriceSignalProtocol().receive(bare)
@@ -84,11 +84,13 @@ def test_a_price_from_someone_else_is_ignored() -> None:
         async with InMemoryBroker() as broker:
             mg = Link(broker, site="s", agent_id="mg1", timeout_s=0.05)
             await proto.prepare(mg, "microgrid")
-            await broker.publish(bus_topic("s", "price"), make_envelope("mg2", PriceBody(price_usd_per_mwh=1.0), step=0))
-            return await proto.receive(mg), mg.stats.ignored
+            # on the operator's own topic, signed by mg2: the envelope's sender is not the topic's
+            await broker.publish(agent_topic("s", "operator", "price"), make_envelope("mg2", PriceBody(price_usd_per_mwh=1.0), step=0))
+            await broker.publish(agent_topic("s", "mg2", "price"), make_envelope("mg2", PriceBody(price_usd_per_mwh=1.0), step=0))
+            return await proto.receive(mg), mg.stats.rejected["sender"]
 
-    got, ignored = run_async(main())
-    assert got.source == "none" and ignored == 1
+    got, rejected = run_async(main())
+    assert got.source == "none" and rejected == 1  # mg2's own price topic is not even heard
 
 
 @settings(max_examples=200, deadline=None)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from heron_edge.brokers import MqttBroker
-from heron_edge.messages import PriceBody, bus_topic, decode
+from heron_edge.messages import PriceBody, agent_topic, decode
 from heron_edge.runtime.mosquitto import MosquittoProcess
 from heron_edge.runtime.wallclock import hour_of_year_index, step_at
 from sim.profiles import load_profiles
@@ -67,7 +67,7 @@ def test_operator_cli_on_the_timer_clock_prices_the_time_of_year(mosquitto: Mosq
     async def listen() -> list:
         broker = MqttBroker(mosquitto.url, client_id="listener")
         await broker.connect()
-        prices = await broker.subscribe(bus_topic("field", "price"))
+        prices = await broker.subscribe(agent_topic("field", "system_operator", "price"))
         process = subprocess.Popen([sys.executable, "-m", "heron_edge.cli", "operator", "--broker", mosquitto.url,
                                     "--site", "field", "--clock", "timer", "--period-s", str(period),
                                     "--ledger", str(ledger)], stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

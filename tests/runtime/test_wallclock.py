@@ -11,7 +11,7 @@ from heron_edge.agents import SystemOperator
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.coordination import UPSTREAM_ID, Coordination
 from heron_edge.errors import ConfigError
-from heron_edge.messages import ClockBody, PriceBody, bus_topic, decode
+from heron_edge.messages import ClockBody, PriceBody, agent_filter, agent_topic, decode
 from heron_edge.runtime.operator import CoordinationService, OperatorRuntime
 from heron_edge.runtime.wallclock import hour_of_year_index, seconds_to_next, step_at, timer_steps
 from sim.scenario import load_scenario
@@ -107,8 +107,8 @@ def test_operator_on_the_timer_clock_prices_every_wall_clock_step() -> None:
     async def run() -> tuple[list, list, OperatorRuntime]:
         broker = InMemoryBroker()
         await broker.connect()
-        prices = await broker.subscribe(bus_topic("field", "price"))
-        clock = await broker.subscribe(bus_topic("field", "clock"))
+        prices = await broker.subscribe(agent_topic("field", UPSTREAM_ID, "price"))
+        clock = await broker.subscribe(agent_filter("field", "done"))
         operator = SystemOperator(UPSTREAM_ID, broker, Coordination(scenario, None, {}), site="field", step_timeout_s=0.05)
         runtime = OperatorRuntime(broker, site="field", operator_id=UPSTREAM_ID, clock="timer", period_s=period,
                                   services=[CoordinationService(operator, price_of)])
