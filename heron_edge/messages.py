@@ -473,6 +473,8 @@ def check_topic(topic: str, envelope: Envelope) -> Envelope:
     body_kind = envelope.body.kind
     if (allowed is None or body_kind not in allowed):
         raise DecodeError("topic", f"a {body_kind} body on {topic}")
+    if isinstance(envelope.body, ClockBody) and envelope.body.step != envelope.step:
+        raise DecodeError("schema", f"clock body step {envelope.body.step} in an envelope of step {envelope.step}")
     if parts.kind == "done" and not (isinstance(envelope.body, ClockBody) and envelope.body.done):
         raise DecodeError("topic", f"a step announcement on {topic}")
     if parts.kind == "clock" and isinstance(envelope.body, ClockBody) and envelope.body.done:

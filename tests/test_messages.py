@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -169,6 +170,7 @@ def test_topic_scheme() -> None:
         ("heron/s/mg1/done", make_envelope("mg2", ClockBody(step=1, done=True), step=1), "sender"),
         ("heron/s/mg1/done", make_envelope("mg1", ClockBody(step=1), step=1), "topic"),
         ("heron/s/plant/clock", make_envelope("plant", ClockBody(step=1, done=True), step=1), "topic"),
+        ("heron/s/plant/clock", make_envelope("plant", ClockBody(step=8760), step=1), "schema"),
         ("heron/s/op/price", make_envelope("op", SetpointBody(p_mw=1.0), step=1), "topic"),
         ("heron/s/mg1/cmd/setpoint", make_envelope("op", SetpointBody(p_mw=1.0), step=1, recipient="mg2"), "sender"),
         ("heron/s/mg1/teleport", make_envelope("mg1", SetpointBody(p_mw=1.0), step=1), "topic"),
@@ -236,3 +238,8 @@ def test_message_ids_stay_unique_in_a_forked_child() -> None:
     parent = [make_envelope("op", PriceBody(price_usd_per_mwh=1.0), step=0).id for _ in range(2)]
     assert len(child) == 2 and not set(child) & (set(parent) | ids)
     assert child[0][:16] != parent[0][:16]  # a fresh prefix, not the parent's
+
+
+def test_the_readme_lists_the_topic_table_of_the_code() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert topics_markdown() in readme

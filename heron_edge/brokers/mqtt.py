@@ -36,6 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from heron_edge.brokers.base import (
     DEFAULT_MAXSIZE,
+    MAX_PACKET_BYTES,
     Delivery,
     Payload,
     Subscription,
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 _QOS: Final = frozenset((0, 1, 2))
 _MISC_INTERVAL_S: Final = 1.0
+_FORWARD_SLACK_BYTES: Final = 1024
+"""What we let the broker add to a forwarded PUBLISH (subscription identifiers) above MAX_PACKET_BYTES
+in the Maximum Packet Size we announce in CONNECT; the payload itself is checked in _on_message."""
 _State = Literal["new", "connecting", "connected", "reconnecting", "failed", "closing", "closed"]
 
 
@@ -117,6 +121,13 @@ def _parse_url(url: str) -> tuple[str, int, bool]:
     return parts.hostname, port, tls
 
 
+def _publish_packet_bytes(topic: str, payload: bytes, qos: int) -> int:
+    """Size of the MQTT 5 PUBLISH packet we send (no properties): fixed header, topic, packet id, payload."""
+    remaining = 2 + len(topic.encode()) + (2 if qos else 0) + 1 + len(payload)
+    varint = 1 if remaining < 128 else 2 if remaining < 16_384 else 3 if remaining < 2_097_152 else 4
+    return 1 + varint + remaining
+
+
 def is_loopback_host(host: str) -> bool:
     """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); no DNS lookup."""
     if host.rstrip(".").lower() == "localhost":
@@ -154,7 +165,12 @@ class MqttBroker:
     A lost connection is retried after ``reconnect_min_delay_s``, doubling up to
     ``reconnect_max_delay_s``; after ``reconnect_max_attempts`` failures (None = forever) the
     broker gives up and subscriptions raise BrokerError. Counters: :attr:`published`,
-    :attr:`published_bytes`, :attr:`reconnects`.
+    :attr:`published_bytes`, :attr:`reconnects`, :attr:`oversized`.
+
+    Size: a publish whose packet would exceed :data:`~heron_edge.brokers.base.MAX_PACKET_BYTES` raises
+    ValueError (a site broker would disconnect us for it); the CONNECT asks the broker not to send us
+    larger packets, and a received payload over the limit is dropped before any Subscription sees it,
+    counted in :attr:`oversized` and logged.
 
     Security: to a non-loopback host the connection must use TLS (``mqtts://``) and authenticate
     (username/password or a client certificate); anything else raises ConfigError unless
@@ -257,6 +273,7 @@ class MqttBroker:
         self.published: int = 0
         self.published_bytes: int = 0
         self.reconnects: int = 0
+        self.oversized: int = 0
 
     def __repr__(self) -> str:
         return f"<MqttBroker {self.url} {self.client_id} {self._state}>"
@@ -384,6 +401,11 @@ class MqttBroker:
         validate_topic(topic)
         if qos not in _QOS:
             raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+        if len(payload) + 4 * len(topic) + 10 > MAX_PACKET_BYTES:  # near the limit: count exactly
+            size = _publish_packet_bytes(topic, payload, qos)
+            if size > MAX_PACKET_BYTES:
+                raise ValueError(f"publish to {topic!r}: a {len(payload)}-byte payload makes a {size}-byte packet, "
+                                 f"over the limit of {MAX_PACKET_BYTES} bytes (MAX_PACKET_BYTES)")
         self._check_loop()
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -491,8 +513,12 @@ class MqttBroker:
         connack: asyncio.Future[None] = loop.create_future()
         self._connack = connack
 
+        properties = Properties(PacketTypes.CONNECT)
+        properties.MaximumPacketSize = MAX_PACKET_BYTES + _FORWARD_SLACK_BYTES
+
         def blocking_connect() -> MQTTErrorCode:
-            return self._client.connect(self._host, self._port, keepalive=self._keepalive, clean_start=True)
+            return self._client.connect(self._host, self._port, keepalive=self._keepalive, clean_start=True,
+                                        properties=properties)
 
         timer = loop.call_later(self._timeout, _expire, connack, f"CONNACK from {self.url}")
         try:
@@ -707,6 +733,11 @@ class MqttBroker:
             self._connection_lost(reason)
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        if len(message.payload) > MAX_PACKET_BYTES:  # a broker without max_packet_size: never queue it
+            self.oversized += 1
+            log.warning("%s: dropped a %d-byte payload on %r (over MAX_PACKET_BYTES = %d; %d dropped so far)",
+                        self.url, len(message.payload), message.topic, MAX_PACKET_BYTES, self.oversized)
+            return
         topic = message.topic
         retain = bool(message.retain)
         delivery = Delivery(topic, message.payload, retain)

@@ -1,4 +1,8 @@
-"""Write a Mosquitto configuration for a site: TLS listener, password file, per-agent ACL, credentials."""
+"""Write a Mosquitto configuration for a site: TLS listener, password file, per-identity ACL, credentials.
+
+With ``--self-signed-ca`` every user gets a client certificate, so certificates are required by default
+(the certificate's CN is then the identity); ``--no-require-certificate`` falls back to passwords only.
+"""
 from __future__ import annotations
 
 import argparse
@@ -25,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default=None, help="listen on this address only (default: all)")
     parser.add_argument("--server-name", action="append", dest="server_names", default=None,
                         help="DNS name or IP in the server certificate (repeatable; default localhost, 127.0.0.1)")
-    parser.add_argument("--agent-bus-write", type=_names, default=(),
-                        help="bus kinds agents may publish too, e.g. clock,consensus,market (default: none)")
-    parser.add_argument("--require-certificate", action="store_true", help="clients must present a certificate")
+    parser.add_argument("--require-certificate", action=argparse.BooleanOptionalAction, default=None,
+                        help="clients must present a certificate whose CN is their username, which then decides "
+                             "the identity (default: yes with --self-signed-ca, no otherwise)")
     parser.add_argument("--config-dir", type=Path, default=None,
                         help="where the files will live on the broker host (paths in mosquitto.conf; default --out)")
     parser.add_argument("--force", action="store_true", help="replace existing credentials in --out")
@@ -44,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             bind_address=args.bind,
             server_names=tuple(args.server_names or ("localhost", "127.0.0.1")),
-            agent_bus_writes=args.agent_bus_write,
-            require_certificate=args.require_certificate,
+            require_certificate=(args.self_signed_ca if args.require_certificate is None
+                                 else args.require_certificate),
             config_dir=args.config_dir,
         )
         files = write_broker_config(config, args.out, self_signed_ca=args.self_signed_ca, overwrite=args.force)
@@ -62,5 +66,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"credentials (passwords, command keys; mode 0600): {files.credentials_file}")
     if not args.self_signed_ca:
         print(f"provide ca.crt, server.crt and server.key in {config.config_dir or files.directory}")
+        if config.require_certificate:
+            print("issue each user a client certificate from that CA with CN = its username")
     print(f"run: mosquitto -c {files.conf}  (the broker's user must be able to read passwd, acl and server.key)")
     return 0

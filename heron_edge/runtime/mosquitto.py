@@ -2,9 +2,10 @@
 
 The broker only ever listens on 127.0.0.1, with a generated config: anonymous access,
 ``set_tcp_nodelay true`` (without it QoS-1 round trips stall at tens of ms, see DESIGN.md), no
-persistence, and ``max_queued_messages 100000`` (Mosquitto's default of 1000 silently drops QoS-1
-messages to a subscriber that falls behind a burst). It is stopped by PID: terminate, then kill
-after a timeout.
+persistence, ``max_queued_messages 100000`` (Mosquitto's default of 1000 silently drops QoS-1
+messages to a subscriber that falls behind a burst) and ``max_packet_size`` (default
+:data:`~heron_edge.brokers.base.MAX_PACKET_BYTES`, as on a site broker: a larger packet is dropped
+and its sender disconnected). It is stopped by PID: terminate, then kill after a timeout.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.errors import HeronError
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
 HOST: Final = "127.0.0.1"
 INSTALL_HINT: Final = "install it with 'apt-get install mosquitto' (Debian/Ubuntu) or 'brew install mosquitto'"
 _FALLBACK_PATHS: Final = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/opt/homebrew/sbin/mosquitto")
+_MIN_PACKET_BYTES: Final = 20  # mosquitto refuses a smaller max_packet_size
 
 
 class MosquittoError(HeronError, RuntimeError):
@@ -98,13 +101,18 @@ class MosquittoProcess:
     """One mosquitto process on ``127.0.0.1:port``; restartable on the same port.
 
     ``port=None`` picks a free port on the first :meth:`start`; later starts reuse it (so clients
-    can reconnect to the same URL after :meth:`stop` or :meth:`kill`).
+    can reconnect to the same URL after :meth:`stop` or :meth:`kill`). ``max_packet_bytes`` is the
+    broker's ``max_packet_size`` (tests of oversized messages raise it).
     """
 
-    def __init__(self, *, port: int | None = None, binary: str | None = None, tls: TlsListener | None = None) -> None:
+    def __init__(self, *, port: int | None = None, binary: str | None = None, tls: TlsListener | None = None,
+                 max_packet_bytes: int = MAX_PACKET_BYTES) -> None:
+        if max_packet_bytes < _MIN_PACKET_BYTES:
+            raise ValueError(f"max_packet_bytes must be at least {_MIN_PACKET_BYTES}, not {max_packet_bytes}")
         self._binary = binary or find_mosquitto()
         if self._binary is None:
             raise MosquittoNotFoundError(f"mosquitto not found; {INSTALL_HINT}")
+        self._max_packet_bytes = max_packet_bytes
         self._port: int | None = port
         self._tls = tls
         self._dir = Path(tempfile.mkdtemp(prefix="heron-mosquitto-"))
@@ -164,6 +172,7 @@ class MosquittoProcess:
             "set_tcp_nodelay true\n"
             "persistence false\n"
             "max_queued_messages 100000\n"
+            f"max_packet_size {self._max_packet_bytes}\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )
@@ -256,10 +265,11 @@ class MosquittoProcess:
 
 @contextmanager
 def running_mosquitto(
-    *, port: int | None = None, binary: str | None = None, tls: TlsListener | None = None
+    *, port: int | None = None, binary: str | None = None, tls: TlsListener | None = None,
+    max_packet_bytes: int = MAX_PACKET_BYTES,
 ) -> Iterator[MosquittoProcess]:
     """A started :class:`MosquittoProcess`, stopped and cleaned up on exit."""
-    process = MosquittoProcess(port=port, binary=binary, tls=tls)
+    process = MosquittoProcess(port=port, binary=binary, tls=tls, max_packet_bytes=max_packet_bytes)
     try:
         yield process.start()
     finally:

@@ -31,8 +31,6 @@ __all__ = ["PASSWORD_ENV", "COMMAND_KEY_ENV", "COMMAND_KEYS_ENV", "SecureSite", 
 PASSWORD_ENV = "HERON_BROKER_PASSWORD"
 COMMAND_KEY_ENV = "HERON_COMMAND_KEY"
 COMMAND_KEYS_ENV = "HERON_COMMAND_KEYS"
-SIL_BUS_WRITES = ("clock", "market", "consensus")
-"""Bus kinds the SIL agents publish: lock-step ``done``, market orders, consensus rounds."""
 
 
 class SigningBroker(BrokerWrapper):
@@ -102,7 +100,8 @@ def signer_from_env(variable: str = COMMAND_KEYS_ENV) -> CommandSigner | None:
 class SecureSite:
     """A generated site for ``heron-edge sil --secure``: broker config + self-signed PKI in ``directory``,
     one user per process (every agent, the operator, the plant) with its own password, client certificate
-    and (agents) command key; per-agent ACLs where agents may write only the SIL bus kinds."""
+    (which decides the identity: its CN is the username) and (agents) command key; an ACL where each
+    user writes only its own topics and only the operator writes commands."""
 
     directory: Path
     conf: Path
@@ -120,7 +119,7 @@ class SecureSite:
         port = free_port()
         config = BrokerSiteConfig(
             site=site, agents=tuple(agents), operator=operator, plant=plant, port=port, bind_address="127.0.0.1",
-            agent_bus_writes=SIL_BUS_WRITES, require_certificate=True,
+            require_certificate=True,
             # started as root, mosquitto would drop to user "mosquitto", who cannot read a private temp dir
             run_as_user="root" if hasattr(os, "geteuid") and os.geteuid() == 0 else None)
         files = write_broker_config(config, directory, self_signed_ca=True, overwrite=True)

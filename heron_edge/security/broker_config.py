@@ -1,29 +1,51 @@
-"""A Mosquitto configuration for one site: TLS listener, password file, per-agent ACL, credentials.
+"""A Mosquitto configuration for one site: TLS listener, identities, per-identity ACL, credentials.
 
 :func:`write_broker_config` writes into one directory::
 
-    mosquitto.conf    TLS listener, set_tcp_nodelay true, allow_anonymous false, password_file, acl_file
+    mosquitto.conf    TLS listener, set_tcp_nodelay true, allow_anonymous false, password_file, acl_file,
+                      use_username_as_clientid, max_packet_size (and use_identity_as_username with
+                      require_certificate)
     acl               what each user may read and write (see :func:`acl_text`)
     passwd            hashed by the real ``mosquitto_passwd`` (passwords fed on stdin, never in argv)
     credentials.json  mode 0600: every user's password and command key (see :class:`SiteCredentials`)
-    ca.crt, server.crt, server.key, <user>.crt, <user>.key    with ``self_signed_ca=True``
+    ca.crt, ca.key, server.crt, server.key, <user>.crt, <user>.key    with ``self_signed_ca=True``
 
-The ACL, per user (``S`` = site, ``A`` = agent, ``O`` = operator):
+Every topic names its sender (``heron/S/{id}/{kind}``), and the broker lets each identity write only
+its own. The ACL, per user (``S`` = site, ``U`` = any user, ``A`` = agent, ``O`` = operator):
 
-* agent ``A``: writes ``heron/S/A/+`` (status, telemetry, action: its own 4-level topics, never
-  ``heron/S/A/cmd``); reads ``heron/S/bus/#``, ``heron/S/+/telemetry``, ``heron/S/+/status`` and
-  its own ``heron/S/A/cmd/#``. With ``agent_bus_writes`` (e.g. ``clock`` for lock-step "done",
-  ``consensus``, ``market``) agents may also write those bus kinds; by default only the operator does.
-* operator ``O``: writes ``heron/S/+/cmd/#`` (commands), ``heron/S/bus/#`` (broadcasts) and its
-  own ``heron/S/O/+``; reads ``heron/S/+/+`` (every status, telemetry, action and bus topic).
-* plant ``P`` (optional: a SIL plant, or a site clock with the feeder-head meter): writes
-  ``heron/S/bus/clock`` (step announcements) and its own ``heron/S/P/+`` (status, meter); reads
-  ``heron/S/bus/clock`` (the participants' done) and ``heron/S/+/status`` (who is online). It holds
-  no command key and writes no command.
+* every user ``U`` (agents, operator, plant) writes ``heron/S/U/+`` (status, telemetry, action,
+  meter, clock, done, price, market, clearing, consensus: its own 4-level topics) except the 4-level
+  ``heron/S/U/cmd``, and reads ``heron/S/+/+`` (every 4-level topic of the site);
+* an agent ``A`` also reads its own commands ``heron/S/A/cmd/+``;
+* the operator ``O`` also writes every command ``heron/S/+/cmd/+``. Nobody else writes a command,
+  not even to itself. Commands have exactly five levels; ``cmd/+`` rather than ``cmd/#`` keeps the
+  operator off ``heron/S/A/cmd``, a 4-level topic that would name ``A`` as its sender;
 * anybody else: nothing (no anonymous access, no topic lines outside a ``user`` block).
 
-Mosquitto filters reads per message, so a subscription to ``heron/S/+/+`` is accepted and only
-the permitted topics are delivered; a denied QoS-1 publish is answered "not authorized".
+What else the broker enforces (:func:`mosquitto_conf_text`):
+
+* identity = username: ``use_username_as_clientid`` replaces the client id by the authenticated
+  username, so nobody can take over (disconnect) another identity's session with its client id; a
+  second connection of the SAME user replaces the first, as MQTT requires for one client id;
+* with ``require_certificate``: identity = certificate. ``use_identity_as_username`` makes the client
+  certificate's CN the username (Mosquitto then ignores the MQTT username and password): mg1's
+  password with mg2's certificate is mg2. Every generated client certificate has CN = its user; with
+  your own CA, issue each identity a certificate with CN = its username, and keep the CA key (with
+  ``self_signed_ca``: ``ca.key`` in the output directory) off the broker host: whoever holds it can
+  mint any identity;
+* ``max_packet_size`` :data:`~heron_edge.brokers.base.MAX_PACKET_BYTES`: a larger packet is never
+  delivered, and its sender is disconnected.
+
+Mosquitto filters reads per message, so a subscription to ``heron/S/#`` is accepted and only the
+permitted topics are delivered; a denied QoS-1 publish is answered "not authorized". The ACL checks
+who publishes on a topic, not the ``sender`` inside the envelope: receivers also reject an envelope
+whose sender differs from the topic's id, and agents check the operator's HMAC, expiry and replays
+on commands (:mod:`heron_edge.security.auth`).
+
+Names (site, users) are letters, digits, ``_``, ``.``, ``-``; a user may not be called ``cmd``. The
+levels alone would not be ambiguous (commands have five levels, everything else four), but the topic
+scheme reserves the id (:func:`heron_edge.messages.parse_topic` refuses ``heron/S/cmd/...``), so such
+an identity could never be heard: refusing it here says so when the site is configured.
 """
 from __future__ import annotations
 
@@ -39,9 +61,9 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.brokers.mqtt import MqttBroker, TlsOptions
 from heron_edge.errors import ConfigError
-from heron_edge.messages import BUS
 from heron_edge.security.auth import CommandGuard, CommandSigner, parse_key
 
 __all__ = [
@@ -58,6 +80,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_RESERVED_USER: Final = "cmd"  # the command level of heron/{site}/{agent}/cmd/{kind}; no sender id
 _PASSWD_FALLBACKS: Final = ("/usr/bin/mosquitto_passwd", "/usr/local/bin/mosquitto_passwd",
                             "/opt/homebrew/bin/mosquitto_passwd")
 CONF_NAME: Final = "mosquitto.conf"
@@ -67,9 +90,15 @@ CREDENTIALS_NAME: Final = "credentials.json"
 
 
 def _name(value: str, what: str) -> str:
-    if not _NAME.match(value) or value == BUS:
-        raise ValueError(f"{what} {value!r} must be letters, digits, '_', '.', '-' (and not {BUS!r})")
+    if not _NAME.match(value):
+        raise ValueError(f"{what} {value!r} must be letters, digits, '_', '.', '-'")
     return value
+
+
+def _user(value: str) -> str:
+    if value == _RESERVED_USER:
+        raise ValueError(f"user name {value!r} is reserved: it is the command level of the topics")
+    return _name(value, "user name")
 
 
 class BrokerSiteConfig(BaseModel):
@@ -83,29 +112,34 @@ class BrokerSiteConfig(BaseModel):
     bind_address: str | None = Field(default=None, description="Listen on this address only; None = all.")
     server_names: tuple[str, ...] = Field(default=("localhost", "127.0.0.1"), min_length=1,
                                           description="DNS names / IPs in the server certificate.")
-    agent_bus_writes: tuple[str, ...] = Field(default=(), description="Bus kinds agents may also publish.")
-    plant: str | None = Field(default=None, description="A clock / plant user (SIL): bus/clock and its own topics.")
-    require_certificate: bool = Field(default=False, description="Clients must also present a certificate.")
+    plant: str | None = Field(default=None, description="A clock / plant user (SIL): its clock, meter and status.")
+    require_certificate: bool = Field(default=False, description="Clients must present a certificate; its CN is "
+                                      "then the username (the password is not checked).")
     config_dir: Path | None = Field(default=None, description="Where the files live on the broker host; "
                                     "default: the output directory.")
     run_as_user: str | None = Field(default=None, description="Mosquitto's 'user' option (None: its default).")
     cert_days: int = Field(default=365, ge=1, description="Validity of generated certificates, days.")
 
-    @field_validator("site", "operator")
+    @field_validator("site")
     @classmethod
-    def _check_name(cls, value: str) -> str:
-        return _name(value, "name")
+    def _check_site(cls, value: str) -> str:
+        return _name(value, "site")
+
+    @field_validator("operator")
+    @classmethod
+    def _check_operator(cls, value: str) -> str:
+        return _user(value)
 
     @field_validator("plant")
     @classmethod
     def _check_plant(cls, value: str | None) -> str | None:
-        return None if value is None else _name(value, "name")
+        return None if value is None else _user(value)
 
-    @field_validator("agents", "agent_bus_writes")
+    @field_validator("agents")
     @classmethod
     def _check_names(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         for value in values:
-            _name(value, "name")
+            _user(value)
         if len(set(values)) != len(values):
             raise ValueError(f"duplicate names in {list(values)}")
         return values
@@ -196,53 +230,39 @@ class SiteFiles:
 
 
 def acl_text(config: BrokerSiteConfig) -> str:
-    """The Mosquitto ACL file for the site (format: ``user``, ``topic read|write|deny`` lines)."""
+    """The Mosquitto ACL file for the site (format: ``user``, ``topic read|write|deny`` lines).
+
+    Each user writes only its own topics; only the operator writes commands (see the module doc).
+    """
     s = config.site
     lines = [
         f"# heron-edge ACL for site {s!r}: generated by 'heron-edge broker-config'.",
-        "# No lines outside a 'user' block: anonymous clients and unknown users get nothing.",
+        "# Every topic names its sender: each user writes only heron/S/<itself>/<kind>; only the operator",
+        "# writes commands. No lines outside a 'user' block: anonymous clients and unknown users get nothing.",
         "",
     ]
-    for agent in config.agents:
+    for user in config.users:
         lines += [
-            f"user {agent}",
-            f"topic write heron/{s}/{agent}/+",
-            f"topic deny heron/{s}/{agent}/cmd",
-            *(f"topic write heron/{s}/{BUS}/{kind}" for kind in config.agent_bus_writes),
-            f"topic read heron/{s}/{BUS}/#",
-            f"topic read heron/{s}/+/telemetry",
-            f"topic read heron/{s}/+/status",
-            f"topic read heron/{s}/{agent}/cmd/#",
-            "",
-        ]
-    op = config.operator
-    lines += [
-        f"user {op}",
-        f"topic write heron/{s}/+/cmd/#",
-        f"topic write heron/{s}/{BUS}/#",
-        f"topic write heron/{s}/{op}/+",
-        f"topic read heron/{s}/+/+",
-        "",
-    ]
-    if config.plant is not None:
-        pl = config.plant
-        lines += [
-            f"user {pl}",
-            f"topic write heron/{s}/{pl}/+",
-            f"topic deny heron/{s}/{pl}/cmd",
-            f"topic write heron/{s}/{BUS}/clock",
-            f"topic read heron/{s}/{BUS}/clock",
-            f"topic read heron/{s}/+/status",
+            f"user {user}",
+            f"topic write heron/{s}/{user}/+",
+            f"topic deny heron/{s}/{user}/cmd",
+            *([f"topic write heron/{s}/+/cmd/+"] if user == config.operator else []),
+            f"topic read heron/{s}/+/+",
+            *([f"topic read heron/{s}/{user}/cmd/+"] if user in config.agents else []),
             "",
         ]
     return "\n".join(lines)
 
 
 def mosquitto_conf_text(config: BrokerSiteConfig, *, directory: Path) -> str:
-    """``mosquitto.conf`` referring to files in ``directory`` (where they live on the broker host)."""
+    """``mosquitto.conf`` referring to files in ``directory`` (where they live on the broker host):
+    one TLS listener where the client id is the username and, with ``require_certificate``, the
+    username is the certificate's CN; packets over MAX_PACKET_BYTES are refused."""
     d = Path(directory)
     listener = f"listener {config.port}" + (f" {config.bind_address}" if config.bind_address else "")
     user = f"user {config.run_as_user}\n" if config.run_as_user else ""
+    identity = ("# the certificate decides the identity: its CN is the username (passwords are not checked)\n"
+                "use_identity_as_username true\n") if config.require_certificate else ""
     return (
         f"# heron-edge broker for site {config.site!r}: generated by 'heron-edge broker-config'.\n"
         "per_listener_settings false\n"
@@ -254,13 +274,18 @@ def mosquitto_conf_text(config: BrokerSiteConfig, *, directory: Path) -> str:
         "set_tcp_nodelay true\n"
         "# the default of 1000 silently drops QoS-1 bursts to a slow subscriber\n"
         "max_queued_messages 100000\n"
+        "# a larger packet is never delivered and its sender is disconnected (real messages: ~10 kB at most)\n"
+        f"max_packet_size {MAX_PACKET_BYTES}\n"
         "\n"
         f"{listener}\n"
+        "# the client id is the authenticated username: nobody can take over another identity's session\n"
+        "use_username_as_clientid true\n"
         f"cafile {d / 'ca.crt'}\n"
         f"certfile {d / 'server.crt'}\n"
         f"keyfile {d / 'server.key'}\n"
         "tls_version tlsv1.2\n"
         f"require_certificate {'true' if config.require_certificate else 'false'}\n"
+        f"{identity}"
     )
 
 

@@ -103,7 +103,8 @@ class CertificateAuthority:
         return self._issue(common_name, extensions, Path(cert_file), Path(key_file))
 
     def issue_client(self, common_name: str, cert_file: Path, key_file: Path) -> IssuedCertificate:
-        """A client certificate (extendedKeyUsage clientAuth) with ``common_name`` as subject CN."""
+        """A client certificate (extendedKeyUsage clientAuth) with ``common_name`` as subject CN: for a site
+        broker with ``require_certificate`` the CN is the MQTT username, i.e. the identity (give the username)."""
         usage = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
         return self._issue(common_name, [(usage, False)], Path(cert_file), Path(key_file))
 

@@ -5,6 +5,7 @@ import socket
 
 import pytest
 
+from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.runtime.mosquitto import MosquittoError, MosquittoProcess, running_mosquitto
 from tests.conftest import require_mosquitto
 
@@ -27,6 +28,7 @@ def test_start_stop_restart_on_the_same_port() -> None:
         config = (proc.log_path.parent / "mosquitto.conf").read_text()
         assert f"listener {proc.port} 127.0.0.1" in config and "set_tcp_nodelay true" in config
         assert "allow_anonymous true" in config
+        assert f"max_packet_size {MAX_PACKET_BYTES}\n" in config  # as on a site broker
         port, first_pid = proc.port, proc.pid
         proc.kill()
         assert not proc.running and proc.pid is None and not accepts(port)
@@ -36,6 +38,14 @@ def test_start_stop_restart_on_the_same_port() -> None:
         proc.stop()  # idempotent
         assert not accepts(port)
     assert not proc.log_path.parent.exists()
+
+
+def test_packet_size_limit_is_configurable() -> None:
+    require_mosquitto()
+    with running_mosquitto(max_packet_bytes=1_000_000) as proc:
+        assert "max_packet_size 1000000\n" in (proc.log_path.parent / "mosquitto.conf").read_text()
+    with pytest.raises(ValueError, match="at least 20"):
+        MosquittoProcess(max_packet_bytes=19)
 
 
 def test_port_in_use_is_reported() -> None:

@@ -12,9 +12,10 @@ import textwrap
 import pytest
 
 from heron_edge.brokers import MqttBroker, TlsOptions
+from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import StatusBody, agent_filter, agent_topic, decode, encode, make_envelope
-from heron_edge.runtime.mosquitto import MosquittoProcess
+from heron_edge.runtime.mosquitto import MosquittoProcess, running_mosquitto
 from tests.conftest import require_mosquitto, run_async
 
 pytestmark = pytest.mark.mqtt
@@ -254,3 +255,42 @@ def test_fan_out_through_mosquitto_to_separate_clients(mosquitto: MosquittoProce
 
     expected = [str(i).encode() for i in range(20)]
     assert run_async(main(), timeout=30) == [expected] * len(filters)
+
+
+def test_publish_refuses_a_packet_over_the_limit(mosquitto: MosquittoProcess) -> None:
+    """Up to MAX_PACKET_BYTES goes through the launcher's broker (same limit); one byte more is refused locally."""
+
+    async def main() -> None:
+        async with MqttBroker(mosquitto.url) as publisher, MqttBroker(mosquitto.url) as subscriber:
+            sub = await subscriber.subscribe("big/+")
+            largest = MAX_PACKET_BYTES - 14  # QoS-1 PUBLISH on "big/t": 1 + 3 (length) + 2 + 5 + 2 + 1 + payload
+            with pytest.raises(ValueError, match=f"over the limit of {MAX_PACKET_BYTES} bytes"):
+                await publisher.publish("big/t", bytes(largest + 1))
+            await publisher.publish("big/t", bytes(largest))
+            assert len((await sub.get(timeout=5)).payload) == largest
+            assert publisher.connected and publisher.published == 1 and subscriber.oversized == 0
+
+    run_async(main())
+
+
+def test_oversized_payloads_never_reach_a_subscription() -> None:
+    """Against a broker with a larger max_packet_size: the broker honours the Maximum Packet Size our CONNECT
+    announces (1 MB is never sent to us), and a payload just over MAX_PACKET_BYTES is dropped and counted."""
+    require_mosquitto()
+    from tests.security.conftest import raw_client
+
+    async def main(proc: MosquittoProcess) -> None:
+        async with MqttBroker(proc.url) as victim, raw_client(proc.port, client_id="flood") as flood:
+            sub = await victim.subscribe("big/+")
+            for size in (MAX_PACKET_BYTES + 100, 1_000_000):
+                info = flood.client.publish("big/t", bytes(size), qos=1)
+                await asyncio.to_thread(info.wait_for_publish, 10)  # the broker took it
+            flood.client.publish("big/end", b"sentinel", qos=1)  # one publisher, one subscriber: in order
+            delivery = await sub.get(timeout=5)
+            assert (delivery.topic, delivery.payload) == ("big/end", b"sentinel")
+            assert len(sub) == 0 and sub.dropped == 0
+            assert victim.oversized == 1  # the first; the broker kept the second from us
+            assert victim.connected and victim.reconnects == 0
+
+    with running_mosquitto(max_packet_bytes=4 * 1024 * 1024) as proc:
+        run_async(main(proc))

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from heron_edge.brokers import MqttBroker, TlsOptions
+from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.brokers.mqtt import is_loopback_host
 from heron_edge.cli import main
 from heron_edge.errors import ConfigError
@@ -19,41 +20,57 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_acl_gives_each_agent_its_own_topics_and_the_operator_the_commands() -> None:
-    acl = acl_text(BrokerSiteConfig(site="s", agents=("mg1", "mg2"), operator="op"))
+def test_acl_lets_each_identity_write_only_its_own_topics_and_the_operator_the_commands() -> None:
+    acl = acl_text(BrokerSiteConfig(site="s", agents=("mg1", "mg2"), operator="op", plant="pl"))
     blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in acl.split("\n\n") if b.startswith("user ")}
-    assert blocks["user mg1"] == [
-        "topic write heron/s/mg1/+", "topic deny heron/s/mg1/cmd", "topic read heron/s/bus/#",
-        "topic read heron/s/+/telemetry", "topic read heron/s/+/status", "topic read heron/s/mg1/cmd/#",
-    ]
-    assert blocks["user op"] == ["topic write heron/s/+/cmd/#", "topic write heron/s/bus/#",
-                                 "topic write heron/s/op/+", "topic read heron/s/+/+"]
+    assert list(blocks) == ["user mg1", "user mg2", "user op", "user pl"]
+    assert blocks["user mg1"] == ["topic write heron/s/mg1/+", "topic deny heron/s/mg1/cmd",
+                                  "topic read heron/s/+/+", "topic read heron/s/mg1/cmd/+"]
+    assert blocks["user op"] == ["topic write heron/s/op/+", "topic deny heron/s/op/cmd",
+                                 "topic write heron/s/+/cmd/+", "topic read heron/s/+/+"]
+    assert blocks["user pl"] == ["topic write heron/s/pl/+", "topic deny heron/s/pl/cmd", "topic read heron/s/+/+"]
+    # only the operator writes commands; nobody writes a topic of another identity
+    writes = [line for block in blocks.values() for line in block if line.startswith("topic write")]
+    assert [w for w in writes if "cmd" in w] == ["topic write heron/s/+/cmd/+"]
     # nothing for anonymous clients or unknown users: every topic line sits in a user block
     assert all(not line.startswith(("topic", "pattern")) for line in acl.split("user ")[0].splitlines())
-    with_bus = acl_text(BrokerSiteConfig(site="s", agents=("mg1",), agent_bus_writes=("clock",)))
-    assert "topic write heron/s/bus/clock" in with_bus.split("user system_operator")[0]
+    assert "bus" not in acl
 
 
-def test_mosquitto_conf_is_tls_only_authenticated_and_nodelay() -> None:
+def test_mosquitto_conf_is_tls_only_authenticated_nodelay_and_bounded() -> None:
     cfg = BrokerSiteConfig(site="s", agents=("mg1",), port=8884, bind_address="10.0.0.2")
     conf = mosquitto_conf_text(cfg, directory=Path("/etc/mosquitto/heron")).splitlines()
     for line in ["allow_anonymous false", "set_tcp_nodelay true", "listener 8884 10.0.0.2",
                  "password_file /etc/mosquitto/heron/passwd", "acl_file /etc/mosquitto/heron/acl",
                  "cafile /etc/mosquitto/heron/ca.crt", "certfile /etc/mosquitto/heron/server.crt",
-                 "keyfile /etc/mosquitto/heron/server.key", "require_certificate false"]:
+                 "keyfile /etc/mosquitto/heron/server.key", "require_certificate false",
+                 "use_username_as_clientid true", f"max_packet_size {MAX_PACKET_BYTES}"]:
         assert line in conf
     assert sum(line.startswith("listener") for line in conf) == 1  # no plaintext listener
+    assert not any(line.startswith("use_identity_as_username") for line in conf)
+    # with client certificates, the certificate's CN is the identity
+    with_certs = mosquitto_conf_text(cfg.model_copy(update={"require_certificate": True}), directory=Path("/x"))
+    assert {"require_certificate true", "use_identity_as_username true"} <= set(with_certs.splitlines())
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"agents": ()}, {"agents": ("mg1", "mg1")}, {"agents": ("mg/1",)}, {"agents": ("bus",)}, {"site": "a b"},
-     {"agents": ("a:b",)}, {"operator": "mg1"}, {"port": 0}, {"agent_bus_writes": ("#",)}, {"unknown": 1}],
+    [{"agents": ()}, {"agents": ("mg1", "mg1")}, {"agents": ("mg/1",)}, {"agents": ("+",)}, {"site": "a b"},
+     {"agents": ("a:b",)}, {"operator": "mg1"}, {"plant": "mg2"}, {"plant": "#"}, {"port": 0},
+     {"agents": ("cmd",)}, {"operator": "cmd"}, {"plant": "cmd"}, {"agent_bus_writes": ("clock",)}, {"unknown": 1}],
 )
 def test_config_is_validated(overrides: dict[str, object]) -> None:
     fields: dict[str, object] = {"site": "s", "agents": ("mg1", "mg2"), **overrides}
     with pytest.raises(ValidationError):
         BrokerSiteConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_cmd_is_no_identity_but_may_name_a_site() -> None:
+    """The topic scheme reserves the id cmd (the command level); a site named cmd is unambiguous."""
+    with pytest.raises(ValidationError, match="reserved"):
+        BrokerSiteConfig(site="s", agents=("cmd",))
+    acl = acl_text(BrokerSiteConfig(site="cmd", agents=("mg1",)))
+    assert "user mg1\ntopic write heron/cmd/mg1/+\ntopic deny heron/cmd/mg1/cmd\n" in acl
 
 
 def test_written_files_hash_passwords_and_keep_secrets_private(tmp_path: Path) -> None:
@@ -86,16 +103,24 @@ def test_written_files_hash_passwords_and_keep_secrets_private(tmp_path: Path) -
 def test_cli_writes_a_site(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "site"
     assert main(["broker-config", "--site", "s", "--agents", "mg1,mg2,mg3", "--out", str(out), "--self-signed-ca",
-                 "--config-dir", "/etc/mosquitto/heron", "--agent-bus-write", "clock"]) == 0
+                 "--config-dir", "/etc/mosquitto/heron"]) == 0
     printed = capsys.readouterr().out
     assert "credentials.json" in printed and "mosquitto -c" in printed
     assert {p.name for p in out.iterdir()} >= {"mosquitto.conf", "acl", "passwd", "credentials.json", "ca.crt",
                                                "server.crt", "server.key", "mg1.crt", "system_operator.key"}
-    assert "password_file /etc/mosquitto/heron/passwd" in (out / "mosquitto.conf").read_text()
+    conf = (out / "mosquitto.conf").read_text().splitlines()
+    assert "password_file /etc/mosquitto/heron/passwd" in conf
+    # every user got a certificate: required by default, and its CN is the identity
+    assert {"require_certificate true", "use_identity_as_username true"} <= set(conf)
     assert load_credentials(out / "credentials.json").ca_file == "/etc/mosquitto/heron/ca.crt"
     assert main(["broker-config", "--site", "s", "--agents", "mg1", "--out", str(out)]) == 2  # no silent overwrite
     assert main(["broker-config", "--site", "s/x", "--agents", "mg1", "--out", str(tmp_path / "bad")]) == 2
     assert "site" in capsys.readouterr().err
+    # opting out with --self-signed-ca, and the default without it: passwords only
+    for extra, name in [(["--self-signed-ca", "--no-require-certificate"], "opt-out"), ([], "own-ca")]:
+        assert main(["broker-config", "--site", "s", "--agents", "mg1", "--out", str(tmp_path / name), *extra]) == 0
+        conf = (tmp_path / name / "mosquitto.conf").read_text().splitlines()
+        assert "require_certificate false" in conf and "use_identity_as_username true" not in conf
 
 
 def test_insecure_connections_to_other_hosts_are_an_explicit_opt_in() -> None:

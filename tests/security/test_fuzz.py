@@ -31,7 +31,7 @@ from heron_edge.agents import ProxyAgent
 from heron_edge.brokers import InMemoryBroker, Subscription
 from heron_edge.messages import (
     ClockBody, ConsensusBody, DecodeError, Envelope, OrderBody, PriceBody, SetpointBody, StatusBody, TelemetryBody,
-    agent_topic, bus_topic, command_filter, command_topic, decode, encode, make_envelope,
+    LIMITS, agent_topic, command_filter, command_topic, decode_on, encode, make_envelope,
 )
 from heron_edge.security import CommandGuard, CommandRejected, sign
 
@@ -44,9 +44,9 @@ STEP = 7
 FAR_FUTURE = 4.0e9  # unix seconds (year 2096): commands in the fuzz never expire during the run
 EXAMPLES = 200  # x 8 to 40 payloads, per test: several thousand payloads per test and run
 
-REPORT_TOPICS = [bus_topic(SITE, k) for k in ("price", "market", "consensus", "clock")] + [
-    agent_topic(SITE, who, kind) for who in (*PEERS, UPSTREAM, "stranger") for kind in ("telemetry", "status", "action")
-]
+PRICE_TOPIC = agent_topic(SITE, UPSTREAM, "price")
+REPORT_TOPICS = [agent_topic(SITE, who, kind) for who in (*PEERS, UPSTREAM, "plant", "stranger")
+                 for kind in ("price", "market", "clearing", "consensus", "clock", "done", "telemetry", "status", "action")]
 COMMAND_TOPICS = [command_topic(SITE, AGENT, kind) for kind in ("setpoint", "action", "other")]
 
 
@@ -86,15 +86,15 @@ def valid_reports(step: int) -> list[tuple[str, bytes]]:
     """Well-formed messages on the report topics: the seeds that mutations start from."""
     now_ttl = 3600.0
     return [
-        (bus_topic(SITE, "price"), encode(make_envelope(UPSTREAM, PriceBody(price_usd_per_mwh=42.0), step=step,
-                                                        ttl_s=now_ttl))),
+        (PRICE_TOPIC, encode(make_envelope(UPSTREAM, PriceBody(price_usd_per_mwh=42.0), step=step, ttl_s=now_ttl))),
         (agent_topic(SITE, "mg2", "telemetry"), encode(make_envelope("mg2", TelemetryBody(values={"exchange_mw": 0.3}),
                                                                      step=step))),
         (agent_topic(SITE, "mg3", "status"), encode(make_envelope("mg3", StatusBody(state="online"), step=step))),
-        (bus_topic(SITE, "market"), encode(make_envelope("mg2", OrderBody(side="bid", quantity_mw=1.0,
-                                                                          limit_price_usd_per_mwh=30.0), step=step))),
-        (bus_topic(SITE, "consensus"), encode(make_envelope("mg3", ConsensusBody(round=0, values=[1.0]), step=step))),
-        (bus_topic(SITE, "clock"), encode(make_envelope(UPSTREAM, ClockBody(step=step), step=step))),
+        (agent_topic(SITE, "mg2", "market"), encode(make_envelope("mg2", OrderBody(side="bid", quantity_mw=1.0,
+                                                                                   limit_price_usd_per_mwh=30.0), step=step))),
+        (agent_topic(SITE, "mg3", "consensus"), encode(make_envelope("mg3", ConsensusBody(round=0, values=[1.0]),
+                                                                     step=step))),
+        (agent_topic(SITE, "plant", "clock"), encode(make_envelope("plant", ClockBody(step=step), step=step))),
     ]
 
 
@@ -152,16 +152,15 @@ def fuzz_payload(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
 
 
 def is_bad_report(topic: str, payload: bytes) -> bool:
-    """The wire contract: undecodable, a price not from the upstream, telemetry not from its topic's peer."""
+    """The wire contract: undecodable on its topic (a sender other than the topic's, a body that does not
+    belong there, a value out of bounds), telemetry not from a peer, or an exchange beyond the power bound."""
     try:
-        envelope = decode(payload)
+        envelope = decode_on(topic, payload)
     except DecodeError:
         return True
-    if topic == bus_topic(SITE, "price") and isinstance(envelope.body, PriceBody):
-        return envelope.sender != UPSTREAM
-    if topic.endswith("/telemetry") and isinstance(envelope.body, TelemetryBody):
-        who = topic.split("/")[2]
-        return who not in PEERS or envelope.sender != who
+    if isinstance(envelope.body, TelemetryBody):
+        exchange = envelope.body.values.get("exchange_mw", 0.0)
+        return topic.split("/")[2] not in PEERS or abs(exchange) > LIMITS.power_mw
     return False
 
 
@@ -204,7 +203,7 @@ def test_proxy_agent_survives_and_counts_every_bad_report(rig: Rig, batch: list[
     assert np.isfinite(obs).all()
     after = Counter(proxy.stats)
     # the agent subscribes to the price and to every agent's telemetry only: other topics never reach it
-    heard = [(t, p) for t, p in batch if t == bus_topic(SITE, "price") or t.endswith("/telemetry")]
+    heard = [(t, p) for t, p in batch if t == PRICE_TOPIC or t.endswith("/telemetry")]
     assert after["received"] - before["received"] == len(heard)
     assert rejected(after) - rejected(before) == sum(is_bad_report(t, p) for t, p in heard)
 

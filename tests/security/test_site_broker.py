@@ -1,4 +1,5 @@
-"""The generated site configuration, enforced by a real Mosquitto: authentication, TLS, per-agent ACL."""
+"""The generated site configuration, enforced by a real Mosquitto: authentication, TLS, the per-identity ACL,
+client id = username, certificate CN = username, and the packet size limit."""
 from __future__ import annotations
 
 import asyncio
@@ -8,15 +9,13 @@ from pathlib import Path
 import pytest
 
 from heron_edge.brokers import MqttBroker, Subscription, TlsOptions
+from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.errors import BrokerError
-from heron_edge.messages import (
-    PriceBody, SetpointBody, TelemetryBody, agent_topic, bus_topic, command_filter, command_topic, encode,
-    make_envelope,
-)
+from heron_edge.messages import SetpointBody, TelemetryBody, encode, make_envelope
 from heron_edge.security import CommandRejected
 from heron_edge.security.certs import make_ca
-from tests.conftest import require_mosquitto, run_async
-from tests.security.conftest import OPERATOR, SITE, Site
+from tests.conftest import run_async
+from tests.security.conftest import OPERATOR, PLANT, SITE, Site, raw_client
 
 pytestmark = pytest.mark.mqtt
 
@@ -26,22 +25,42 @@ paho_handshake_leak = pytest.mark.filterwarnings(
 )
 
 
+def topic(who: str, kind: str) -> str:
+    """``heron/s1/{who}/{kind}``: every topic names its sender."""
+    return f"heron/{SITE}/{who}/{kind}"
+
+
+def cmd(agent: str, kind: str) -> str:
+    """``heron/s1/{agent}/cmd/{kind}``: a command to ``agent`` (written by the operator only)."""
+    return f"heron/{SITE}/{agent}/cmd/{kind}"
+
+
 async def connect_and_close(broker: MqttBroker) -> None:
     async with broker:
-        await broker.publish(agent_topic(SITE, "mg1", "telemetry"), b"x")
+        await broker.publish(topic("mg1", "telemetry"), b"x")
+
+
+async def only_sentinel(watch: Subscription, sentinel: str) -> list[str]:
+    """Topics received up to and including ``sentinel``'s. One publisher, one subscriber: MQTT keeps their order,
+    so a message the broker had forwarded before the sentinel would be among them."""
+    topics = [(await watch.get(timeout=5)).topic]
+    while topics[-1] != sentinel:
+        topics.append((await watch.get(timeout=5)).topic)
+    return topics
 
 
 def test_every_user_connects_with_its_credentials(site: Site) -> None:
     creds = site.files.credentials
+    assert set(creds.users) == {"mg1", "mg2", "mg3", OPERATOR, PLANT}
     for user in creds.users:
         run_async(_status_round_trip(creds.broker(user, site.url), user))
 
 
 async def _status_round_trip(broker: MqttBroker, user: str) -> None:
     async with broker:
-        topic = agent_topic(SITE, user, "status")
-        sub = await broker.subscribe(topic)
-        await broker.publish(topic, b"online")
+        status = topic(user, "status")
+        sub = await broker.subscribe(status)
+        await broker.publish(status, b"online")
         assert (await sub.get(timeout=5)).payload == b"online"
 
 
@@ -77,11 +96,6 @@ def test_tls_with_the_wrong_ca_fails_to_connect(site: Site, tmp_path: Path) -> N
     gc.collect()
 
 
-async def _nothing_more(sub: Subscription, wait_s: float = 0.3) -> list[str]:
-    await asyncio.sleep(wait_s)
-    return [d.topic for d in sub.drain()]
-
-
 def test_mg1_cannot_command_mg2_but_the_operator_can(site: Site) -> None:
     creds = site.files.credentials
     guard = creds.guard("mg2")
@@ -90,27 +104,26 @@ def test_mg1_cannot_command_mg2_but_the_operator_can(site: Site) -> None:
     async def scenario() -> None:
         async with creds.broker("mg1", site.url) as mg1, creds.broker("mg2", site.url) as mg2, \
                 creds.broker(OPERATOR, site.url) as op:
-            commands = await mg2.subscribe(command_filter(SITE, "mg2"))
-            reports = await mg2.subscribe(agent_topic(SITE, "mg1", "telemetry"))
+            commands = await mg2.subscribe(cmd("mg2", "+"))
+            reports = await mg2.subscribe(topic("mg1", "telemetry"))
             forged = make_envelope(OPERATOR, SetpointBody(p_mw=9.9), step=1, recipient="mg2", ttl_s=60)
             # mg1 even holds a validly signed setpoint (say, captured earlier): the broker still refuses it
             with pytest.raises(BrokerError, match="Not authorized"):
-                await mg1.publish(command_topic(SITE, "mg2", "setpoint"), encode(signer.sign(forged)))
+                await mg1.publish(cmd("mg2", "setpoint"), encode(signer.sign(forged)))
             # a sentinel mg1 may publish, sent after the forbidden one: once mg2 has it, the setpoint would have
             # arrived before it had the broker forwarded it (one publisher, one subscriber: ordered)
-            await mg1.publish(agent_topic(SITE, "mg1", "telemetry"),
+            await mg1.publish(topic("mg1", "telemetry"),
                               encode(make_envelope("mg1", TelemetryBody(values={"x": 1.0}), step=1)))
-            assert (await reports.get(timeout=5)).topic == agent_topic(SITE, "mg1", "telemetry")
+            assert (await reports.get(timeout=5)).topic == topic("mg1", "telemetry")
             assert commands.drain() == []
-            assert await _nothing_more(commands) == []
             # the operator's signed setpoint arrives, and the guard applies it
             real = signer.sign(make_envelope(OPERATOR, SetpointBody(p_mw=0.5), step=1, recipient="mg2", ttl_s=60))
-            await op.publish(command_topic(SITE, "mg2", "setpoint"), encode(real))
+            await op.publish(cmd("mg2", "setpoint"), encode(real))
             delivery = await commands.get(timeout=5)
             applied = guard.check_payload(delivery.payload, topic=delivery.topic)
             assert applied.body == SetpointBody(p_mw=0.5)
             # the same bytes again (a replay by anyone who may write the topic) are refused
-            await op.publish(command_topic(SITE, "mg2", "setpoint"), encode(real))
+            await op.publish(cmd("mg2", "setpoint"), encode(real))
             again = await commands.get(timeout=5)
             with pytest.raises(CommandRejected) as rejected:
                 guard.check_payload(again.payload, topic=again.topic)
@@ -120,75 +133,158 @@ def test_mg1_cannot_command_mg2_but_the_operator_can(site: Site) -> None:
     assert guard.stats == {"accepted": 1, "rejected_replay_id": 1}
 
 
-def test_agents_write_only_their_own_topics(site: Site) -> None:
+# every topic someone other than mg1 owns, and topics outside the scheme: none may carry mg1's words
+NOT_MG1S = [topic("mg2", "telemetry"), topic(OPERATOR, "price"), topic(PLANT, "clock"), topic("mg2", "consensus"),
+            topic(OPERATOR, "clearing"), topic("mg2", "done"), topic(OPERATOR, "status"), topic(PLANT, "meter"),
+            cmd("mg2", "setpoint"), cmd("mg1", "setpoint"), topic("mg1", "cmd"), f"heron/{SITE}/mg1/extra/level",
+            f"heron/{SITE}/bus/price", "elsewhere/x", "heron/other_site/mg1/telemetry"]
+
+
+def test_each_identity_writes_only_its_own_topics(site: Site) -> None:
     creds = site.files.credentials
 
     async def scenario() -> None:
         async with creds.broker("mg1", site.url) as mg1, creds.broker(OPERATOR, site.url) as op:
-            watch = await op.subscribe(f"heron/{SITE}/+/+")
-            price = encode(make_envelope("mg1", PriceBody(price_usd_per_mwh=1e6), step=1))
-            for topic in [bus_topic(SITE, "price"), bus_topic(SITE, "clock"), agent_topic(SITE, "mg2", "telemetry"),
-                          agent_topic(SITE, OPERATOR, "status"), f"heron/{SITE}/mg1/cmd",
-                          command_topic(SITE, "mg1", "setpoint"), f"heron/{SITE}/mg1/extra/level", "elsewhere/x",
-                          "heron/other_site/mg1/telemetry"]:
+            watch = await op.subscribe("#")  # accepted; the broker filters per message what the operator may read
+            commands = await mg1.subscribe(cmd("mg1", "+"))
+            for forbidden in NOT_MG1S:
                 with pytest.raises(BrokerError, match="Not authorized"):
-                    await mg1.publish(topic, price)
-            for kind in ("status", "telemetry", "action"):
-                await mg1.publish(agent_topic(SITE, "mg1", kind), b"own")
-            received = [(await watch.get(timeout=5)).topic for _ in range(3)]
-            assert received == [agent_topic(SITE, "mg1", k) for k in ("status", "telemetry", "action")]
-            assert await _nothing_more(watch) == []
+                    await mg1.publish(forbidden, b"forged")  # QoS 1: refused in the PUBACK
+                await mg1.publish(forbidden, b"forged", qos=0)  # QoS 0: silently dropped
+            own = [topic("mg1", kind) for kind in ("status", "telemetry", "action", "consensus", "done", "market")]
+            for mine in own:
+                await mg1.publish(mine, b"own")
+            assert await only_sentinel(watch, own[-1]) == own
+            # the operator commands mg1, and only mg1 reads it
+            await op.publish(cmd("mg1", "setpoint"), b"setpoint for mg1")
+            delivery = await commands.get(timeout=5)
+            assert (delivery.topic, delivery.payload) == (cmd("mg1", "setpoint"), b"setpoint for mg1")
+            assert watch.drain() == []  # the operator does not read commands back
 
     run_async(scenario())
 
 
-def test_agents_read_only_what_their_protocols_need(site: Site) -> None:
+def test_the_plant_and_the_operator_write_only_their_own(site: Site) -> None:
+    creds = site.files.credentials
+
+    async def scenario() -> None:
+        async with creds.broker(PLANT, site.url) as plant, creds.broker(OPERATOR, site.url) as op, \
+                creds.broker("mg1", site.url) as mg1:
+            watch = await mg1.subscribe(f"heron/{SITE}/#")
+            for writer, forbidden in [(plant, topic(OPERATOR, "price")), (plant, cmd("mg1", "setpoint")),
+                                      (plant, topic("mg1", "done")), (op, topic(PLANT, "clock")),
+                                      (op, topic("mg1", "telemetry")), (op, topic("mg1", "cmd"))]:
+                with pytest.raises(BrokerError, match="Not authorized"):
+                    await writer.publish(forbidden, b"forged")
+            await plant.publish(topic(PLANT, "clock"), b"step 1")
+            await op.publish(topic(OPERATOR, "price"), b"42")
+            await op.publish(cmd("mg1", "setpoint"), b"setpoint")
+            received = {(await watch.get(timeout=5)).topic for _ in range(3)}
+            assert received == {topic(PLANT, "clock"), topic(OPERATOR, "price"), cmd("mg1", "setpoint")}
+
+    run_async(scenario())
+
+
+def test_agents_read_the_site_and_only_their_own_commands(site: Site) -> None:
     creds = site.files.credentials
 
     async def scenario() -> None:
         async with creds.broker("mg1", site.url) as mg1, creds.broker("mg2", site.url) as mg2, \
                 creds.broker(OPERATOR, site.url) as op:
             everything = await mg1.subscribe("heron/#")  # accepted; the broker filters per message
-            await op.publish(command_topic(SITE, "mg2", "setpoint"), b"for mg2 only")
-            await mg2.publish(agent_topic(SITE, "mg2", "action"), b"mg2's action")
-            await op.publish(command_topic(SITE, "mg1", "setpoint"), b"for mg1")
-            await mg2.publish(agent_topic(SITE, "mg2", "telemetry"), b"peer telemetry")
-            await op.publish(bus_topic(SITE, "price"), b"price")
-            topics = [(await everything.get(timeout=5)).topic for _ in range(3)]
-            # mg2's command and mg2's action never reach mg1
-            expected = [command_topic(SITE, "mg1", "setpoint"), agent_topic(SITE, "mg2", "telemetry"),
-                        bus_topic(SITE, "price")]
+            await op.publish(cmd("mg2", "setpoint"), b"for mg2 only")
+            await op.publish(cmd("mg1", "setpoint"), b"for mg1")
+            await mg2.publish(topic("mg2", "action"), b"peer action")
+            await mg2.publish(topic("mg2", "telemetry"), b"peer telemetry")
+            await op.publish(topic(OPERATOR, "price"), b"price")
+            topics = [(await everything.get(timeout=5)).topic for _ in range(4)]
+            # mg2's command never reaches mg1; the site's 4-level topics all do
+            expected = [cmd("mg1", "setpoint"), topic("mg2", "action"), topic("mg2", "telemetry"),
+                        topic(OPERATOR, "price")]
             assert sorted(topics) == sorted(expected)
-            assert await _nothing_more(everything) == []
+            await op.publish(topic(OPERATOR, "status"), b"sentinel")
+            assert await only_sentinel(everything, topic(OPERATOR, "status")) == [topic(OPERATOR, "status")]
 
     run_async(scenario())
+
+
+def test_nobody_takes_over_another_identitys_session(site: Site) -> None:
+    """The broker replaces the client id by the username: mg2 connecting with mg1's client id is just mg2."""
+    creds = site.files.credentials
+
+    async def scenario() -> None:
+        async with creds.broker("mg1", site.url, client_id=f"heron-{SITE}-mg1") as mg1, \
+                creds.broker(OPERATOR, site.url) as op:
+            commands = await mg1.subscribe(cmd("mg1", "+"))
+            for stolen_id in (f"heron-{SITE}-mg1", "mg1"):
+                async with raw_client(site.broker.port, client_id=stolen_id, username="mg2",
+                                      password=creds.user("mg2").password, tls=creds.tls_options("mg2")) as attacker:
+                    # a takeover would have disconnected mg1 before the attacker's CONNACK; mg1 still gets this
+                    await op.publish(cmd("mg1", "setpoint"), stolen_id.encode())
+                    assert (await commands.get(timeout=5)).payload == stolen_id.encode()
+                    assert mg1.connected and mg1.reconnects == 0
+                    assert not attacker.disconnected.is_set()
+            assert mg1.connected and mg1.reconnects == 0
+
+    run_async(scenario())
+
+
+def test_oversized_packets_are_dropped_and_their_sender_disconnected(site: Site) -> None:
+    creds = site.files.credentials
+
+    async def scenario() -> None:
+        async with creds.broker("mg1", site.url) as mg1, creds.broker(OPERATOR, site.url) as op:
+            watch = await mg1.subscribe(f"heron/{SITE}/+/+")
+            with pytest.raises(ValueError, match="over the limit"):  # MqttBroker refuses to send it at all
+                await op.publish(topic(OPERATOR, "price"), bytes(MAX_PACKET_BYTES))
+            async with raw_client(site.broker.port, client_id="big", username="mg2",
+                                  password=creds.user("mg2").password, tls=creds.tls_options("mg2")) as attacker:
+                attacker.client.publish(topic("mg2", "telemetry"), bytes(1_000_000), qos=1)
+                await attacker.wait_disconnected()  # the broker hung up on it (packet too large)
+            await op.publish(topic(OPERATOR, "price"), b"sentinel")
+            assert await only_sentinel(watch, topic(OPERATOR, "price")) == [topic(OPERATOR, "price")]
+            assert mg1.connected and op.connected and mg1.reconnects == 0 and mg1.oversized == 0
+
+    run_async(scenario())
+
+
+@paho_handshake_leak
+def test_the_certificate_decides_the_identity(cert_site: Site) -> None:
+    """With require_certificate the client certificate's CN is the username: mg1's password with mg2's
+    certificate is mg2, and a certificate alone is enough."""
+    site = cert_site
+    creds = site.files.credentials
+    mg1_password = creds.user("mg1").password
+
+    async def scenario() -> None:
+        async with creds.broker(OPERATOR, site.url) as op:
+            watch = await op.subscribe(f"heron/{SITE}/+/+")
+            mixed = MqttBroker(site.url, username="mg1", password=mg1_password, tls=creds.tls_options("mg2"))
+            async with mixed:
+                for forbidden in (topic("mg1", "telemetry"), topic("mg1", "status")):
+                    with pytest.raises(BrokerError, match="Not authorized"):
+                        await mixed.publish(forbidden, b"as mg1?")
+                await mixed.publish(topic("mg2", "telemetry"), b"as mg2")  # what mg2's certificate may write
+                assert await only_sentinel(watch, topic("mg2", "telemetry")) == [topic("mg2", "telemetry")]
+            cert_only = MqttBroker(site.url, tls=creds.tls_options("mg3"))  # no username, no password: it is mg3
+            async with cert_only:
+                await cert_only.publish(topic("mg3", "telemetry"), b"as mg3")
+                assert await only_sentinel(watch, topic("mg3", "telemetry")) == [topic("mg3", "telemetry")]
+
+    run_async(scenario())
+    no_cert = MqttBroker(site.url, username="mg1", password=mg1_password, tls=TlsOptions(ca_file=creds.ca_file),
+                         request_timeout_s=3)
+    with pytest.raises(BrokerError):
+        run_async(connect_and_close(no_cert))
+    # the server's certificate (same CA, serverAuth only) is no client identity
+    server_cert = TlsOptions(ca_file=creds.ca_file, cert_file=str(site.files.directory / "server.crt"),
+                             key_file=str(site.files.directory / "server.key"))
+    with pytest.raises(BrokerError):
+        run_async(connect_and_close(MqttBroker(site.url, tls=server_cert, request_timeout_s=3)))
+    gc.collect()
 
 
 def test_server_certificate_names_localhost_and_the_loopback_ip(site: Site) -> None:
     creds = site.files.credentials
     by_name = site.url.replace("127.0.0.1", "localhost")
     run_async(_status_round_trip(creds.broker("mg3", by_name), "mg3"))
-
-
-@paho_handshake_leak
-def test_required_client_certificates(tmp_path: Path) -> None:
-    """With require_certificate the password alone is not enough: the site's client certificate is needed too."""
-    require_mosquitto()
-    from heron_edge.security import write_broker_config
-    from heron_edge.security.launch import free_port, running_site_mosquitto
-    from tests.security.conftest import site_config
-
-    port = free_port()
-    files = write_broker_config(site_config(port, require_certificate=True), tmp_path, self_signed_ca=True)
-    creds = files.credentials
-    with running_site_mosquitto(files.conf, port=port) as proc:
-        run_async(_status_round_trip(creds.broker("mg1", proc.url), "mg1"))  # certificate + password
-        no_cert = MqttBroker(proc.url, username="mg1", password=creds.user("mg1").password,
-                             tls=TlsOptions(ca_file=creds.ca_file), request_timeout_s=3)
-        with pytest.raises(BrokerError):
-            run_async(connect_and_close(no_cert))
-        # a certificate alone does not replace the password (the broker has no use_identity_as_username)
-        cert_only = MqttBroker(proc.url, tls=creds.tls_options("mg1"), request_timeout_s=3)
-        with pytest.raises(BrokerError, match="Not authorized"):
-            run_async(connect_and_close(cert_only))
-    gc.collect()
