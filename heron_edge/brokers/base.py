@@ -255,13 +255,19 @@ class Subscription:
 async def get_any(subscriptions: Sequence[Subscription], timeout: float) -> tuple[int, Delivery]:
     """The next delivery on any of ``subscriptions`` (the first in order when several have one), with the
     index of its subscription: one wait for many filters (e.g. each neighbour's consensus topic).
-    Raises TimeoutError after ``timeout`` seconds, BrokerError when one of them is over."""
+    Raises TimeoutError after ``timeout`` seconds, BrokerError when one of them is over. A single
+    subscription may be a wrapper that overrides ``get`` (a guarded command subscription); several must
+    be plain ones, whose queues it watches together."""
+    for i, sub in enumerate(subscriptions):
+        if (delivery := sub.get_nowait()) is not None:
+            return i, delivery
+    if len(subscriptions) == 1:
+        return 0, await subscriptions[0].get(timeout)
+    if any(type(sub) is not Subscription for sub in subscriptions):
+        raise TypeError("get_any over several subscriptions needs plain Subscriptions, not wrappers")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        for i, sub in enumerate(subscriptions):
-            if sub._queue:
-                return i, sub._queue.popleft()
         for sub in subscriptions:
             sub._raise_if_over()
         waiter: asyncio.Future[None] = loop.create_future()
@@ -279,6 +285,9 @@ async def get_any(subscriptions: Sequence[Subscription], timeout: float) -> tupl
                     sub._waiters.remove(waiter)
                 except ValueError:
                     pass
+        for i, sub in enumerate(subscriptions):
+            if (delivery := sub.get_nowait()) is not None:
+                return i, delivery
 
 
 # --------------------------------------------------------------------------------------------

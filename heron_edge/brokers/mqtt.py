@@ -331,8 +331,9 @@ class MqttBroker:
             except asyncio.TimeoutError:
                 raise TimeoutError(f"{self.url}: not connected within the timeout") from None
 
-    async def close(self) -> None:
-        """Disconnect (publishing the will if set), end every subscription. Idempotent."""
+    async def close(self, *, will: bool = True) -> None:
+        """Disconnect, end every subscription. Idempotent. The broker publishes the last will (if set) unless
+        ``will=False``: a plain disconnect, for a client that has just published its own final status."""
         if self._state in ("closing", "closed"):
             return
         was = self._state
@@ -349,7 +350,8 @@ class MqttBroker:
             await asyncio.wait([self._opening], timeout=self._timeout)
         if was == "connected" and self._client.socket() is not None and self._loop is not None:
             self._closed_ack = self._loop.create_future()
-            reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message" if self._has_will else "Success")
+            with_will = self._has_will and will
+            reason = ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message" if with_will else "Success")
             rc = self._client.disconnect(reasoncode=reason)
             if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                 await asyncio.wait([self._closed_ack], timeout=min(self._timeout, 2.0))

@@ -123,7 +123,7 @@ async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop)
     try:
-        await runtime.run()
+        await runtime.run()  # ends with the operator's own retained offline / stopped status
     finally:
         await operator.close()
-        await broker.close()
+        await broker.close(will=False)

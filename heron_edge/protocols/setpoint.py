@@ -19,6 +19,7 @@ expired; else ``fallback_mw`` (default 0 MW: no exchange). An expired message is
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from pydantic import Field
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.messages import SetpointBody, command_topic
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SetpointConfig", "SetpointProtocol", "SetpointResult", "tracking_error"]
 
@@ -125,5 +128,9 @@ class SetpointProtocol:
         if last is not None:
             result, expires = last
             if expires is None or expires >= time.time():
+                log.warning("%s: no setpoint for step %d; using the one of step %s", link.agent_id, link.step,
+                            result.issued_step)
                 return SetpointResult(p_mw=result.p_mw, source="last", issued_step=result.issued_step)
+        log.warning("%s: no setpoint for step %d; using the fallback %s MW", link.agent_id, link.step,
+                    self.config.fallback_mw)
         return SetpointResult(p_mw=self.config.fallback_mw, source="fallback", issued_step=None)

@@ -1,8 +1,14 @@
 """The gateway's configuration: one validated file (TOML, or YAML when PyYAML is installed) plus
-environment variables for secrets. A bad file raises ConfigError naming every bad field."""
+environment variables for secrets. A bad file raises ConfigError naming every bad field.
+
+Every number must be finite and within a physical range (periods and timeouts at most a day, powers at
+most ``MAX_MW``): an out-of-range value is refused, never clamped. ``load_gateway_config(...,
+check_paths=True)`` (what ``heron-edge agent`` does) also checks the files the gateway writes."""
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -15,15 +21,27 @@ from heron_edge.errors import ConfigError
 if TYPE_CHECKING:
     from heron_edge.coordination import Coordination
 
-__all__ = ["BrokerSettings", "CoordinationSettings", "CycleSettings", "DeviceSettings", "FailsafeSettings",
-           "GatewayConfig", "OutboxSettings", "RulePolicySettings", "SiteBattery", "SiteGenerator", "SiteMicrogrid",
-           "TlsSettings", "load_gateway_config", "parse_gateway_config"]
+__all__ = ["MAX_FILE_BYTES", "MAX_MW", "MAX_S", "BrokerSettings", "CoordinationSettings", "CycleSettings",
+           "DeviceSettings", "FailsafeSettings", "GatewayConfig", "OutboxSettings", "RulePolicySettings", "SiteBattery",
+           "SiteGenerator", "SiteMicrogrid", "TlsSettings", "check_files", "load_gateway_config",
+           "parse_gateway_config"]
 
 _ID = r"^[A-Za-z0-9_-]+$"
 
+MAX_S = 86_400.0
+"""The longest period, timeout or delay (s): one day."""
+MAX_MW = 1e4
+"""The largest power (MW) or rating (MVA) a gateway config may give."""
+_MAX_USD = 1e6
+"""The largest cost coefficient (USD/MWh, USD/MW2h, USD/h)."""
+MAX_FILE_BYTES = 1 << 20
+"""A config file larger than this is refused (a gateway config is a few kB)."""
+_MAX_DEPTH = 32
+"""The deepest nesting of tables / lists accepted (the schema needs 5)."""
+
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class TlsSettings(_Model):
@@ -50,9 +68,9 @@ class BrokerSettings(_Model):
     username: str | None = None
     password_env: str | None = Field(None, description="environment variable that holds the password")
     tls: TlsSettings | None = None
-    keepalive_s: int = Field(30, ge=1)
-    reconnect_min_delay_s: float = Field(0.1, gt=0)
-    reconnect_max_delay_s: float = Field(10.0, gt=0)
+    keepalive_s: int = Field(30, ge=1, le=65_535)
+    reconnect_min_delay_s: float = Field(0.1, gt=0, le=MAX_S)
+    reconnect_max_delay_s: float = Field(10.0, gt=0, le=MAX_S)
     allow_insecure: bool = Field(False, description="allow plaintext / unauthenticated MQTT to a non-loopback host")
 
     @model_validator(mode="after")
@@ -61,6 +79,8 @@ class BrokerSettings(_Model):
             raise ValueError("password_env given without username")
         if self.tls is not None and not self.url.startswith("mqtts://"):
             raise ValueError("tls settings need an mqtts:// url")
+        if self.reconnect_min_delay_s > self.reconnect_max_delay_s:
+            raise ValueError("reconnect_min_delay_s must not exceed reconnect_max_delay_s")
         return self
 
     def password(self) -> str | None:
@@ -92,20 +112,21 @@ class RulePolicySettings(_Model):
 
     kind: Literal["rule"] = "rule"
     round_trip_efficiency: float = Field(1.0, gt=0, le=1)
-    cost_a_usd_per_mw2h: float = Field(ge=0)
-    cost_b_usd_per_mwh: float
-    cost_c_usd_per_h: float = Field(0.0, ge=0)
-    window_steps: int = Field(24, ge=1)
+    cost_a_usd_per_mw2h: float = Field(ge=0, le=_MAX_USD)
+    cost_b_usd_per_mwh: float = Field(ge=-_MAX_USD, le=_MAX_USD)
+    cost_c_usd_per_h: float = Field(0.0, ge=0, le=_MAX_USD)
+    window_steps: int = Field(24, ge=1, le=100_000)
     charge_quantile: float = Field(0.25, ge=0, le=1)
     discharge_quantile: float = Field(0.75, ge=0, le=1)
-    min_history: int = Field(4, ge=1)
+    min_history: int = Field(4, ge=1, le=100_000)
 
 
 class CycleSettings(_Model):
     """When the gateway runs its cycle.
 
-    clock="bus": one cycle per step announced on ``heron/{site}/bus/clock`` (lock-step or a real-time
-    orchestrator), answered with a ``done`` clock message. clock="timer" (field): one cycle as each
+    clock="bus": one cycle per step announced by ``clock_sender`` on ``heron/{site}/{clock_sender}/clock``
+    (lock-step or a real-time orchestrator), answered with a ``done`` on ``heron/{site}/{agent_id}/done``;
+    an announcement past ``max_step`` (SIL: the profile year's last step) is refused and counted. clock="timer" (field): one cycle as each
     wall-clock period starts; the step is ``floor(unix time / period_s)``, so gateways and an operator
     on the same timer clock (``heron-edge operator --clock timer``) meet on it. In both, ``period_s`` is the watchdog
     tick: without a clock message for that long, a failsafe check (and, if due, a failsafe cycle) runs.
@@ -113,10 +134,11 @@ class CycleSettings(_Model):
     """
 
     clock: Literal["bus", "timer"] = "timer"
-    period_s: float = Field(1.0, gt=0)
-    step_timeout_s: float = Field(0.5, gt=0)
-    steps_per_day: int = Field(24, ge=1)
+    period_s: float = Field(1.0, gt=0, le=MAX_S)
+    step_timeout_s: float = Field(0.5, gt=0, le=MAX_S)
+    steps_per_day: int = Field(24, ge=1, le=86_400)
     clock_sender: str = Field("plant", pattern=_ID, description="bus clock: the only accepted announcer")
+    max_step: int | None = Field(None, ge=0, description="bus clock: the last step an announcement may name")
 
 
 class FailsafeSettings(_Model):
@@ -124,32 +146,38 @@ class FailsafeSettings(_Model):
     ``generator_mw`` (the plant / device raises it to its minimum), and PV + wind are curtailed so
     the export stays below ``export_limit_mw`` (fully, when the load is unknown)."""
 
-    upstream_timeout_s: float = Field(3.0, gt=0, description="no price (or clock) for this long -> failsafe")
-    battery_mw: float = 0.0
-    generator_mw: float = Field(0.0, ge=0)
-    export_limit_mw: float = Field(0.0, ge=0)
+    upstream_timeout_s: float = Field(3.0, gt=0, le=MAX_S, description="no price (or clock) for this long -> failsafe")
+    battery_mw: float = Field(0.0, ge=-MAX_MW, le=MAX_MW, description="within +/- battery_p_max_mw")
+    generator_mw: float = Field(0.0, ge=0, le=MAX_MW, description="at most generator_p_max_mw")
+    export_limit_mw: float = Field(0.0, ge=0, le=MAX_MW)
 
 
 class OutboxSettings(_Model):
     """Telemetry that cannot be published waits in a SQLite file, at most ``max_records`` (oldest dropped)."""
 
-    path: str = "heron-outbox.sqlite"
-    max_records: int = Field(10_000, ge=1)
+    path: str = Field("heron-outbox.sqlite", min_length=1)
+    max_records: int = Field(10_000, ge=1, le=10_000_000)
 
 
 class SiteBattery(_Model):
     """A microgrid's battery as the protocols see it: its power rating (MW)."""
 
-    p_max_mw: float = Field(gt=0)
+    p_max_mw: float = Field(gt=0, le=MAX_MW)
 
 
 class SiteGenerator(_Model):
     """A microgrid's generator as the protocols see it: limits (MW) and fuel cost a p^2 + b p (USD/h)."""
 
-    p_min_mw: float = Field(0.0, ge=0)
-    p_max_mw: float = Field(ge=0)
-    cost_a_usd_per_mw2h: float = Field(ge=0)
-    cost_b_usd_per_mwh: float
+    p_min_mw: float = Field(0.0, ge=0, le=MAX_MW)
+    p_max_mw: float = Field(ge=0, le=MAX_MW)
+    cost_a_usd_per_mw2h: float = Field(ge=0, le=_MAX_USD)
+    cost_b_usd_per_mwh: float = Field(ge=-_MAX_USD, le=_MAX_USD)
+
+    @model_validator(mode="after")
+    def _limits(self) -> SiteGenerator:
+        if self.p_min_mw > self.p_max_mw:
+            raise ValueError("p_min_mw must not exceed p_max_mw")
+        return self
 
 
 class SiteMicrogrid(_Model):
@@ -170,9 +198,10 @@ class CoordinationSettings(_Model):
 
     protocols: list[Literal["setpoint", "price_signal", "p2p_trading", "consensus"]] = Field(default_factory=list)
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    step_minutes: float = Field(60.0, gt=0, description="the step length (minutes)")
+    step_minutes: float = Field(60.0, gt=0, le=1440, description="the step length (minutes)")
     export_price_ratio: float = Field(1.0, ge=0, le=1, description="exports are credited at this fraction of the price")
-    feeder_head_rating_mva: float = Field(2.5, gt=0, description="substation rating (the operator's congestion rule)")
+    feeder_head_rating_mva: float = Field(2.5, gt=0, le=MAX_MW,
+                                          description="substation rating (the operator's congestion rule)")
     microgrids: list[SiteMicrogrid] = Field(min_length=1, description="every microgrid of the site, in agent order")
 
     @property
@@ -194,6 +223,8 @@ class CoordinationSettings(_Model):
             return Coordination(cast(Any, self), list(self.protocols), dict(self.options))
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+        except (TypeError, ArithmeticError) as exc:  # an option of the wrong type (a list for a number, ...)
+            raise ValueError(f"options: {exc}") from None
 
 
 class GatewayConfig(_Model):
@@ -203,20 +234,21 @@ class GatewayConfig(_Model):
     site: str = Field(pattern=_ID)
     upstream_id: str = Field("system_operator", pattern=_ID, description="the only accepted sender of prices and commands")
     peers: list[str] = Field(default_factory=list, description="every microgrid agent of the site, in agent order")
-    battery_p_max_mw: float = Field(gt=0, description="scales the normalised battery action")
-    generator_p_max_mw: float = Field(0.0, ge=0, description="scales the normalised generator action (0: none)")
+    battery_p_max_mw: float = Field(gt=0, le=MAX_MW, description="scales the normalised battery action")
+    generator_p_max_mw: float = Field(0.0, ge=0, le=MAX_MW,
+                                      description="scales the normalised generator action (0: none)")
     broker: BrokerSettings
     devices: DeviceSettings
     policy: RulePolicySettings
     cycle: CycleSettings = CycleSettings()
     failsafe: FailsafeSettings = FailsafeSettings()
     outbox: OutboxSettings = OutboxSettings()
-    status_file: str | None = Field(None, description="also write the status as JSON here every cycle")
+    status_file: str | None = Field(None, min_length=1, description="also write the status as JSON here every cycle")
     command_key_env: str | None = Field(None, description="environment variable holding this agent's command key "
                                         "(hex, >= 16 bytes): commands must then carry a valid HMAC")
     coordination: CoordinationSettings | None = Field(None, description="the coordination protocols (None: price only)")
-    journal_file: str | None = Field(None, description="append one JSON line per completed step here (what the "
-                                     "protocols said and the action taken)")
+    journal_file: str | None = Field(None, min_length=1, description="append one JSON line per completed step here "
+                                     "(what the protocols said and the action taken)")
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -226,6 +258,18 @@ class GatewayConfig(_Model):
             raise ValueError("peers has duplicates")
         if self.cycle.step_timeout_s > self.failsafe.upstream_timeout_s:
             raise ValueError("cycle.step_timeout_s must not exceed failsafe.upstream_timeout_s")
+        f = self.failsafe
+        if abs(f.battery_mw) > self.battery_p_max_mw:
+            raise ValueError(f"failsafe.battery_mw ({f.battery_mw}) must be within +/- battery_p_max_mw "
+                             f"({self.battery_p_max_mw})")
+        if f.generator_mw > self.generator_p_max_mw:
+            raise ValueError(f"failsafe.generator_mw ({f.generator_mw}) must not exceed generator_p_max_mw "
+                             f"({self.generator_p_max_mw})")
+        files = [(name, path) for name, path in self.written_files() if path is not None]
+        for i, (name, path) in enumerate(files):
+            for other, other_path in files[:i]:
+                if os.path.abspath(path) == os.path.abspath(other_path):
+                    raise ValueError(f"{name} and {other} are the same file ({path})")
         c = self.coordination
         if c is not None:
             names = [m.name for m in c.microgrids]
@@ -251,10 +295,19 @@ class GatewayConfig(_Model):
         except ConfigError as exc:
             raise ConfigError(f"command_key_env ({self.command_key_env}): {exc}") from None
 
+    def written_files(self) -> list[tuple[str, str | None]]:
+        """``(field, path)`` of every file the gateway writes (path None when not configured)."""
+        return [("outbox.path", self.outbox.path), ("status_file", self.status_file), ("journal_file", self.journal_file)]
+
     @property
     def agents(self) -> list[str]:
         """Every microgrid agent of the site, this one included (peers order, this one appended if missing)."""
         return self.peers if self.agent_id in self.peers else [*self.peers, self.agent_id]
+
+
+def _one_line(text: str) -> str:
+    """``text`` on one line, without pydantic's "For further information visit <url>" trailers."""
+    return " ".join(re.sub(r"For further information visit \S+", "", text).split())
 
 
 def _problems(exc: ValidationError) -> str:
@@ -265,35 +318,139 @@ def _problems(exc: ValidationError) -> str:
     )
 
 
+def _raw_problems(data: Any, where: str = "", depth: int = 0) -> list[str]:
+    """What no field may hold, found before the schema runs (so options and device tables are covered
+    too): a NaN or infinite number, a non-string key, nesting deeper than ``_MAX_DEPTH``."""
+    name = where or "config"
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [f"{name}: {data} is not a finite number"]
+    if not isinstance(data, (dict, list, tuple)):
+        return []
+    if depth >= _MAX_DEPTH:
+        return [f"{name}: nested more than {_MAX_DEPTH} levels deep"]
+    problems: list[str] = []
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    for key, value in items:
+        if isinstance(data, dict) and not isinstance(key, str):
+            problems.append(f"{name}: key {key!r} is not a string")
+            continue
+        problems += _raw_problems(value, f"{where}.{key}" if where else str(key), depth + 1)
+    return problems
+
+
 def parse_gateway_config(data: dict[str, Any], *, source: str = "config") -> GatewayConfig:
     """Validate a mapping; ConfigError names every bad field (dotted path)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid gateway config {source}: the top level must be a table/mapping")
+    problems = _raw_problems(data)
+    if problems:
+        raise ConfigError(f"invalid gateway config {source}: {'; '.join(problems[:10])}")
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid gateway config {source}: {_problems(exc)}") from exc
+        raise ConfigError(_one_line(f"invalid gateway config {source}: {_problems(exc)}")) from exc
+    except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:  # a validator tripped on a bad value
+        raise ConfigError(_one_line(f"invalid gateway config {source}: {type(exc).__name__}: {exc}")) from exc
 
 
-def load_gateway_config(path: str | Path) -> GatewayConfig:
-    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML) file and validate it."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; ConfigError when unreadable, too large or not UTF-8."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read gateway config {path}: {exc}") from exc
+        raise ConfigError(f"cannot read gateway config {path}: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"gateway config {path} is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"gateway config {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+
+
+def _parse_text(path: Path, text: str) -> Any:
+    """TOML (or, by suffix, YAML) to Python data; ConfigError for a syntax error or absurd nesting."""
     if path.suffix in (".yaml", ".yml"):
         try:
             import yaml
         except ImportError as exc:
             raise ConfigError(f"{path}: YAML configs need PyYAML (pip install pyyaml); or use TOML") from exc
         try:
-            data = yaml.safe_load(text)
+            return yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    else:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+        except RecursionError as exc:
+            raise ConfigError(f"{path}: nested too deeply") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array / inline table
+        raise ConfigError(f"{path}: nested too deeply") from exc
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _check_path(field: str, value: str) -> None:
+    """One file the gateway writes: its directory exists (created when missing) and is writable; the
+    file, if there, is a writable regular file. ConfigError naming ``field`` and the path."""
+    try:
+        _check_path_unguarded(field, value)
+    except OSError as exc:  # e.g. a stat refused on the way (permissions)
+        raise ConfigError(f"{field}: cannot use {value}: {exc.strerror or exc}") from exc
+
+
+def _check_path_unguarded(field: str, value: str) -> None:
+    path = Path(value)
+    parent = path.parent
+    if path.is_dir():
+        raise ConfigError(f"{field}: {value} is a directory, not a file")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{field}: {value} is not a regular file")
+    if not parent.is_dir():
         try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+            parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise ConfigError(f"{field}: cannot create the directory {parent} of {value}: a part of it is a file") from exc
+        except OSError as exc:
+            raise ConfigError(f"{field}: cannot create the directory {parent} of {value}: "
+                              f"{exc.strerror or exc}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: the directory {parent} of {value} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ConfigError(f"{field}: {value} is not writable")
+    if field == "outbox.path" and path.exists() and path.stat().st_size > 0:
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise ConfigError(f"{field}: cannot read {value}: {exc.strerror or exc}") from exc
+        if magic != _SQLITE_MAGIC:
+            raise ConfigError(f"{field}: {value} exists and is not an SQLite database")
+
+
+def check_files(config: GatewayConfig) -> None:
+    """Check every file the gateway writes (outbox, status, journal), creating missing directories;
+    ConfigError naming the field and the path. Run at start so a bad path stops the agent at once
+    instead of failing at its first write."""
+    for field, value in config.written_files():
+        if value is not None:
+            _check_path(field, value)
+
+
+def load_gateway_config(path: str | Path, *, check_paths: bool = False) -> GatewayConfig:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``, needs PyYAML) file and validate it; with
+    ``check_paths`` also check (and create the directories of) the files it names. Every problem is a
+    ConfigError: unreadable, not UTF-8, bad syntax, too deep, wrong type or value, bad path."""
+    path = Path(path)
+    data = _parse_text(path, _read_text(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a table/mapping")
-    return parse_gateway_config(data, source=str(path))
+    config = parse_gateway_config(data, source=str(path))
+    if check_paths:
+        try:
+            check_files(config)
+        except ConfigError as exc:
+            raise ConfigError(f"gateway config {path}: {exc}") from exc
+    return config

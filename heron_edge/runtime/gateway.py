@@ -12,12 +12,14 @@ and is sent in order after reconnect. Failsafe rules: ``heron_edge.runtime.fails
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +34,7 @@ from heron_edge.brokers.mqtt import TlsOptions
 from heron_edge.coordination import MicrogridRoles
 from heron_edge.errors import BrokerError, ConfigError, DeviceError
 from heron_edge.messages import (
-    ClockBody, DecodeError, StatusBody, agent_topic, bus_topic, command_filter, decode, make_envelope,
+    ClockBody, DecodeError, StatusBody, agent_topic, command_filter, decode_on, make_envelope,
 )
 from heron_edge.policies import RulePolicy
 from heron_edge.protocols import Link
@@ -93,7 +95,7 @@ class OutboxBroker(BrokerWrapper):
                 return
             except BrokerError as exc:
                 log.info("telemetry to the outbox: %s", exc)
-        self.outbox.add(topic, data)
+        await self.outbox.put(topic, data)  # off the loop; a disk failure is logged and counted, not raised
 
     async def flush(self, budget_s: float) -> int:
         """Send the outbox in order for at most ``budget_s`` (stops at the first failure); how many went out."""
@@ -160,6 +162,9 @@ class Gateway:
         self._setpoint_protocol = self.coordination is not None and self.coordination.setpoint is not None
         self.failsafe = FailsafeState()
         self.stats: Counter[str] = Counter()
+        self._status_writer = _FileWriter("status_file", self.stats, latest_only=True)  # the disk, off the loop
+        self._journal_writer = _FileWriter("journal_file", self.stats)
+        self._closing = False
         self.timing = CycleTiming()
         self.step = 0
         self.done_step = -1
@@ -170,7 +175,8 @@ class Gateway:
         self._started = False
         self._stop = asyncio.Event()
         self._status_topic = agent_topic(config.site, config.agent_id, "status")
-        self._clock_topic = bus_topic(config.site, "clock")
+        self._clock_topic = agent_topic(config.site, config.cycle.clock_sender, "clock")
+        self._done_topic = agent_topic(config.site, config.agent_id, "done")
 
     # ------------------------------------------------------------------ lifecycle
     async def _ensure_connected(self) -> bool:
@@ -195,16 +201,45 @@ class Gateway:
         self._stop.set()
 
     async def close(self) -> None:
-        """Publish offline, close the broker, the devices and the outbox (twice is harmless)."""
+        """Say a final status (retained ``offline`` / ``stopped``, stamped now) before disconnecting, so the
+        broker's last will ("connection lost") is not fired; then close the broker, the devices, the file
+        writers (every queued write finished) and the outbox (twice is harmless)."""
         if self._started:
             self._started = False
             try:
-                await self.proxy.close()
+                await self.proxy.close()  # its own "offline" (no detail) goes first; ours below is the last word
             except BrokerError:
                 pass
-        await self.raw_broker.close()
+        said_final = False
+        if not self._closing:
+            self._closing = True
+            said_final = await self._publish_final_status()
+        await self.raw_broker.close(will=not said_final)  # the will would overwrite our final status
         await self.devices.close()
-        self.outbox.close()
+        await self._status_writer.drain()
+        await self._journal_writer.drain()
+        await self.outbox.aclose()
+
+    async def _publish_final_status(self) -> bool:
+        """The status file and the retained status: ``offline``, ``stopped`` (after :meth:`stop`) or ``closed``.
+        The envelope is made here, so its ``ts`` is the stop time. True when it was published: the broker then
+        closes with a plain disconnect (the will would overwrite it with the connect-time ``connection lost``)."""
+        detail = "stopped" if self._stop.is_set() else "closed"
+        status = {**self.status(), "state": "offline", "detail": detail}
+        if self.config.status_file:
+            self._write_status(status)
+        if not self.raw_broker.connected:
+            return False  # the broker's will says offline (connection lost) for us
+        cycle_ms = status["cycle_ms"] if math.isfinite(status["cycle_ms"]) else None
+        body = StatusBody(state="offline", detail=detail, counters=status["counters"], cycle_ms=cycle_ms)
+        try:
+            await self.raw_broker.publish(self._status_topic, make_envelope(self.agent_id, body, step=max(self.step, 0)),
+                                          retain=True)
+        except BrokerError as exc:
+            self.stats["status_not_sent"] += 1
+            log.info("%s: final status not sent: %s", self.agent_id, exc)
+            return False
+        return True
 
     async def __aenter__(self) -> Gateway:
         await self.devices.open()
@@ -266,7 +301,7 @@ class Gateway:
             except (TimeoutError, asyncio.TimeoutError):
                 return None
             for d in [delivery, *self._clock_sub.drain()]:
-                step = self._clock_step(d.payload)
+                step = self._clock_step(d.topic, d.payload)
                 if step is not None:
                     newest = step if newest is None else max(newest, step)
         return newest
@@ -275,19 +310,22 @@ class Gateway:
         """Seconds since the upstream's last price for its step (or since start)."""
         return time.monotonic() - max(self._started_at, self.proxy.price_received_at)
 
-    def _clock_step(self, payload: bytes) -> int | None:
+    def _clock_step(self, topic: str, payload: bytes) -> int | None:
         try:
-            envelope = decode(payload)
+            envelope = decode_on(topic, payload)
         except DecodeError as exc:
             self.stats[f"clock_rejected_{exc.reason}"] += 1
+            log.warning("%s: rejected a clock message on %s: %s", self.agent_id, topic, exc)
             return None
-        body = envelope.body
-        if not isinstance(body, ClockBody) or body.done:
-            return None  # agents' done messages share the topic
-        if envelope.sender != self.config.cycle.clock_sender:
-            self.stats["clock_rejected_sender"] += 1
+        if not isinstance(envelope.body, ClockBody):
             return None
-        return body.step
+        last = self.config.cycle.max_step
+        if last is not None and envelope.body.step > last:
+            self.stats["clock_rejected_bounds"] += 1
+            log.warning("%s: clock step %d on %s is past the last step %d; ignored", self.agent_id, envelope.body.step,
+                        topic, last)
+            return None
+        return envelope.body.step
 
     # ------------------------------------------------------------------ one cycle
     def _drain_commands(self) -> None:
@@ -310,6 +348,7 @@ class Gateway:
             self.inbox.new_episode()
             self.stats["episodes"] += 1
         self.step = step
+        self.inbox.guard.current_step = step  # commands for steps far ahead are refused, never a replay mark
         connected = await self._ensure_connected()
         if connected:
             try:
@@ -396,9 +435,8 @@ class Gateway:
                "consensus_rounds": p.consensus_rounds if coordinated else 0,
                "traded_mw": float(clearing.net_mw([self.agent_id])[0]) if clearing is not None else None,
                "clearing_price_usd_per_mwh": clearing.price_usd_per_mwh if clearing is not None else None}
-        assert self.config.journal_file is not None
-        with open(self.config.journal_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        if self.config.journal_file is not None:  # serialised now, appended off the loop, in order
+            self._journal_writer.submit(functools.partial(_append_line, self.config.journal_file, json.dumps(row)))
 
     def _track_setpoint(self, action: np.ndarray, local: np.ndarray) -> np.ndarray:
         """With a valid exchange setpoint, re-dispatch the battery so the forecast import meets it."""
@@ -432,6 +470,11 @@ class Gateway:
         c: Counter[str] = Counter()
         c.update(self.proxy.stats)
         c.update(self.inbox.stats)
+        if self.proxy.roles is not None:  # the protocols' link: market, consensus and setpoint messages
+            link = self.proxy.roles.link.stats
+            c.update({f"protocol_rejected_{reason}": n for reason, n in link.rejected.items()})
+            c["protocol_timeouts"] = link.timeouts
+            c["protocol_stale"] = link.stale
         c.update(self.stats)
         for role, n in self.devices.timing.read_failures.items():
             c[f"read_failed_{role}"] = n
@@ -439,6 +482,7 @@ class Gateway:
         c["outbox_pending"] = len(self.outbox)
         c["outbox_queued"] = self.outbox.queued
         c["outbox_overflow"] = self.outbox.overflow
+        c["outbox_write_failed"] = self.outbox.failures
         c["failsafe_entries"] = self.failsafe.entries
         c["failsafe_cycles"] = self.failsafe.cycles
         c["broker_reconnects"] = self.raw_broker.reconnects
@@ -451,10 +495,15 @@ class Gateway:
                 "cycle_ms": self.timing.last_ms, "timing": self.timing.as_dict(), "counters": self.counters(),
                 "transitions": self.failsafe.transitions[-20:], "time": time.time()}
 
+    def _write_status(self, status: dict[str, Any]) -> None:
+        """Queue the status file's rewrite (serialised now; written off the loop; only the newest waits)."""
+        if self.config.status_file:
+            self._status_writer.submit(functools.partial(_write_json, Path(self.config.status_file), json.dumps(status)))
+
     async def _publish_status(self) -> None:
         status = self.status()
         if self.config.status_file:
-            _write_json(Path(self.config.status_file), status)
+            self._write_status(status)
         if not self.raw_broker.connected:
             return
         cycle_ms = status["cycle_ms"] if math.isfinite(status["cycle_ms"]) else None
@@ -469,13 +518,73 @@ class Gateway:
         if not self.raw_broker.connected:
             return
         try:
-            await self.raw_broker.publish(self._clock_topic, make_envelope(self.agent_id, ClockBody(step=step, done=True), step=step))
+            await self.raw_broker.publish(self._done_topic, make_envelope(self.agent_id, ClockBody(step=step, done=True), step=step))
         except BrokerError:
             self.stats["done_not_sent"] += 1
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` atomically (a reader never sees half a file)."""
+def _write_json(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (a reader never sees half a file); blocking: a worker thread's job."""
     tmp = path.with_suffix(path.suffix + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk: leave no half-written temporary behind
+        raise
+
+
+def _append_line(path: str, line: str) -> None:
+    """Append one line to ``path`` with one O_APPEND write (a concurrent reader never sees half a line);
+    blocking: a worker thread's job."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
+class _FileWriter:
+    """One file's writes, run in submission order on a worker thread (``asyncio.to_thread``), so a slow or
+    full disk never blocks the event loop. ``latest_only``: a queued write not yet started is replaced by a
+    newer one (a status file needs only the newest). At most ``max_pending`` wait; beyond that a write is
+    dropped (``{name}_dropped``). A failed write (disk full, directory removed) is logged and counted in
+    ``{name}_write_failed``, never raised. :meth:`drain` waits until every queued write has run."""
+
+    def __init__(self, name: str, stats: Counter[str], *, latest_only: bool = False, max_pending: int = 10_000) -> None:
+        self.name = name
+        self._stats = stats
+        self._latest_only = latest_only
+        self._max_pending = max_pending
+        self._pending: deque[Callable[[], None]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    def submit(self, write: Callable[[], None]) -> None:
+        """Queue ``write`` (a blocking callable) behind the ones already queued; returns at once."""
+        if self._latest_only and self._pending:
+            self._pending[-1] = write
+        elif len(self._pending) >= self._max_pending:
+            self._stats[f"{self.name}_dropped"] += 1
+            return
+        else:
+            self._pending.append(write)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        while self._pending:
+            write = self._pending.popleft()
+            try:
+                await asyncio.to_thread(write)
+            except Exception as exc:  # mostly OSError; whatever a write raises, the gateway goes on
+                self._stats[f"{self.name}_write_failed"] += 1
+                failed = self._stats[f"{self.name}_write_failed"]
+                if failed == 1 or failed % 100 == 0:  # a full disk fails every cycle: do not flood the log
+                    log.warning("%s write failed (%d so far): %s", self.name, failed, exc)
+
+    async def drain(self) -> None:
+        """Wait until every queued write has run (or failed)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait([self._task])

@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Final, Literal, get_args
 
 from heron_edge.errors import ConfigError, MessageError
-from heron_edge.messages import DecodeError, DecodeReason, Envelope, check_topic, decode, encode, parse_topic
+from heron_edge.messages import DecodeError, DecodeReason, Envelope, decode, encode, parse_topic
 
 __all__ = [
     "COMMAND_KINDS",
@@ -188,8 +188,6 @@ class CommandGuard:
         """
         try:
             envelope = decode(payload, now=self._clock())
-            if topic is not None:
-                check_topic(topic, envelope)
         except DecodeError as exc:
             self.stats[f"rejected_{exc.reason}"] += 1
             raise CommandRejected(exc.reason, str(exc)) from None

@@ -179,3 +179,18 @@ def test_expiry_can_be_required_and_broadcast_accepted() -> None:
     env = make_envelope("op", SetpointBody(p_mw=1.0), step=1, recipient="mg1").model_copy(update={"expires": 1001.0})
     clock[0] = 1002.0
     assert rejection(timed, env) == "expired"
+
+
+def test_a_far_future_step_never_becomes_the_replay_mark() -> None:
+    """One unsigned setpoint stamped 10**9 once made the next genuine setpoints look like replays."""
+    guard = CommandGuard("mg1", "op", require_expiry=True)
+    guard.current_step = 5
+    with pytest.raises(CommandRejected) as info:
+        guard.check(command(step=10**9))
+    assert info.value.reason == "bounds" and guard.newest_step == -1
+    for step in range(5, 21):  # the agent moves on; every genuine command is accepted
+        guard.current_step = step
+        guard.check(command(step=step))
+    assert guard.stats["accepted"] == 16 and guard.stats["rejected_bounds"] == 1
+    guard.current_step = 20
+    guard.check(command(step=20 + guard.step_window))  # the window's edge is still accepted
