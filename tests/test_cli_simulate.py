@@ -1,8 +1,10 @@
-"""``heron-edge simulate``: the CSV, the PNG, the summary, the rule policy against random, bad input."""
+"""``heron-edge simulate``: the CSV (with timestamps), the PNG and its panels, the summary, the rule policy against
+random, bad input."""
 from __future__ import annotations
 
 import contextlib
 import csv
+import datetime as dt
 import io
 import re
 from pathlib import Path
@@ -11,7 +13,8 @@ import numpy as np
 import pytest
 
 from heron_edge.cli import main
-from heron_edge.commands.simulate import COLUMNS, CSV_NAME, PNG_NAME
+from heron_edge.commands.simulate import (COLUMNS, CSV_COLUMNS, CSV_NAME, PANEL_LABELS, PNG_NAME, Trajectory,
+                                          build_figure, timestamps)
 from heron_edge.policies import RandomPolicy, RulePolicy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +56,7 @@ def two_days(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 def test_csv_has_one_row_per_step_and_microgrid(two_days: tuple[Path, str]) -> None:
     out, printed = two_days
     header, rows = _read_csv(out / CSV_NAME)
-    assert header == list(COLUMNS)
+    assert header == list(CSV_COLUMNS) and header[:2] == ["step", "timestamp"] and set(COLUMNS) <= set(header)
     assert len(rows) == 2 * 24 * 3
     assert [r["microgrid"] for r in rows[:6]] == [*MICROGRIDS, *MICROGRIDS]
     assert [int(r["step"]) for r in rows] == [k for k in range(48) for _ in MICROGRIDS]
@@ -63,6 +66,9 @@ def test_csv_has_one_row_per_step_and_microgrid(two_days: tuple[Path, str]) -> N
         assert 0.1 - 1e-9 <= soc <= 0.9 + 1e-9
         assert abs(float(r["cost_usd"]) - float(r["fuel_cost_usd"]) - float(r["energy_cost_usd"])) < 1e-9
         assert float(r["vm_min_pu"]) <= float(r["vm_max_pu"])
+        start = dt.datetime(2023, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=int(r["step_in_year"]))  # training year
+        assert dt.datetime.fromisoformat(r["timestamp"].replace("Z", "+00:00")) == start
+        assert r["timestamp"].endswith(":00:00Z") and int(r["timestamp"][11:13]) == int(float(r["hour"]))
     assert str(out / CSV_NAME) in printed and str(out / PNG_NAME) in printed
 
 
@@ -118,6 +124,65 @@ def test_test_year_walks_2024_from_the_first_day(tmp_path: Path, capsys: pytest.
     assert code == 0
     _, rows = _read_csv(tmp_path / CSV_NAME)
     assert [int(r["step_in_year"]) for r in rows[::3]] == list(range(48))
+    assert [r["timestamp"] for r in rows[::3]] == [f"2024-01-0{1 + k // 24}T{k % 24:02d}:00:00Z" for k in range(48)]
+    assert rows[3 * 37]["timestamp"] == "2024-01-02T13:00:00Z"
+
+
+def _trajectory(n_steps: int = 48, *, year: int | None = 2023, step_hours: float = 1.0, first_step: int = 0,
+                protocols: tuple[str, ...] = ()) -> Trajectory:
+    """A made-up trajectory of three microgrids (days of 24 h); mg2 and mg3 have the same battery power."""
+    k = np.arange(n_steps, dtype=float)[:, None] * np.ones((1, 3))
+    columns = {c: np.zeros((n_steps, 3)) for c in COLUMNS if c != "microgrid"}
+    columns.update(step=k, step_in_year=k + first_step, day=k * step_hours // 24, hour=(k * step_hours) % 24,
+                   soc=0.5 + 0.3 * np.sin(k / 5), battery_mw=np.sign(np.sin(k / 4)) * [[0.5, 0.3, 0.3]],
+                   exchange_mw=0.4 - 0.1 * k / n_steps, price_usd_per_mwh=50 + 20 * np.cos(k / 6), cost_usd=2.0 + k / 10,
+                   vm_min_pu=np.full((n_steps, 3), 0.99), vm_max_pu=np.full((n_steps, 3), 1.02), converged=np.ones((n_steps, 3)))
+    columns["vm_min_pu"][5:6] = columns["vm_max_pu"][5:6] = np.nan  # a diverged power flow (when there are 6 steps)
+    if "p2p_trading" in protocols:
+        columns["traded_mw"][:] = 0.0
+        columns["traded_mw"][7] = [0.2, -0.2, 0.0]
+        columns["clearing_price_usd_per_mwh"][:] = np.nan
+        columns["clearing_price_usd_per_mwh"][7] = 42.0
+    return Trajectory(names=list(MICROGRIDS), columns=columns, step_hours=step_hours, protocols=protocols, year=year)
+
+
+def test_timestamps_of_a_known_day() -> None:
+    assert timestamps(_trajectory(3, first_step=4 * 24 + 13)) == [  # the 5th of January, 13:00 UTC
+        "2023-01-05T13:00:00Z", "2023-01-05T14:00:00Z", "2023-01-05T15:00:00Z"]
+    quarter = _trajectory(2, year=2024, step_hours=0.25, first_step=(31 + 27) * 96 + 95)  # 2024 is a leap year
+    assert timestamps(quarter) == ["2024-02-28T23:45:00Z", "2024-02-29T00:00:00Z"]
+    assert timestamps(_trajectory(2, year=None)) == ["", ""]  # unknown year (e.g. a SIL plant's record): no timestamp
+
+
+def test_figure_has_the_panels_with_units_and_signs() -> None:
+    fig = build_figure(_trajectory(protocols=("p2p_trading",)), title="made up")
+    axes = fig.axes
+    labels = [ax.get_ylabel() for ax in axes]
+    assert labels == list(PANEL_LABELS)
+    battery = next(label for label in labels if label.startswith("battery"))
+    assert "MW" in battery and "+ discharge" in battery and "- charge" in battery
+    exchange = next(label for label in labels if label.startswith("grid exchange"))
+    assert "MW" in exchange and "+ import" in exchange
+    assert any(label.startswith("cost") and "USD per step" in label for label in labels)
+    assert axes[-1].get_xlabel().startswith("time (h")
+    assert fig.get_suptitle() == "made up"
+    assert any(line.get_label() == "p2p clearing price" for line in axes[labels.index("price (USD/MWh)")].lines)
+
+
+def test_figure_lines_are_distinguishable_and_legends_off_the_data() -> None:
+    fig = build_figure(_trajectory())
+    fig.draw_without_rendering()  # lays out the legends
+    battery = fig.axes[PANEL_LABELS.index("battery (MW)\n+ discharge, - charge")]
+    lines = {line.get_label(): line for line in battery.lines if line.get_label() in MICROGRIDS}
+    assert set(lines) == set(MICROGRIDS)
+    styles = {(str(line.get_linestyle()), line.get_marker()) for line in lines.values()}
+    assert len({s[0] for s in styles}) == len({s[1] for s in styles}) == 3  # not only colours
+    np.testing.assert_array_equal(lines["mg2"].get_ydata(), lines["mg3"].get_ydata())  # overlapping: nested widths
+    assert lines["mg3"].get_linewidth() < lines["mg2"].get_linewidth() < lines["mg1"].get_linewidth()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        assert legend is not None
+        assert legend.get_window_extent().x0 >= ax.get_window_extent().x1  # right of the axes, never over a line
 
 
 def test_unknown_scenario_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

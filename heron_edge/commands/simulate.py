@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
     from sim.scenario import Scenario
 
@@ -22,11 +24,14 @@ COLUMNS = (
     "converged", "congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw", "dispatch_mw", "consensus_rounds",
     "traded_mw", "trade_cash_usd", "clearing_price_usd_per_mwh",
 )
-"""CSV columns, one row per step and microgrid: MW, USD, p.u.; battery + discharge, exchange + import;
-price = the signalled price (hourly price + congestion adder); cost = fuel + energy (bought - sold, net of
-trades, trade cash included); vm_min/max over the microgrid's buses (nan when the power flow did not converge);
-step counts from 0 over the run.
+"""Recorded columns (``Trajectory.columns``, plus the microgrid's name), one row per step and microgrid: MW, USD,
+p.u.; battery + discharge, exchange + import; price = the signalled price (hourly price + congestion adder);
+cost = fuel + energy (bought - sold, net of trades, trade cash included); vm_min/max over the microgrid's buses
+(nan when the power flow did not converge); step counts from 0 over the run, step_in_year indexes the profile year.
 Protocol columns are empty (nan) when their protocol does not run."""
+CSV_COLUMNS = ("step", "timestamp", *COLUMNS[1:])
+"""The CSV's header: ``COLUMNS`` with ``timestamp`` after ``step``, the ISO 8601 UTC start of the step
+(e.g. 2023-01-05T13:00:00Z), so the rows can be joined with other time series without the profile year."""
 PROTOCOLS = ("setpoint", "price_signal", "p2p_trading", "consensus")
 
 
@@ -71,6 +76,7 @@ class Trajectory:
     protocols: tuple[str, ...] = ()
     mode: str = "centralized"
     messages: int = 0  # published over the broker (distributed runs)
+    year: int | None = None  # the profile year step_in_year counts in (None: unknown, no timestamps)
 
     @property
     def n_steps(self) -> int:
@@ -194,11 +200,12 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
                     bar.update()
         messages = int(getattr(broker, "published", 0))
         protocols = env.coordination.protocols
+        year = env.plant.year  # constant over a run: 2023 (training) or 2024 (test year)
     finally:
         if env is not None:
             env.close()
     return Trajectory(names=agents, columns=records, step_hours=scenario.step_hours,
-                      protocols=protocols, mode=layout, messages=messages)
+                      protocols=protocols, mode=layout, messages=messages, year=year)
 
 
 SUMMARY_FIELDS = ("cost_usd", "fuel_usd", "bought_mwh", "sold_mwh", "penalty_usd", "v_violation_steps", "overload_steps",
@@ -240,7 +247,7 @@ def protocol_summary(trajectory: Trajectory) -> str:
         traded = bought > 0
         mean_price = f"{np.nanmean(cleared[traded]):.2f} USD/MWh" if traded.any() else "-"
         lines.append(f"trades: {int(traded.sum())} steps with trades, {bought.sum() * dt:.3f} MWh traded, "
-                     f"mean clearing price {mean_price}, fees {-np.nansum(c['trade_cash_usd']):.2f} USD")
+                     f"mean clearing price {mean_price}, fees {0.0 - np.nansum(c['trade_cash_usd']):.2f} USD")
     if "setpoint" in trajectory.protocols:
         lines.append(f"setpoint tracking: mean |error| {np.nanmean(np.abs(c['tracking_error_mw'])):.3f} MW")
     if "consensus" in trajectory.protocols:
@@ -269,59 +276,121 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
 _INTEGER_COLUMNS = {"step", "day", "step_in_year", "converged"}
 
 
+def timestamps(trajectory: Trajectory) -> list[str]:
+    """ISO 8601 UTC start of each step (``YYYY-MM-DDTHH:MM:SSZ``): 1 January 00:00 of the profile year plus
+    ``step_in_year`` steps (the profiles are indexed from there); empty strings when the year is unknown."""
+    import datetime as dt
+
+    if trajectory.year is None:
+        return [""] * trajectory.n_steps
+    start = dt.datetime(trajectory.year, 1, 1, tzinfo=dt.UTC)
+    seconds = [round(float(k) * trajectory.step_hours * 3600.0) for k in trajectory.columns["step_in_year"][:, 0]]
+    return [(start + dt.timedelta(seconds=s)).strftime("%Y-%m-%dT%H:%M:%SZ") for s in seconds]
+
+
 def write_csv(trajectory: Trajectory, path: Path) -> Path:
-    """Write one row per step and microgrid with ``COLUMNS``; returns the path."""
+    """Write one row per step and microgrid with ``CSV_COLUMNS``; returns the path."""
     import csv
 
     c = trajectory.columns
+    stamps = timestamps(trajectory)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(COLUMNS)
+        writer.writerow(CSV_COLUMNS)
         for k in range(trajectory.n_steps):
             for i, name in enumerate(trajectory.names):
-                writer.writerow([name if col == "microgrid" else
+                writer.writerow([name if col == "microgrid" else stamps[k] if col == "timestamp" else
                                  int(c[col][k, i]) if col in _INTEGER_COLUMNS else repr(float(c[col][k, i]))
-                                 for col in COLUMNS])
+                                 for col in CSV_COLUMNS])
     return path
 
 
-def plot(trajectory: Trajectory, path: Path, *, title: str = "") -> Path:
-    """PNG with four panels over time (h): state of charge, device power, price, voltage range per microgrid."""
+PANEL_LABELS = (
+    "state of charge", "battery (MW)\n+ discharge, - charge", "generator (MW)", "PV + wind (MW)",
+    "grid exchange (MW)\n+ import, - export", "price (USD/MWh)", "cost (USD per step)", "bus voltage (p.u.)",
+)
+"""The y labels of the plot's panels, top to bottom (the units and sign conventions of the CSV)."""
+
+_LINESTYLES: tuple[str | tuple[int, tuple[int, ...]], ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_HATCHES = ("//", "\\\\", "..", "xx", "--", "||")
+
+
+def _style(i: int, n: int) -> dict[str, Any]:
+    """Microgrid ``i`` of ``n``: its own colour, line style and marker, and a width that shrinks with ``i`` (drawn
+    on top) so that microgrids with the same values stay visible as nested lines."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {"color": colors[i % len(colors)], "linestyle": _LINESTYLES[i % len(_LINESTYLES)],
+            "marker": _MARKERS[i % len(_MARKERS)], "linewidth": max(1.0, 2.8 - 1.6 * i / max(n - 1, 1)),
+            "markersize": 5.0, "zorder": 2 + i}
 
-    c = trajectory.columns
-    hours = np.arange(trajectory.n_steps) * trajectory.step_hours
-    fig, axes = plt.subplots(4, 1, figsize=(11, 11), sharex=True, constrained_layout=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+def build_figure(trajectory: Trajectory, *, title: str = "") -> Figure:
+    """The plot as a matplotlib Figure (``PANEL_LABELS``, one line style and marker per microgrid, legends
+    to the right of the axes); separate from :func:`plot` so that tests can read its axes."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MultipleLocator
+
+    c, dt, n_mg = trajectory.columns, trajectory.step_hours, len(trajectory.names)
+    n = trajectory.n_steps
+    edges = np.arange(n + 1) * dt  # step k covers [edges[k], edges[k + 1]): the last step is drawn too
+    every = n_mg * max(1, n // 24)  # about 24 markers per panel, staggered so microgrids do not share a step
+    fig = Figure(figsize=(12.5, 2.0 * len(PANEL_LABELS) + 0.6), layout="constrained")
+    axes = fig.subplots(len(PANEL_LABELS), 1, sharex=True)
+
+    def stairs(ax: Axes, values: np.ndarray, i: int, label: str) -> None:
+        ax.step(edges, np.append(values, values[-1:]), where="post", label=label,
+                markevery=list(range(i * every // n_mg, n, every)), **_style(i, n_mg))
+
     for i, name in enumerate(trajectory.names):
-        color = colors[i % len(colors)]
-        axes[0].step(hours, c["soc"][:, i], where="post", color=color, label=name)
-        axes[1].step(hours, c["battery_mw"][:, i], where="post", color=color, label=f"{name} battery")
-        axes[1].step(hours, c["generator_mw"][:, i], where="post", color=color, linestyle="--", label=f"{name} generator")
-        axes[1].step(hours, c["pv_mw"][:, i] + c["wind_mw"][:, i], where="post", color=color, linestyle=":",
-                     label=f"{name} PV + wind")
-        axes[3].fill_between(hours, c["vm_min_pu"][:, i], c["vm_max_pu"][:, i], step="post", color=color, alpha=0.3,
-                             label=f"{name} min-max")
-    axes[2].step(hours, c["price_usd_per_mwh"][:, 0], where="post", color="black")
-    axes[2].axhline(0.0, color="grey", linewidth=0.5)
+        stairs(axes[0], c["soc"][:, i], i, name)
+        stairs(axes[1], c["battery_mw"][:, i], i, name)
+        stairs(axes[2], c["generator_mw"][:, i], i, name)
+        stairs(axes[3], c["pv_mw"][:, i] + c["wind_mw"][:, i], i, name)
+        stairs(axes[4], c["exchange_mw"][:, i], i, name)
+        stairs(axes[6], c["cost_usd"][:, i], i, f"{name} (total {np.nansum(c['cost_usd'][:, i]):.2f} USD)")
+        style = _style(i, n_mg)
+        axes[7].fill_between(edges, np.append(c["vm_min_pu"][:, i], c["vm_min_pu"][-1:, i]),
+                             np.append(c["vm_max_pu"][:, i], c["vm_max_pu"][-1:, i]), step="post", alpha=0.25,
+                             facecolor=style["color"], edgecolor=style["color"], hatch=_HATCHES[i % len(_HATCHES)],
+                             linestyle=style["linestyle"], linewidth=1.0, label=f"{name} min-max")
+    axes[5].step(edges, np.append(c["price_usd_per_mwh"][:, 0], c["price_usd_per_mwh"][-1:, 0]), where="post",
+                 color="black", label="signalled price")
+    if "p2p_trading" in trajectory.protocols:
+        traded = np.maximum(c["traded_mw"], 0.0).sum(axis=1) > 0
+        if traded.any():
+            axes[5].plot(edges[:-1][traded] + dt / 2, c["clearing_price_usd_per_mwh"][traded, 0], linestyle="none",
+                         marker="x", color="tab:red", label="p2p clearing price")
     for limit in (0.95, 1.05):
-        axes[3].axhline(limit, color="red", linestyle="--", linewidth=0.8)
-    axes[0].set_ylabel("state of charge")
-    axes[1].set_ylabel("power (MW)\n+ injection")
-    axes[2].set_ylabel("price (USD/MWh)")
-    axes[3].set_ylabel("bus voltage (p.u.)")
-    axes[3].set_xlabel("time (h)")
-    for ax in axes:
+        axes[7].axhline(limit, color="red", linestyle="--", linewidth=0.8, label="limits" if limit < 1 else None)
+    for k, ax in enumerate(axes):
+        ax.set_ylabel(PANEL_LABELS[k])
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper right", fontsize="small")
-    axes[1].legend(loc="upper right", fontsize="x-small", ncol=len(trajectory.names))
-    axes[3].legend(loc="upper right", fontsize="small")
+        if k in (1, 2, 4, 5, 6):
+            ax.axhline(0.0, color="grey", linewidth=0.6, zorder=1)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize="small")
+    axes[0].set_ylim(-0.02, 1.02)
+    starts = [0, *(np.flatnonzero(np.diff(c["day"][:, 0])) + 1).tolist()]  # the episodes' first steps
+    stamps = timestamps(trajectory)
+    for k in starts:  # training days are drawn at random: mark where each starts, with its date (UTC)
+        if k:
+            for ax in axes:
+                ax.axvline(edges[k], color="grey", linestyle="--", linewidth=0.8)
+        if stamps[k]:
+            axes[0].annotate(f"{stamps[k][:10]} UTC", (edges[k], 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2),
+                             textcoords="offset points", fontsize="small", va="bottom")
+    axes[-1].set_xlim(0.0, edges[-1])
+    axes[-1].xaxis.set_major_locator(MultipleLocator(3 if edges[-1] <= 24 else 6 if edges[-1] <= 72 else 24))
+    axes[-1].set_xlabel("time (h from the start of the run)" + ("; a dashed line starts each day" if len(starts) > 1 else ""))
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
+
+
+def plot(trajectory: Trajectory, path: Path, *, title: str = "") -> Path:
+    """Write :func:`build_figure` as a PNG; returns the path."""
+    build_figure(trajectory, title=title).savefig(path, dpi=100)
     return path

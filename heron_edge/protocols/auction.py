@@ -2,13 +2,16 @@
 
 Rule (deterministic, documented once here):
 
-1. Orders with zero quantity are ignored; each agent has at most one order.
+1. Orders below the minimum trade quantity ``min_trade_mw`` (default :data:`MIN_TRADE_MW`) are
+   ignored, zero-quantity orders always; each agent has at most one order.
 2. Bids are sorted by limit price descending, asks by limit price ascending; ties are broken by
    agent id ascending.
 3. The fee ``f`` ($/MWh) is split equally: the buyer pays ``price + f/2``, the seller receives
    ``price - f/2``, and the market keeps ``f`` per MWh traded. A bid and an ask are matched while
    ``bid_limit - ask_limit >= f`` (so that neither limit is crossed once the fee is paid), each
-   match trading ``min(remaining bid, remaining ask)`` MW.
+   match trading ``min(remaining bid, remaining ask)`` MW. An order whose remaining quantity falls
+   below ``min_trade_mw`` is done: its rest (rounding dust) never trades, so every trade is at least
+   ``min_trade_mw`` and float noise (1e-10 MW) never counts as a trade or sets the price.
 4. One uniform price for every trade: the midpoint of the last matched pair,
    ``price = (bid_last + ask_last) / 2``. Every matched bid has ``bid >= bid_last`` and every
    matched ask ``ask <= ask_last``, hence ``price + f/2 <= bid`` and ``price - f/2 >= ask`` for all.
@@ -27,9 +30,12 @@ import numpy as np
 
 from heron_edge.errors import ActionError
 
-__all__ = ["Clearing", "Order", "Trade", "clear", "orders_from_net"]
+__all__ = ["MIN_TRADE_MW", "Clearing", "Order", "Trade", "clear", "orders_from_net"]
 
 Side = Literal["bid", "ask"]
+
+MIN_TRADE_MW = 1e-6
+"""Default minimum trade quantity (MW): a match below it is float noise from the net-need arithmetic, not a trade."""
 
 
 @dataclass(frozen=True)
@@ -126,19 +132,28 @@ class Clearing:
         return self.volume_mw * step_h * self.fee_usd_per_mwh
 
 
-def clear(orders: Iterable[Order], fee_usd_per_mwh: float = 0.0) -> Clearing:
-    """Clear one order book by the rule in this module's docstring (pure, deterministic)."""
+def clear(orders: Iterable[Order], fee_usd_per_mwh: float = 0.0, min_trade_mw: float = MIN_TRADE_MW) -> Clearing:
+    """Clear one order book by the rule in this module's docstring (pure, deterministic).
+
+    ``min_trade_mw`` (>= 0): smaller quantities are not traded (0 = any positive quantity trades).
+    """
     if not (math.isfinite(fee_usd_per_mwh) and fee_usd_per_mwh >= 0.0):
         raise ActionError(f"fee must be finite and >= 0 $/MWh, got {fee_usd_per_mwh!r}")
+    if not (math.isfinite(min_trade_mw) and min_trade_mw >= 0.0):
+        raise ActionError(f"minimum trade must be finite and >= 0 MW, got {min_trade_mw!r}")
+
+    def tradable(quantity_mw: float) -> bool:
+        return quantity_mw > 0.0 and quantity_mw >= min_trade_mw
+
     book = list(orders)
     seen: set[str] = set()
     for o in book:
         if o.agent_id in seen:
             raise ActionError(f"agent {o.agent_id!r} has more than one order")
         seen.add(o.agent_id)
-    bids = sorted((o for o in book if o.side == "bid" and o.quantity_mw > 0.0),
+    bids = sorted((o for o in book if o.side == "bid" and tradable(o.quantity_mw)),
                   key=lambda o: (-o.limit_price_usd_per_mwh, o.agent_id))
-    asks = sorted((o for o in book if o.side == "ask" and o.quantity_mw > 0.0),
+    asks = sorted((o for o in book if o.side == "ask" and tradable(o.quantity_mw)),
                   key=lambda o: (o.limit_price_usd_per_mwh, o.agent_id))
     rem_bid = [o.quantity_mw for o in bids]
     rem_ask = [o.quantity_mw for o in asks]
@@ -146,13 +161,13 @@ def clear(orders: Iterable[Order], fee_usd_per_mwh: float = 0.0) -> Clearing:
     i = j = 0
     while (i < len(bids) and j < len(asks)
            and bids[i].limit_price_usd_per_mwh - asks[j].limit_price_usd_per_mwh >= fee_usd_per_mwh):
-        q = min(rem_bid[i], rem_ask[j])
+        q = min(rem_bid[i], rem_ask[j])  # both remainders are tradable, so q >= min_trade_mw
         matches.append((i, j, q))
         rem_bid[i] -= q
         rem_ask[j] -= q
-        if rem_bid[i] <= 0.0:
+        if not tradable(rem_bid[i]):
             i += 1
-        if rem_ask[j] <= 0.0:
+        if not tradable(rem_ask[j]):
             j += 1
     if not matches:
         return Clearing(price_usd_per_mwh=None, trades=(), fee_usd_per_mwh=fee_usd_per_mwh)

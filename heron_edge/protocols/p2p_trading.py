@@ -23,7 +23,7 @@ from pydantic import Field
 
 from heron_edge.errors import ConfigError
 from heron_edge.messages import ClearingBody, OrderBody, Trade as TradeBody, agent_filter, agent_topic
-from heron_edge.protocols.auction import Clearing, Order, Trade, clear, orders_from_net
+from heron_edge.protocols.auction import MIN_TRADE_MW, Clearing, Order, Trade, clear, orders_from_net
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
 
 __all__ = ["Confirmation", "P2PTradingConfig", "P2PTradingProtocol"]
@@ -40,6 +40,8 @@ class P2PTradingConfig(ProtocolConfig):
     max_quantity_mw: float = Field(default=1e3, gt=0.0, description="The market refuses orders for more MW.")
     max_price_usd_per_mwh: float = Field(default=1e4, gt=0.0,
                                          description="The market refuses limit prices beyond +/- this, $/MWh.")
+    min_trade_mw: float = Field(default=MIN_TRADE_MW, ge=0.0,
+                                description="Smaller matches are not trades (float noise), MW; 0 = any positive quantity.")
 
 
 @dataclass(frozen=True)
@@ -88,8 +90,8 @@ class P2PTradingProtocol:
 
     # -- centralized --------------------------------------------------------------------------
     def clear(self, orders: Sequence[Order]) -> Clearing:
-        """Clear one order book with the configured fee."""
-        return clear(orders, self.config.fee_usd_per_mwh)
+        """Clear one order book with the configured fee and minimum trade (both forms clear through here)."""
+        return clear(orders, self.config.fee_usd_per_mwh, self.config.min_trade_mw)
 
     @staticmethod
     def orders_from_net(agent_ids: Sequence[str], net_mw: np.ndarray, limit_price_usd_per_mwh: np.ndarray) -> list[Order]:
