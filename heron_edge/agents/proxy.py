@@ -184,6 +184,10 @@ class ProxyAgent:
         self.last_clearing = await self.roles.after_decision(step, self._local, action, self._price)
         return self.last_clearing
 
+    def skip_market(self) -> None:
+        """No order this step (the agent failed safe): no trades to show in the next observation."""
+        self.last_clearing = None
+
     def reset(self, step: int) -> None:
         """A new episode starting at ``step``: forget protocol state carried between steps."""
         self.next_step = step

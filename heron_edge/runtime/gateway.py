@@ -285,7 +285,7 @@ class Gateway:
                 await self._publish_done(step)
             # no new step: the watchdog (the clock alone does not keep us out of failsafe, a price does)
             if not self.raw_broker.connected or self._upstream_silent_s() > self.config.failsafe.upstream_timeout_s:
-                await self.cycle(self.step, watchdog=True)
+                await self.watchdog_cycle()
 
     async def _next_clock(self, timeout: float) -> int | None:
         """The next step announced by the clock sender within ``timeout`` s (the newest if several), else None."""
@@ -336,44 +336,98 @@ class Gateway:
                 continue  # the setpoint protocol's own (guarded) subscription takes these
             self.inbox.handle(delivery.topic, delivery.payload)
 
-    async def cycle(self, step: int, *, watchdog: bool = False) -> None:
-        """One cycle for ``step``: read, exchange, decide (or failsafe), write, report status.
+    async def cycle(self, step: int) -> None:
+        """One cycle for ``step``: read the devices and report, coordinate, decide (or fail safe), write, say done.
 
-        ``watchdog``: a cycle forced by silence (no clock): no ``done`` is announced for it.
-        """
-        start = time.perf_counter()
-        modbus_before = self.devices.timing.read_s + self.devices.timing.write_s
-        if not watchdog and step < self.done_step:  # the clock went back: a new episode (SIL days)
+        Each stage is its own method; any of them may add a failsafe reason (device, broker, upstream)."""
+        start = self._cycle_start()
+        if step < self.done_step:  # the clock went back: a new episode (SIL days)
             self.proxy.reset(step)
             self.inbox.new_episode()
             self.stats["episodes"] += 1
         self.step = step
         self.inbox.guard.current_step = step  # commands for steps far ahead are refused, never a replay mark
+        connected = await self._connect_and_flush()
+        reasons = await self._read_and_report(step)
+        observation = await self._coordinate(step, reasons) if connected and self.raw_broker.connected else None
+        self._drain_commands()  # after the waits: a setpoint sent in answer to this step's telemetry counts now
+        self._update_failsafe(reasons)
+        decision_s = 0.0
+        action: np.ndarray | None = None
+        if self.failsafe.active or observation is None:
+            await self._fail_safe()
+        else:
+            action, decision_s = await self._decide_and_apply(step, observation)
+        self._journal(step, action, coordinated=observation is not None)
+        self.done_step = step
+        self._dirty = False
+        self._cycle_end(start, decision_s)
+        await self._publish_status()
+        if self.config.cycle.clock == "bus":
+            await self._publish_done(step)
+
+    async def watchdog_cycle(self) -> None:
+        """A cycle forced by silence (no clock, or the upstream quiet): read the devices and, since there is no
+        step to decide, hold them in failsafe. No journal row, no ``done``; a repeated announcement of the step
+        re-runs it, since the devices now hold failsafe commands."""
+        start = self._cycle_start()
+        await self._connect_and_flush()
+        reasons = await self._read_and_report(self.step)
+        self._update_failsafe(reasons)
+        await self._fail_safe()
+        self._dirty = True
+        self._cycle_end(start, 0.0)
+        await self._publish_status()
+
+    # -- the stages
+    def _cycle_start(self) -> tuple[float, float]:
+        return time.perf_counter(), self.devices.timing.read_s + self.devices.timing.write_s
+
+    def _cycle_end(self, start: tuple[float, float], decision_s: float) -> None:
+        t0, modbus_before = start
+        elapsed = time.perf_counter() - t0
+        self.stats["cycles"] += 1
+        t = self.timing
+        t.cycles += 1
+        t.total_s += elapsed
+        t.modbus_s += self.devices.timing.read_s + self.devices.timing.write_s - modbus_before
+        t.decision_s += decision_s
+        t.last_ms = 1e3 * elapsed
+
+    async def _connect_and_flush(self) -> bool:
+        """Connect if needed and send a share of the outbox's backlog; True when the broker is usable."""
         connected = await self._ensure_connected()
         if connected:
             try:
                 # a share of the period: a long outage's backlog drains over cycles, never stalls one
                 self.stats["outbox_sent"] += await self.broker.flush(_FLUSH_SHARE * self.config.cycle.period_s)
-            except BrokerError:
-                pass
-        reasons: dict[str, str] = {}
+            except BrokerError as exc:
+                self.stats["outbox_flush_failed"] += 1
+                log.info("%s: outbox not flushed: %s", self.agent_id, exc)
+        return connected
+
+    async def _read_and_report(self, step: int) -> dict[str, str]:
+        """Read the devices and publish telemetry (queued in the outbox when it cannot go out); failsafe reasons."""
         try:
             if self._started:
-                await self.proxy.report(step)  # reads the devices, publishes telemetry (or queues it)
+                await self.proxy.report(step)
             else:
                 await self.devices.read()  # never connected yet: still watch the devices
         except DeviceError as exc:
-            reasons["device"] = str(exc)
-        observation: np.ndarray | None = None
-        coordinated = False
-        if connected and self.raw_broker.connected and not watchdog:
-            try:
-                await self.proxy.coordinate(step)  # setpoint, consensus (no-op without coordination)
-                coordinated = True
-                observation = await self.proxy.collect(step)
-            except BrokerError as exc:
-                reasons["broker"] = f"coordination: {exc}"
-        self._drain_commands()  # after the waits: a setpoint sent in answer to this step's telemetry counts now
+            return {"device": str(exc)}
+        return {}
+
+    async def _coordinate(self, step: int, reasons: dict[str, str]) -> np.ndarray | None:
+        """The step's setpoint and consensus, then the price and the peers: the observation (None when the broker
+        failed, which becomes a failsafe reason)."""
+        try:
+            await self.proxy.coordinate(step)  # setpoint, consensus (no-op without coordination)
+            return await self.proxy.collect(step)
+        except BrokerError as exc:
+            reasons["broker"] = f"coordination: {exc}"
+            return None
+
+    def _update_failsafe(self, reasons: dict[str, str]) -> None:
         if not self.raw_broker.connected:
             reasons["broker"] = "disconnected"
         silent_s = self._upstream_silent_s()
@@ -382,47 +436,32 @@ class Gateway:
         if self.failsafe.update(reasons):
             log.warning("%s: %s", self.agent_id,
                         f"failsafe: {self.failsafe.detail}" if self.failsafe.active else "left failsafe")
-        decision_s = 0.0
-        action: np.ndarray | None = None
-        if self.failsafe.active or observation is None:
-            await self._write_safe()
-            self.failsafe.cycles += self.failsafe.active
-            self.proxy.last_clearing = None  # no order this step: no trades to show next step
-        else:
-            t0 = time.perf_counter()
-            action = self.agent.act(observation)
-            if not self._setpoint_protocol:  # with the protocol, the policy itself tracks the setpoint
-                action = self._track_setpoint(action, self.proxy.last_local)
-            decision_s = time.perf_counter() - t0
+
+    async def _fail_safe(self) -> None:
+        """Write the documented safe commands; no order goes to the market this step."""
+        await self._write_safe()
+        self.failsafe.cycles += self.failsafe.active
+        self.proxy.skip_market()
+
+    async def _decide_and_apply(self, step: int, observation: np.ndarray) -> tuple[np.ndarray, float]:
+        """Ask the policy, write its action to the devices, trade; (the action, the decision time in s)."""
+        t0 = time.perf_counter()
+        action = self.agent.act(observation)
+        if not self._setpoint_protocol:  # with the protocol, the policy itself tracks the setpoint
+            action = self._track_setpoint(action, self.proxy.last_local)
+        decision_s = time.perf_counter() - t0
+        try:
+            await self.agent.apply(action)
+        except DeviceError as exc:
+            self.stats["write_failed"] += 1
+            log.warning("%s: %s", self.agent_id, exc)
+        if self.coordination is not None and self.coordination.p2p is not None:
             try:
-                await self.agent.apply(action)
-            except DeviceError as exc:
-                self.stats["write_failed"] += 1
-                log.warning("%s: %s", self.agent_id, exc)
-            if self.coordination is not None and self.coordination.p2p is not None:
-                try:
-                    await self.proxy.settle(step, action)  # order -> clearing, before done: the plant waits
-                except BrokerError as exc:
-                    self.stats["settle_failed"] += 1
-                    log.warning("%s: market: %s", self.agent_id, exc)
-        if not watchdog and self.config.journal_file:
-            self._journal(step, action, coordinated)
-        if watchdog:
-            self._dirty = True  # the devices now hold failsafe commands: a repeated announcement re-runs the step
-        else:
-            self.done_step = step
-            self._dirty = False
-        self.stats["cycles"] += 1
-        elapsed = time.perf_counter() - start
-        t = self.timing
-        t.cycles += 1
-        t.total_s += elapsed
-        t.modbus_s += self.devices.timing.read_s + self.devices.timing.write_s - modbus_before
-        t.decision_s += decision_s
-        t.last_ms = 1e3 * elapsed
-        await self._publish_status()
-        if not watchdog and self.config.cycle.clock == "bus":
-            await self._publish_done(step)
+                await self.proxy.settle(step, action)  # order -> clearing, before done: the plant waits
+            except BrokerError as exc:
+                self.stats["settle_failed"] += 1
+                log.warning("%s: market: %s", self.agent_id, exc)
+        return action, decision_s
 
     def _journal(self, step: int, action: np.ndarray | None, coordinated: bool) -> None:
         """One JSON line: the step, failsafe or not, what the protocols said this step (None when they did
