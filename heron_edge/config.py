@@ -1,6 +1,7 @@
 """Validated configuration of the ``MultiAgentMicrogrids`` environment (a dict or this pydantic model)."""
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,10 @@ class EnvConfig(BaseModel):
     centralized: True = one loop with full global observations and direct calls; False = every agent
     runs behind a ProxyAgent and exchanges messages over ``message_broker`` (an InMemoryBroker when
     omitted) and observes only local state plus received messages.
+
+    site: the topic namespace (``heron/{site}/...``). Left out (None), every environment instance takes its
+    own, :func:`default_site` (``sim-`` and 8 random hex digits), so two environments on one broker never
+    hear each other; give one to meet other processes (gateways, a logger) on a known namespace.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -26,7 +31,8 @@ class EnvConfig(BaseModel):
     scenario: str | Path | Any = Field("ieee34_3x13", description="a shipped scenario name, a TOML path or a sim.scenario.Scenario")
     train: bool = Field(True, description="True: episodes start on a random day of 2023; False: walk 2024 day by day")
     share_reward: bool = Field(False, description="every agent receives the mean of all agents' rewards")
-    site: str = Field("sim", pattern=r"^[A-Za-z0-9_-]+$", description="MQTT topic namespace in distributed mode")
+    site: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$",
+                             description="MQTT topic namespace in distributed mode; None: a fresh one per environment")
     step_timeout_s: float = Field(5.0, gt=0, description="distributed mode: the longest a step waits for messages")
     protocol: ProtocolName | list[ProtocolName] | None = Field(
         None, description="coordination: one of, or one vertical plus one horizontal of, setpoint, price_signal, p2p_trading, consensus")
@@ -38,6 +44,11 @@ class EnvConfig(BaseModel):
         if self.centralized and self.message_broker is not None:
             raise ValueError("message_broker is only used when centralized is False")
         return self
+
+
+def default_site() -> str:
+    """A fresh topic namespace, ``sim-`` and 8 random hex digits: each environment instance its own."""
+    return f"sim-{secrets.token_hex(4)}"
 
 
 def parse_config(config: EnvConfig | dict[str, Any] | None) -> EnvConfig:

@@ -17,7 +17,7 @@ import numpy as np
 from heron_edge import observations as ob
 from heron_edge.agents import ExternalPolicy, MicrogridAgent, ProxyAgent, Ratings, SystemOperator
 from heron_edge.brokers import Broker, InMemoryBroker
-from heron_edge.config import EnvConfig
+from heron_edge.config import EnvConfig, default_site
 from heron_edge.coordination import UPSTREAM_ID, Coordination, MicrogridRoles, Signals
 from heron_edge.deviceio import PlantDeviceIO
 from heron_edge.eager import gather_eagerly, run_eagerly
@@ -26,26 +26,29 @@ from sim.plant import Measurements, Plant, Setpoints
 
 
 class DistributedRunner:
-    """Wires agents, proxies, operator and broker for one environment, and steps them."""
+    """Wires agents, proxies, operator and broker for one environment, and steps them (on ``config.site``; when
+    that is None, on a namespace of its own, :func:`heron_edge.config.default_site`)."""
 
     def __init__(self, plant: Plant, config: EnvConfig, coordination: Coordination,
                  local_bounds: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.plant = plant
         self.coordination = coordination
+        self.site: str = config.site if config.site is not None else default_site()
+        site = self.site
         self.broker: Broker = config.message_broker if config.message_broker is not None else InMemoryBroker()
         self.request = Setpoints.zeros(plant.n)
         self.policies = [ExternalPolicy() for _ in plant.names]
         scenario = plant.scenario
         self.proxies = [
-            ProxyAgent(agent_id=name, broker=self.broker, upstream_id=UPSTREAM_ID, site=config.site, peers=plant.names,
+            ProxyAgent(agent_id=name, broker=self.broker, upstream_id=UPSTREAM_ID, site=site, peers=plant.names,
                        step_timeout_s=config.step_timeout_s,
                        actual_agent=MicrogridAgent(name, PlantDeviceIO(plant, i, self.request), self.policies[i],
                                                    Ratings(mg.battery.p_max_mw, mg.generator.p_max_mw)),
-                       roles=MicrogridRoles(coordination, Link(self.broker, site=config.site, agent_id=name,
+                       roles=MicrogridRoles(coordination, Link(self.broker, site=site, agent_id=name,
                                                                timeout_s=config.step_timeout_s), i))
             for i, (name, mg) in enumerate(zip(plant.names, scenario.microgrids))
         ]
-        self.operator = SystemOperator(UPSTREAM_ID, self.broker, coordination, site=config.site,
+        self.operator = SystemOperator(UPSTREAM_ID, self.broker, coordination, site=site,
                                        step_timeout_s=config.step_timeout_s)
         n_extra = plant.n - 1 + coordination.n_features
         self.observation_spaces = {

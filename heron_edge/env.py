@@ -12,7 +12,9 @@ p.u., its branches over 100 % and a non-converged power flow; with ``share_rewar
 the mean. Observations: see ``heron_edge.observations``, plus the protocol features of
 ``heron_edge.coordination`` when ``protocol`` is set. Episodes are ``max_episode_steps`` long;
 ``train`` picks a random day of 2023 per episode (seeded by ``reset(seed=)``), otherwise 2024 is
-walked day by day.
+walked day by day. In distributed mode the messages go on ``heron/{site}/...``: without a ``site``
+each instance takes its own (``sim-`` + 8 random hex digits, in ``env.config.site``), so several
+environments can share one broker.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import numpy as np
 from pettingzoo import ParallelEnv
 
 from heron_edge import observations as ob
-from heron_edge.config import EnvConfig, parse_config
+from heron_edge.config import EnvConfig, default_site, parse_config
 from heron_edge.coordination import Coordination, Settlement, Signals
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.protocols import Clearing, tracking_error
@@ -42,6 +44,8 @@ class MultiAgentMicrogrids(ParallelEnv):
 
     def __init__(self, config: EnvConfig | dict[str, Any] | None = None) -> None:
         self.config = parse_config(config)
+        if self.config.site is None:  # this instance's own namespace: a shared broker never mixes environments
+            self.config = self.config.model_copy(update={"site": default_site()})
         self.plant = Plant(self.config.scenario)
         sc = self.plant.scenario
         try:

@@ -9,7 +9,7 @@ import pytest
 
 from heron_edge import MultiAgentMicrogrids
 from heron_edge.brokers import InMemoryBroker, MqttBroker
-from heron_edge.messages import PriceBody, TelemetryBody, agent_topic, bus_topic, encode, make_envelope
+from heron_edge.messages import PriceBody, TelemetryBody, agent_topic, encode, make_envelope
 from pettingzoo.test import parallel_api_test
 
 STEPS = 24
@@ -95,14 +95,15 @@ def _inject_garbage(env: MultiAgentMicrogrids) -> None:
     """Publish one of each kind of bad message onto topics the agents listen to."""
     broker, site = env._runner.broker, env.config.site
     step = env.plant.t
+    price = agent_topic(site, "system_operator", "price")
     bad = [
-        (bus_topic(site, "price"), b"not json at all"),
-        (bus_topic(site, "price"), b'{"id": "x", "sender": "system_operator"}'),  # schema
-        (bus_topic(site, "price"), b'{"id":"x","sender":"system_operator","recipient":null,"step":1,"ts":1.0,'
+        (price, b"not json at all"),
+        (price, b'{"id": "x", "sender": "system_operator"}'),  # schema
+        (price, b'{"id":"x","sender":"system_operator","recipient":null,"step":1,"ts":1.0,'
                                    b'"expires":null,"body":{"kind":"teleport"}}'),  # unknown kind
-        (bus_topic(site, "price"), encode(make_envelope("system_operator", PriceBody(price_usd_per_mwh=9e3), step=step,
-                                                        ttl_s=-1.0))),  # expired
-        (bus_topic(site, "price"), encode(make_envelope("mg2", PriceBody(price_usd_per_mwh=9e3), step=step))),  # not upstream
+        (price, encode(make_envelope("system_operator", PriceBody(price_usd_per_mwh=9e3), step=step,
+                                     ttl_s=-1.0))),  # expired
+        (price, encode(make_envelope("mg2", PriceBody(price_usd_per_mwh=9e3), step=step))),  # not upstream
         (agent_topic(site, "mg2", "telemetry"), encode(make_envelope("mg3", TelemetryBody(values={"exchange_mw": 9.0}),
                                                                      step=step))),  # forged sender
     ]
@@ -179,7 +180,7 @@ def test_messages_from_another_step_never_count_as_fresh() -> None:
     runner = env._runner
 
     async def publish_future_price() -> None:  # a leftover from a later step of the year
-        await runner.broker.publish(bus_topic(env.config.site, "price"),
+        await runner.broker.publish(agent_topic(env.config.site, "system_operator", "price"),
                                     make_envelope("system_operator", PriceBody(price_usd_per_mwh=777.0), step=9000))
 
     runner._loop.run_until_complete(publish_future_price())
@@ -214,3 +215,15 @@ def test_close_after_the_broker_is_gone_still_closes_everything() -> None:
     runner._loop.run_until_complete(runner.broker.close())  # the broker went away under the agents
     env.close()  # no BrokerError for the lost "offline" status; the loop is closed
     assert runner._loop.is_closed()
+
+
+def test_the_shared_decode_cache_is_bounded_in_bytes() -> None:
+    from heron_edge.agents.proxy import _DECODED_BYTES, _DecodeOnce
+
+    cache = _DecodeOnce()
+    topic = agent_topic("s", "mg2", "telemetry")
+    for i in range(400):  # 400 distinct ~10 kB telemetries: more than the cache may hold
+        values = {f"k{j}_{i}": float(j) for j in range(500)}
+        cache(topic, encode(make_envelope("mg2", TelemetryBody(values=values), step=i)))
+        assert cache.bytes <= _DECODED_BYTES
+    assert 0 < cache.bytes and len(cache._envelopes) < 400

@@ -2,6 +2,12 @@
 
 With ``--self-signed-ca`` every user gets a client certificate, so certificates are required by default
 (the certificate's CN is then the identity); ``--no-require-certificate`` falls back to passwords only.
+A read-only user ``monitor`` (``--monitor NAME``, ``--no-monitor``) reads the whole site and writes nothing.
+
+Run as root, the files Mosquitto reads after dropping its privileges (``passwd``, ``acl``,
+``server.key``) are given to the user it runs as (``--run-as-user``, default Mosquitto's own
+``mosquitto``), so ``mosquitto -c DIR/mosquitto.conf`` starts as generated; otherwise the command
+prints the ``chown`` to run.
 """
 from __future__ import annotations
 
@@ -22,6 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site name (heron/{site}/...)")
     parser.add_argument("--agents", required=True, type=_names, help="comma-separated agent ids, e.g. mg1,mg2,mg3")
     parser.add_argument("--operator", default="system_operator", help="the upstream that commands the agents")
+    parser.add_argument("--monitor", default="monitor",
+                        help="the read-only user: reads heron/{site}/#, writes nothing (default monitor)")
+    parser.add_argument("--no-monitor", dest="monitor", action="store_const", const=None,
+                        help="no read-only user")
+    parser.add_argument("--run-as-user", default=None,
+                        help="the user mosquitto runs as when started by root (its 'user' option; default: "
+                             "mosquitto's own default, user 'mosquitto'); run as root, passwd, acl and server.key "
+                             "are given to it")
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument("--self-signed-ca", action="store_true",
                         help="also generate a CA, a server certificate and client certificates (tests, SIL)")
@@ -38,13 +52,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from heron_edge.security.broker_config import BrokerSiteConfig, write_broker_config
+    from heron_edge.security.broker_config import BrokerSiteConfig, broker_user, write_broker_config
 
     try:
         config = BrokerSiteConfig(
             site=args.site,
             agents=args.agents,
             operator=args.operator,
+            monitor=args.monitor,
+            run_as_user=args.run_as_user,
             port=args.port,
             bind_address=args.bind,
             server_names=tuple(args.server_names or ("localhost", "127.0.0.1")),
@@ -60,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ImportError) as exc:
         print(f"broker-config: {exc}", file=sys.stderr)
         return 2
-    print(f"site {config.site!r}: users {', '.join(config.users)} (operator {config.operator})")
+    monitor = f", read-only {config.monitor}" if config.monitor else ""
+    print(f"site {config.site!r}: users {', '.join(config.users)} (operator {config.operator}{monitor})")
     for path in sorted(files.directory.iterdir()):
         print(f"  {path}")
     print(f"credentials (passwords, command keys; mode 0600): {files.credentials_file}")
@@ -68,5 +85,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"provide ca.crt, server.crt and server.key in {config.config_dir or files.directory}")
         if config.require_certificate:
             print("issue each user a client certificate from that CA with CN = its username")
-    print(f"run: mosquitto -c {files.conf}  (the broker's user must be able to read passwd, acl and server.key)")
+    user = broker_user(config)
+    broker_files = " ".join(str((config.config_dir or files.directory) / p.name) for p in files.broker_files)
+    if files.broker_owner is not None:
+        print(f"owner {files.broker_owner} (mode 0600), the user mosquitto runs as when started by root: "
+              f"{broker_files}")
+    else:
+        print(f"started by root, mosquitto runs as user {user!r} (--run-as-user), which must own passwd, acl and "
+              f"server.key; on the broker host run:\n  sudo chown {user}: {broker_files}")
+    if config.config_dir is not None and config.config_dir != files.directory:
+        print(f"copy the files to {config.config_dir} keeping their owner and mode (e.g. 'sudo cp -a')")
+    print(f"run: sudo mosquitto -c {(config.config_dir or files.directory) / files.conf.name}")
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -26,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--endpoints", type=Path, default=None, metavar="FILE",
                         help="write the devices' host/port per microgrid and role here (JSON) once listening")
     parser.add_argument("--trajectory", type=Path, default=None, metavar="FILE.npz", help="write the trajectory here at the end")
+    parser.add_argument("--result", type=Path, default=None, metavar="FILE.json",
+                        help="once the last step ran: write the trajectory, then this (counters, finish time); "
+                             "its appearance means the run is complete")
+    parser.add_argument("--hold", action="store_true",
+                        help="after the last step keep serving the devices until SIGTERM / SIGINT, so a supervisor "
+                             "can stop the agents before their devices vanish (else the plant exits at the end)")
     parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     from heron_edge.runtime.secure import add_broker_arguments
 
@@ -35,8 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Serve and run the episodes; 0 when done, 2 on bad input."""
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from heron_edge.runtime.sil import episode_starts
     from sim.scenario import load_scenario
+
+    from heron_edge.runtime.sil import episode_starts
 
     try:
         scenario = load_scenario(args.scenario)
@@ -60,9 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, scenario: object, starts: list[int], steps_per_day: int, year: int) -> None:
+    from sim.plant import Plant
+
     from heron_edge.runtime.secure import broker_from_args
     from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
-    from sim.plant import Plant
 
     plant = Plant(scenario)  # type: ignore[arg-type]
     broker = broker_from_args(args, client_id=f"heron-{args.site}-{PLANT_ID}", reconnect_max_delay_s=1.0)
@@ -74,17 +83,30 @@ async def _main(args: argparse.Namespace, scenario: object, starts: list[int], s
         runtime.write_endpoints(args.endpoints)
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(runtime.run())
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        stop.set()
+        task.cancel()  # no-op once the run is over (then the hold below ends)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
+        loop.add_signal_handler(sig, on_signal)
+    saved = False
     try:
-        await task
-    except asyncio.CancelledError:
-        pass
+        with contextlib.suppress(asyncio.CancelledError):  # SIGTERM / SIGINT before the last step
+            await task
+        if runtime.complete:  # the trajectory first: the result file's appearance says both are there
+            if args.trajectory is not None:
+                runtime.save_trajectory(args.trajectory)
+                saved = True
+            if args.result is not None:
+                runtime.result().write(args.result)
+            if args.hold:  # the devices stay up until the supervisor has stopped the agents and says so
+                await broker.close()
+                await stop.wait()
     finally:
         await runtime.stop()
         await broker.close()
-        if args.trajectory is not None and runtime.records:
+        if args.trajectory is not None and runtime.records and not saved:
             runtime.save_trajectory(args.trajectory)
-        stats = {"steps": len(runtime.records), **runtime.stats,
-                 "step_ms_mean": 1e3 * sum(runtime.step_times) / max(len(runtime.step_times), 1)}
-        print(json.dumps({"plant": stats}))
+        print(json.dumps({"plant": runtime.result().stats}))

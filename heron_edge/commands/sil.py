@@ -1,16 +1,30 @@
 """Software-in-the-loop: Mosquitto, the plant (emulated devices), one agent process per microgrid and the operator; compare with a
-centralized run. ``--secure``: a generated site (TLS, a user and certificate per process, per-agent ACLs, signed commands)."""
+centralized run. ``--secure``: a generated site (TLS, a user and certificate per process, per-agent ACLs, signed commands).
+
+The report's first line is ``MATCH`` or ``MISMATCH``; when they do not match, or any participant degraded (failsafe, late,
+rejected messages), it names the agents and the steps (``RunHealth.report``). The run ends when the plant has run its last
+step: the agents are stopped then, while their devices are still up, and nothing they do while stopping is counted.
+"""
 from __future__ import annotations
 
 import argparse
+import calendar
 import json
 import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from heron_edge.commands.simulate import PROTOCOLS
+
+if TYPE_CHECKING:
+    from sim.scenario import Scenario
+
+    from heron_edge.runtime.sil import FileMarks, ManagedProcess, RunHealth, SilFiles
+    from heron_edge.runtime.sil_plant import PlantResult
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="configs, logs, outboxes, status files and trajectory.npz (default: a temporary directory)")
     parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after this long (default: %(default)s)")
+    parser.add_argument("--stop-delay", type=float, default=0.0, metavar="S",
+                        help="leave every process running S s after the last step before stopping them (the agents "
+                             "go failsafe once the operator is silent); nothing after the last step is counted "
+                             "(default: %(default)s)")
     parser.add_argument("--secure", action="store_true",
                         help="generate a site config + self-signed PKI in the workdir and run over TLS: every process "
                              "its own user, password and client certificate, per-agent ACLs, HMAC-signed commands")
@@ -37,7 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0: the run finished (and, in lock-step, matched the centralized run); 1: mismatch or failure; 2: bad input."""
-    from heron_edge.commands.simulate import ScenarioError, _load_scenario, protocol_summary, simulate, summarize, summary_table
+    from heron_edge.commands.simulate import (
+        ScenarioError,
+        _load_scenario,
+        protocol_summary,
+        simulate,
+        summarize,
+        summary_table,
+    )
     from heron_edge.coordination import parse_protocols
     from heron_edge.errors import ConfigError
     from heron_edge.runtime.sil import compare, load_trajectory, settle, tolerances
@@ -49,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.days < 1:
         print("heron-edge sil: error: --days must be at least 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.stop_delay < 3600:
+        print("heron-edge sil: error: --stop-delay must be in [0, 3600) s", file=sys.stderr)
         return 2
     if args.secure and args.broker:
         print("heron-edge sil: error: --secure starts its own broker; do not give --broker", file=sys.stderr)
@@ -68,22 +96,33 @@ def run(args: argparse.Namespace) -> int:
         return 2
     steps_per_day = scenario.steps_per_day
     starts = [int(central.columns["step_in_year"][d * steps_per_day, 0]) for d in range(args.days)]
+    names = [mg.name for mg in scenario.microgrids]
     try:
-        stats = run_rig(args, scenario, starts, workdir)
-        journals = {mg.name: workdir / f"journal-{mg.name}.jsonl" for mg in scenario.microgrids}
-        sil = settle(load_trajectory(workdir / "trajectory.npz"), scenario, args.protocol, None,
-                     workdir / "ledger.jsonl", journals)
+        rig = execute_rig(args, scenario, starts, workdir)
     except RuntimeError as exc:
         print(f"heron-edge sil: error: {exc}", file=sys.stderr)
+        partial = _partial_health(workdir, names)
+        if partial is not None:
+            print(partial.report(), file=sys.stderr)
+        return 1
+    try:
+        sil = settle(load_trajectory(rig.files.trajectory), scenario, args.protocol, None, rig.files.ledger,
+                     rig.files.journals(names), marks=rig.marks)
+    except RuntimeError as exc:
+        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
+        print(rig.health.report(), file=sys.stderr)
         return 1
     print(summary_table(summarize(sil)))
     print(protocol_summary(sil))
-    print(json.dumps(stats))
+    print(json.dumps(rig.stats()))
     print(f"workdir: {workdir}")
     if args.mode != "lockstep":
+        print(rig.health.report())
         return 0
     comparison = compare(sil, central, tolerances(args.protocol))
     print(comparison.report())
+    if not comparison.ok or rig.health.degraded:
+        print(rig.health.report())
     return 0 if comparison.ok else 1
 
 
@@ -91,22 +130,107 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workdir: Path) -> dict[str, object]:
-    """Start everything, wait for the plant to finish, stop everything we started (by PID); timing stats."""
+@dataclass(frozen=True)
+class RigRun:
+    """One finished SIL run: where its files are, how far they count (``marks``), the plant's result, timings and
+    every participant's health (shutdown excluded)."""
+
+    files: SilFiles
+    secure: bool
+    startup_s: float
+    run_s: float
+    plant: PlantResult
+    marks: FileMarks
+    health: RunHealth
+    timing: dict[str, dict[str, float]]
+
+    def stats(self) -> dict[str, object]:
+        """The JSON stats line: timings, the plant's counters, per agent its cycle split and counters."""
+        agents: dict[str, object] = {}
+        for agent in self.health.agents:
+            c = agent.counters
+            agents[agent.name] = {"timing": self.timing.get(agent.name, {}), "failsafe_entries": c.failsafe_entries,
+                                  "failsafe_steps": len(agent.failsafe_steps), "late": c.late,
+                                  "cmd_accepted": c.cmd_accepted, "cmd_rejected": c.cmd_rejected, "rejected": c.rejected}
+        return {"secure": self.secure, "startup_s": round(self.startup_s, 3), "run_s": round(self.run_s, 3),
+                "plant": self.plant.stats, "agents": agents}
+
+
+def run_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int], workdir: Path) -> dict[str, object]:
+    """Run the rig (see :func:`execute_rig`); its JSON stats (timings, the plant's counters, the agents' cycle split)."""
+    return execute_rig(args, scenario, starts, workdir).stats()
+
+
+def _wait_for_rows(paths: list[Path], step: int | None, timeout: float) -> None:
+    """Until the last complete line of each JSON-lines file is for ``step`` (the agents append their journal
+    off their event loop: the last row may trail their done by a moment); at most ``timeout`` s."""
+    if step is None:
+        return
+    deadline = time.monotonic() + timeout
+    pending = list(paths)
+    while pending and time.monotonic() < deadline:
+        pending = [path for path in pending if _last_step(path) != step]
+        if pending:
+            time.sleep(0.02)
+
+
+def _last_step(path: Path) -> int | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    lines = data[: data.rfind(b"\n") + 1].splitlines()
+    try:
+        return int(json.loads(lines[-1])["step"]) if lines else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _partial_health(workdir: Path, names: list[str]) -> RunHealth | None:
+    """What the files of a run that did not finish say (the steps the plant recorded), or None."""
+    from heron_edge.runtime.sil import SilFiles, load_trajectory, run_health
+
+    files = SilFiles(workdir)
+    try:
+        steps = load_trajectory(files.trajectory).columns["step_in_year"][:, 0].astype(int).tolist()
+        return run_health(files, names, steps)
+    except (OSError, KeyError, ValueError, RuntimeError):
+        return None
+
+
+def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int], workdir: Path) -> RigRun:
+    """Start everything, wait until the plant has run its last step, then stop (by PID) the agents all at once, the
+    operator, the plant (its devices stayed up until now) and Mosquitto; what the files say up to that end."""
     from contextlib import ExitStack
 
     from heron_edge.runtime.mosquitto import running_mosquitto
     from heron_edge.runtime.secure import COMMAND_KEY_ENV, SecureSite
-    from heron_edge.runtime.sil import ManagedProcess, agent_config, child_env, cli_argv, to_toml, wait_for_file
-    from heron_edge.runtime.sil_plant import PLANT_ID
+    from heron_edge.runtime.sil import (
+        FileMarks,
+        ManagedProcess,
+        UPSTREAM_TIMEOUT_S,
+        SilFiles,
+        agent_config,
+        child_env,
+        cli_argv,
+        load_trajectory,
+        run_health,
+        stop_in_order,
+        to_toml,
+        wait_for_file,
+    )
+    from heron_edge.runtime.sil_plant import PLANT_ID, PlantResult
     from heron_edge.security.launch import running_site_mosquitto
 
-    processes: list[ManagedProcess] = []
+    files = SilFiles(workdir)
     env = child_env()
     signal.signal(signal.SIGTERM, _terminate)  # so the finally below stops every child we started
-    names = [mg.name for mg in scenario.microgrids]  # type: ignore[attr-defined]
+    names = [mg.name for mg in scenario.microgrids]
     operator_id = "system_operator"
     secure: SecureSite | None = None
+    agents: list[ManagedProcess] = []
+    operator: list[ManagedProcess] = []
+    plants: list[ManagedProcess] = []
 
     def secrets(user: str) -> tuple[list[str], dict[str, str]]:
         """Broker options and environment of ``user``'s process (its own secrets only)."""
@@ -120,11 +244,12 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
         else:
             url = args.broker or stack.enter_context(running_mosquitto()).url
         try:
-            endpoints_path = workdir / "endpoints.json"
-            endpoints_path.unlink(missing_ok=True)
-            for stale in ("trajectory.npz", "ledger.jsonl", *(f"journal-{mg.name}.jsonl" for mg in scenario.microgrids)):  # type: ignore[attr-defined]
-                (workdir / stale).unlink(missing_ok=True)
+            for stale in (files.endpoints, files.trajectory, files.plant_result, files.ledger,
+                          *(files.journal(n) for n in names), *(files.status(n) for n in names)):
+                stale.unlink(missing_ok=True)
             protocols = [arg for name in args.protocol or () for arg in ("--protocol", name)]
+            year = 2024 if args.test_year else 2023
+            last_step = (366 if calendar.isleap(year) else 365) * scenario.steps_per_day - 1
             t0 = time.monotonic()
             plant_args, plant_env = secrets(PLANT_ID)
             operator_args, operator_env = secrets(operator_id)
@@ -132,18 +257,20 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
                 "plant", "--scenario", str(args.scenario), "--broker", url, "--site", args.site, "--mode", args.mode,
                 "--period", str(args.period), "--start-steps", ",".join(map(str, starts)),
                 *(["--test-year"] if args.test_year else []),
-                "--endpoints", str(endpoints_path), "--trajectory", str(workdir / "trajectory.npz"), *plant_args),
-                log_path=workdir / "plant.log", env=plant_env)
-            processes.append(plant)
-            processes.append(ManagedProcess("operator", cli_argv(
+                "--endpoints", str(files.endpoints), "--trajectory", str(files.trajectory),
+                "--result", str(files.plant_result), "--hold", *plant_args),
+                log_path=files.log("plant"), env=plant_env)
+            plants.append(plant)
+            operator.append(ManagedProcess("operator", cli_argv(
                 "operator", "--broker", url, "--site", args.site, "--scenario", str(args.scenario),
-                "--year", "2024" if args.test_year else "2023", *protocols, "--ledger", str(workdir / "ledger.jsonl"),
-                "--id", operator_id, *operator_args), log_path=workdir / "operator.log", env=operator_env))
-            wait_for_file(endpoints_path, timeout=60.0, process=plant)
-            endpoints = json.loads(endpoints_path.read_text())
-            for i, mg in enumerate(scenario.microgrids):  # type: ignore[attr-defined]
-                config = agent_config(scenario, i, site=args.site, broker_url=url, endpoints=endpoints, workdir=workdir,  # type: ignore[arg-type]
-                                      protocols=args.protocol)
+                "--year", str(year), *protocols, "--ledger", str(files.ledger), "--upstream-timeout",
+                str(UPSTREAM_TIMEOUT_S), "--id", operator_id, *operator_args), log_path=files.log("operator"),
+                env=operator_env))
+            wait_for_file(files.endpoints, timeout=60.0, process=plant)
+            endpoints = json.loads(files.endpoints.read_text())
+            for i, mg in enumerate(scenario.microgrids):
+                config = agent_config(scenario, i, site=args.site, broker_url=url, endpoints=endpoints, workdir=workdir,
+                                      protocols=args.protocol, max_step=last_step)
                 if secure is not None:  # TLS + own user; password and command key from its environment only
                     config["broker"].update(secure.gateway_broker(mg.name))
                     config["command_key_env"] = COMMAND_KEY_ENV
@@ -151,34 +278,36 @@ def run_rig(args: argparse.Namespace, scenario: object, starts: list[int], workd
                 path = workdir / f"agent-{mg.name}.toml"
                 path.write_text(to_toml(config))
                 _, agent_env = secrets(mg.name)
-                processes.append(ManagedProcess(f"agent {mg.name}", cli_argv("agent", "--config", str(path), "--log-level", "WARNING"),
-                                                log_path=workdir / f"agent-{mg.name}.log", env=agent_env))
+                agents.append(ManagedProcess(f"agent {mg.name}", cli_argv("agent", "--config", str(path), "--log-level", "WARNING"),
+                                             log_path=files.log(f"agent-{mg.name}"), env=agent_env))
             ready = time.monotonic()
             deadline = ready + args.timeout
-            while plant.alive():
-                dead = [p for p in processes if p is not plant and not p.alive()]
+            while not files.plant_result.exists():
+                if not plant.alive():
+                    if files.plant_result.exists():
+                        break
+                    raise RuntimeError(f"the plant exited ({plant.proc.returncode}) before its last step:\n{plant.tail()}")
+                dead = [p for p in (*operator, *agents) if not p.alive()]
                 if dead:
                     raise RuntimeError(f"{dead[0].name} exited ({dead[0].proc.returncode}):\n{dead[0].tail()}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the plant did not finish within {args.timeout} s")
-                time.sleep(0.1)
-            if plant.proc.returncode != 0:
-                raise RuntimeError(f"the plant failed ({plant.proc.returncode}):\n{plant.tail()}")
+                time.sleep(0.05)
             finished = time.monotonic()
+            result = PlantResult.read(files.plant_result)
+            _wait_for_rows([files.ledger, *(files.journal(n) for n in names)], result.last_step, timeout=5.0)
+            marks = FileMarks.take(files.appended(names))  # the end of the run: later lines are shutdown
+            time.sleep(max(0.0, getattr(args, "stop_delay", 0.0)))
         finally:
-            for process in reversed(processes):
-                process.stop()
-    plant_stats = {}
-    for line in (workdir / "plant.log").read_text(errors="replace").splitlines():
-        if line.startswith('{"plant"'):
-            plant_stats = json.loads(line)["plant"]
-    statuses = {}
-    for mg in scenario.microgrids:  # type: ignore[attr-defined]
-        status_path = workdir / f"status-{mg.name}.json"
+            stop_in_order([agents, operator, plants])  # agents first, while their devices are still up
+    steps = load_trajectory(files.trajectory).columns["step_in_year"][:, 0].astype(int).tolist()
+    health = run_health(files, names, steps, finished_at=result.finished_at, marks=marks,
+                        forced_steps=int(result.stats.get("forced_steps", 0)))
+    timing: dict[str, dict[str, float]] = {}
+    for name in names:
+        status_path = files.status(name)
         if status_path.exists():
-            status = json.loads(status_path.read_text())
-            counters = status["counters"]
-            statuses[mg.name] = {"timing": status["timing"], "failsafe_entries": counters.get("failsafe_entries", 0),
-                                 "cmd_accepted": counters.get("cmd_accepted", 0),
-                                 "cmd_rejected": sum(v for k, v in counters.items() if k.startswith("cmd_rejected_"))}
-    return {"secure": secure is not None, "startup_s": round(ready - t0, 3), "run_s": round(finished - ready, 3), "plant": plant_stats, "agents": statuses}
+            status: dict[str, Any] = json.loads(status_path.read_text())
+            timing[name] = status.get("timing", {})
+    return RigRun(files=files, secure=secure is not None, startup_s=ready - t0, run_s=finished - ready, plant=result,
+                  marks=marks, health=health, timing=timing)

@@ -1,7 +1,8 @@
 """P2PTradingProtocol (horizontal): bids and asks between microgrids, cleared by a double auction.
 
 Centralized: :meth:`P2PTradingProtocol.clear` on one order book (the rule is in
-:mod:`heron_edge.protocols.auction`). Distributed, on ``heron/{site}/bus/market``:
+:mod:`heron_edge.protocols.auction`). Distributed: orders on each participant's
+``heron/{site}/{agent}/market``, the clearing on the market's ``heron/{site}/{market}/clearing``:
 
 1. every participant publishes exactly one ``order`` (quantity 0 = nothing to trade this step);
 2. the market agent collects orders from the expected participants until all answered or

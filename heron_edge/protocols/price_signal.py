@@ -9,7 +9,7 @@ its rating and the threshold ``L0 = congestion_threshold_pu``::
 i.e. no adder up to the threshold, rising linearly to ``congestion_adder_usd_per_mwh`` at full
 loading (and beyond it above 1 p.u.). ``congestion_adder_usd_per_mwh = 0`` disables it.
 
-Distributed: one ``price`` broadcast per step on ``heron/{site}/bus/price`` (energy price and adder
+Distributed: one ``price`` broadcast per step on the operator's ``heron/{site}/{operator}/price`` (energy price and adder
 as separate fields). A receiver that gets nothing within ``timeout_s`` falls back to the last price
 it received (``source="last"``), else to ``fallback_price_usd_per_mwh`` when set
 (``source="fallback"``), else reports ``source="none"`` with ``signal=None``.

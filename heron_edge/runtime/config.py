@@ -94,7 +94,7 @@ class BrokerSettings(_Model):
 
 
 class DeviceSettings(_Model):
-    """The microgrid's Modbus devices. The battery is required; the others are optional.
+    """The microgrid's Modbus devices. The battery and the meter are required; the others are optional.
 
     battery, generator, pv, wind: SunSpec devices (models 1/701/702/704, 713 for the battery);
     meter: a device serving the heron meter map (``heron_edge.runtime.meter``).

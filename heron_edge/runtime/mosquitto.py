@@ -1,7 +1,7 @@
 """Start and stop a real Mosquitto broker on a loopback port (tests, benchmarks, the SIL rig).
 
 The broker only ever listens on 127.0.0.1, with a generated config: anonymous access,
-``set_tcp_nodelay true`` (without it QoS-1 round trips stall at tens of ms, see DESIGN.md), no
+``set_tcp_nodelay true`` (without it QoS-1 round trips stall at tens of ms, see docs/architecture.md), no
 persistence, ``max_queued_messages 100000`` (Mosquitto's default of 1000 silently drops QoS-1
 messages to a subscriber that falls behind a burst) and ``max_packet_size`` (default
 :data:`~heron_edge.brokers.base.MAX_PACKET_BYTES`, as on a site broker: a larger packet is dropped

@@ -13,27 +13,39 @@ ratings), so each applied power differs by at most 0.5 W from the centralized ru
 Coordination: the operator process writes a ledger (what it signalled and cleared per step) and
 each agent a journal (its setpoint, consensus dispatch, clearing); :func:`settle` turns the plant's
 record into ``simulate``'s columns with the environment's own settlement.
+
+End of a run: the plant writes its result once the last step ran and keeps its devices up; the
+agents are stopped first (all at once), then the operator, the plant, Mosquitto (:func:`stop_in_order`).
+What the processes append after the last step (:class:`FileMarks`) or enter after it (failsafe
+transitions later than :attr:`PlantResult.finished_at`) is shutdown, never counted: :func:`run_health`
+turns the rest into typed records whose :meth:`RunHealth.report` names the degraded steps per agent.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from heron_edge.commands.simulate import Trajectory
     from sim.scenario import Scenario
 
-__all__ = ["COMPARED", "CONSENSUS_COMPARED", "PROTOCOL_COMPARED", "Comparison", "ManagedProcess", "agent_config",
-           "compare", "coordination_settings", "episode_starts", "load_trajectory", "settle", "tolerances"]
+    from heron_edge.commands.simulate import Trajectory
+
+__all__ = ["COMPARED", "CONSENSUS_COMPARED", "PROTOCOL_COMPARED", "AgentCounters", "AgentHealth", "Comparison",
+           "Deviation", "FileMarks", "ManagedProcess", "OperatorHealth", "RunHealth", "SilFiles", "agent_config",
+           "compare", "coordination_settings", "episode_starts", "load_trajectory", "run_health", "settle",
+           "stop_in_order", "tolerances"]
 
 COMPARED: dict[str, float] = {
     "battery_mw": 1e-5, "generator_mw": 1e-5, "pv_mw": 1e-5, "wind_mw": 1e-5, "exchange_mw": 1e-5, "soc": 1e-5,
@@ -91,11 +103,16 @@ def coordination_settings(scenario: Scenario, protocols: list[str] | None,
     }
 
 
+UPSTREAM_TIMEOUT_S = 2.0
+"""The SIL gateways' failsafe.upstream_timeout_s (the operator is told it, and waits at most half of it)."""
+
+
 def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, endpoints: dict[str, dict[str, Any]],
                  workdir: Path, period_s: float = 0.5, step_timeout_s: float = 0.5,
-                 upstream_timeout_s: float = 2.0, protocols: list[str] | None = None,
-                 protocol_options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The gateway config (a TOML-ready dict) of microgrid ``index`` in a SIL run (``protocols``: as in simulate)."""
+                 upstream_timeout_s: float = UPSTREAM_TIMEOUT_S, protocols: list[str] | None = None,
+                 protocol_options: dict[str, dict[str, Any]] | None = None, max_step: int | None = None) -> dict[str, Any]:
+    """The gateway config (a TOML-ready dict) of microgrid ``index`` in a SIL run (``protocols``: as in simulate;
+    ``max_step``: the profile year's last step, past which a clock announcement is refused)."""
     mg = scenario.microgrids[index]
     gen = mg.generator
     names = [m.name for m in scenario.microgrids]
@@ -116,7 +133,7 @@ def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, 
                    "cost_a_usd_per_mw2h": gen.cost_a_usd_per_mw2h, "cost_b_usd_per_mwh": gen.cost_b_usd_per_mwh,
                    "cost_c_usd_per_h": gen.cost_c_usd_per_h, "window_steps": scenario.steps_per_day},
         "cycle": {"clock": "bus", "period_s": period_s, "step_timeout_s": step_timeout_s,
-                  "steps_per_day": scenario.steps_per_day},
+                  "steps_per_day": scenario.steps_per_day, **({} if max_step is None else {"max_step": max_step})},
         "failsafe": {"upstream_timeout_s": upstream_timeout_s, "battery_mw": 0.0, "generator_mw": 0.0,
                      "export_limit_mw": 0.0},
         "outbox": {"path": str(workdir / f"outbox-{mg.name}.sqlite"), "max_records": 10_000},
@@ -167,7 +184,7 @@ class ManagedProcess:
     def __init__(self, name: str, argv: list[str], *, log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self._log = open(log_path, "wb")  # noqa: SIM115 - the child's output for its lifetime, closed by wait()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
 
@@ -178,23 +195,44 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM by PID, SIGKILL after ``timeout`` s; the exit code. Idempotent."""
+    def terminate(self) -> None:
+        """SIGTERM by PID (when still running); returns at once, :meth:`wait` collects it."""
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # exited since the poll
+                os.kill(self.proc.pid, signal.SIGTERM)
+
+    def wait(self, timeout: float = 5.0) -> int | None:
+        """Wait for the exit, SIGKILL by PID after ``timeout`` s; the exit code. Closes the log. Idempotent."""
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=timeout)
         self._log.close()
         return self.proc.returncode
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM by PID, SIGKILL after ``timeout`` s; the exit code. Idempotent."""
+        self.terminate()
+        return self.wait(timeout)
 
     def tail(self, n: int = 2000) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return ""
+
+
+def stop_in_order(groups: Iterable[Sequence[ManagedProcess]], timeout: float = 5.0) -> None:
+    """Stop group after group: SIGTERM to every process of a group at once, then wait for each (SIGKILL after
+    ``timeout``). SIL passes the agents, then the operator, then the plant: no agent outlives its devices."""
+    for group in groups:
+        for process in group:
+            process.terminate()
+        for process in group:
+            process.wait(timeout)
 
 
 def cli_argv(*args: str) -> list[str]:
@@ -221,6 +259,71 @@ def wait_for_file(path: Path, *, timeout: float, process: ManagedProcess | None 
         time.sleep(0.05)
 
 
+@dataclass(frozen=True)
+class SilFiles:
+    """Where a SIL run keeps its files (all in ``workdir``)."""
+
+    workdir: Path
+
+    @property
+    def endpoints(self) -> Path:
+        return self.workdir / "endpoints.json"
+
+    @property
+    def trajectory(self) -> Path:
+        return self.workdir / "trajectory.npz"
+
+    @property
+    def plant_result(self) -> Path:
+        """Written by the plant once the last step ran (its appearance ends the run)."""
+        return self.workdir / "plant-result.json"
+
+    @property
+    def ledger(self) -> Path:
+        return self.workdir / "ledger.jsonl"
+
+    def log(self, process: str) -> Path:
+        """``plant``, ``operator`` or ``agent-<microgrid>``."""
+        return self.workdir / f"{process}.log"
+
+    def journal(self, microgrid: str) -> Path:
+        return self.workdir / f"journal-{microgrid}.jsonl"
+
+    def status(self, microgrid: str) -> Path:
+        return self.workdir / f"status-{microgrid}.json"
+
+    def journals(self, microgrids: Iterable[str]) -> dict[str, Path]:
+        return {name: self.journal(name) for name in microgrids}
+
+    def appended(self, microgrids: Iterable[str]) -> list[Path]:
+        """The files the processes append to while they run: ledger, journals, logs of the operator and agents."""
+        names = list(microgrids)
+        return [self.ledger, self.log("operator"), *(self.journal(n) for n in names),
+                *(self.log(f"agent-{n}") for n in names)]
+
+
+@dataclass(frozen=True)
+class FileMarks:
+    """How much of each append-only file existed when the last step was complete (bytes); what came later is
+    shutdown and is never read. A file not marked is read whole."""
+
+    sizes: Mapping[Path, int] = field(default_factory=dict)
+
+    @classmethod
+    def take(cls, paths: Iterable[Path]) -> FileMarks:
+        """The sizes now (0 for a file that does not exist yet)."""
+        return cls({path: path.stat().st_size if path.exists() else 0 for path in paths})
+
+    def read_text(self, path: Path) -> str:
+        """``path`` up to its mark, whole lines only (a line being written at the mark is left out)."""
+        size = self.sizes.get(path)
+        if size is None:
+            return path.read_text(errors="replace")
+        with open(path, "rb") as f:
+            data = f.read(size)
+        return data[: data.rfind(b"\n") + 1].decode(errors="replace")
+
+
 def load_trajectory(path: Path) -> Trajectory:
     """A trajectory written by ``PlantRuntime.save_trajectory``."""
     from heron_edge.commands.simulate import COLUMNS, Trajectory
@@ -233,22 +336,44 @@ def load_trajectory(path: Path) -> Trajectory:
 
 
 @dataclass(frozen=True)
+class Deviation:
+    """One cell beyond its tolerance: the column, the step of the year, the microgrid and |SIL - centralized|."""
+
+    column: str
+    step: int
+    microgrid: str
+    diff: float
+
+
+_DEVIATIONS_SHOWN = 3
+"""Cells named per exceeding column in the report (the first ones in run order)."""
+
+
+@dataclass(frozen=True)
 class Comparison:
-    """Largest |SIL - centralized| per compared column, and whether every one is within its tolerance."""
+    """Largest |SIL - centralized| per compared column, whether every one is within its tolerance, and the first
+    cells beyond it (which microgrid at which step)."""
 
     max_abs: dict[str, float]
     tolerances: dict[str, float]
     steps: tuple[int, int]
+    deviations: tuple[Deviation, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.steps[0] == self.steps[1] and all(self.max_abs[c] <= self.tolerances[c] for c in self.max_abs)
 
     def report(self) -> str:
+        """First line ``SIL vs centralized (N vs M steps): MATCH`` or ``MISMATCH`` (for scripts), then one line
+        per column; an exceeding column names its first cells beyond the tolerance."""
         lines = [f"SIL vs centralized ({self.steps[0]} vs {self.steps[1]} steps): {'MATCH' if self.ok else 'MISMATCH'}"]
         for c, v in self.max_abs.items():
-            lines.append(f"  {c:<18} max |diff| {v:.3e}  (tolerance {self.tolerances[c]:.0e})"
-                         f"{'' if v <= self.tolerances[c] else '  <-- exceeds'}")
+            line = f"  {c:<18} max |diff| {v:.3e}  (tolerance {self.tolerances[c]:.0e})"
+            if v > self.tolerances[c]:
+                cells = [d for d in self.deviations if d.column == c]
+                line += "  <-- exceeds" + (": " if cells else "") + ", ".join(
+                    f"{d.microgrid} at step {d.step} ({d.diff:.2e})" for d in cells)
+            lines.append(line)
         return "\n".join(lines)
 
 
@@ -266,28 +391,53 @@ def tolerances(protocols: list[str] | tuple[str, ...] | None) -> dict[str, float
     return tol
 
 
-def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest |a - b|, where nan == nan (a protocol column empty in both at once) and nan vs a number is inf."""
+def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| per cell, where nan == nan (a protocol column empty in both at once) and nan vs a number is inf."""
     both = np.isnan(a) & np.isnan(b)
     diff = np.where(both, 0.0, np.abs(a - b))
-    return float(np.max(np.where(np.isnan(diff), np.inf, diff))) if diff.size else 0.0
+    return np.where(np.isnan(diff), np.inf, diff)
+
+
+def _max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest |a - b| (see :func:`_abs_diff`)."""
+    diff = _abs_diff(a, b)
+    return float(np.max(diff)) if diff.size else 0.0
+
+
+def _deviations(column: str, excess: np.ndarray, diff: np.ndarray, steps: np.ndarray, names: Sequence[str]) -> list[Deviation]:
+    """The first cells (run order) where ``excess`` > 0."""
+    cells = np.argwhere(excess > 0)[:_DEVIATIONS_SHOWN]
+    return [Deviation(column, int(steps[k]), names[i], float(diff[k, i])) for k, i in cells]
 
 
 def compare(sil: Trajectory, central: Trajectory, tolerances: dict[str, float] | None = None) -> Comparison:
     """Compare two trajectories column by column (only when they have the same number of steps); with
-    consensus, the dispatch is also checked per step: within 1 % of the step's total centralized dispatch."""
+    consensus, the dispatch is also checked per step: within 1 % of the step's total centralized dispatch.
+    Cells beyond a tolerance are kept as :class:`Deviation` (the first few per column)."""
     tol = dict(COMPARED if tolerances is None else tolerances)
     steps = (sil.n_steps, central.n_steps)
     if "consensus" in central.protocols:
         tol["dispatch_within_1pct"] = 0.0
     if steps[0] != steps[1]:
         return Comparison({c: float("inf") for c in tol}, tol, steps)
-    out = {c: _max_abs(sil.columns[c], central.columns[c]) for c in tol if c != "dispatch_within_1pct"}
+    year_steps = (central.columns["step_in_year"][:, 0].astype(int) if "step_in_year" in central.columns
+                  else np.arange(central.n_steps))
+    out: dict[str, float] = {}
+    deviations: list[Deviation] = []
+    for c in tol:
+        if c == "dispatch_within_1pct":
+            continue
+        diff = _abs_diff(sil.columns[c], central.columns[c])
+        out[c] = float(np.max(diff)) if diff.size else 0.0
+        if out[c] > tol[c]:
+            deviations += _deviations(c, diff - tol[c], diff, year_steps, central.names)
     if "dispatch_within_1pct" in tol:
         total = np.maximum(np.abs(central.columns["dispatch_mw"]).sum(axis=1, keepdims=True), 1e-3)
-        excess = np.abs(sil.columns["dispatch_mw"] - central.columns["dispatch_mw"]) - 0.01 * total
-        out["dispatch_within_1pct"] = float(max(np.nan_to_num(excess, nan=np.inf).max(), 0.0))
-    return Comparison(out, tol, steps)
+        diff = _abs_diff(sil.columns["dispatch_mw"], central.columns["dispatch_mw"])
+        excess = diff - 0.01 * total
+        out["dispatch_within_1pct"] = float(max(excess.max(), 0.0)) if excess.size else 0.0
+        deviations += _deviations("dispatch_within_1pct", excess, diff, year_steps, central.names)
+    return Comparison(out, tol, steps, tuple(deviations))
 
 
 def _steps_in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,15 +451,19 @@ def _steps_in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path, marks: FileMarks | None = None) -> list[dict[str, Any]]:
+    """The rows of a ledger or journal in run order (up to its mark: what was written by the last step)."""
     if not path.exists():
         raise RuntimeError(f"{path} is missing")
-    return _steps_in_order([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    text = (marks or FileMarks()).read_text(path)
+    return _steps_in_order([json.loads(line) for line in text.splitlines() if line.strip()])
 
 
 def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, options: dict[str, dict[str, Any]] | None,
-           ledger: Path, journals: dict[str, Path]) -> Trajectory:
+           ledger: Path, journals: dict[str, Path], *, marks: FileMarks | None = None) -> Trajectory:
     """The SIL trajectory with the operator's signals and the step's settlement, as ``simulate`` records them.
+
+    ``marks``: read the ledger and journals only up to there (rows appended after the last step are shutdown).
 
     The plant records what it measured (physics, no money); here each step is
     settled with ``Coordination.settle_exchange`` from the plant's exchange and what the operator signalled and
@@ -324,11 +478,11 @@ def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, opt
     coordination = Coordination(scenario, protocols, dict(options or {}))
     names, c = sil.names, {k: v.copy() for k, v in sil.columns.items()}
     n_steps, n = sil.n_steps, len(names)
-    rows = _read_jsonl(ledger)
+    rows = _read_jsonl(ledger, marks)
     steps = c["step_in_year"][:, 0].astype(int).tolist()
     if [r["step"] for r in rows] != steps:
         raise RuntimeError(f"the operator's ledger ({len(rows)} steps) does not cover the plant's {n_steps} steps")
-    agent_rows = {name: _read_jsonl(journals[name]) for name in names}
+    agent_rows = {name: _read_jsonl(journals[name], marks) for name in names}
     for name, journal in agent_rows.items():
         if [r["step"] for r in journal] != steps:
             raise RuntimeError(f"{name}'s journal ({len(journal)} steps) does not cover the plant's {n_steps} steps")
@@ -367,3 +521,258 @@ def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, opt
             c["clearing_price_usd_per_mwh"][k] = (np.nan if clearing is None or clearing.price_usd_per_mwh is None
                                                   else clearing.price_usd_per_mwh)
     return Trajectory(names=names, columns=c, step_hours=sil.step_hours, protocols=coordination.protocols, mode="sil")
+
+
+# ---------------------------------------------------------------------------------------------- run health
+RejectionSource = Literal["message", "clock", "command", "protocol"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Messages an agent rejected: where (``message``: price / telemetry, ``clock``, ``command``, ``protocol``:
+    setpoint / market / consensus), why, how many."""
+
+    source: RejectionSource
+    reason: str
+    count: int
+
+
+_REJECTION_PREFIXES: tuple[tuple[str, RejectionSource], ...] = (
+    ("cmd_rejected_", "command"), ("clock_rejected_", "clock"), ("protocol_rejected_", "protocol"),
+    ("rejected_", "message"))
+"""How the gateway's status names its rejection counters, and what each counts."""
+
+
+@dataclass(frozen=True)
+class AgentCounters:
+    """The gateway status counters the SIL report names, typed."""
+
+    late: int = 0
+    """Steps whose price or peers' telemetry came too late (the last values were used)."""
+    stale: int = 0
+    protocol_timeouts: int = 0
+    """Protocol waits (setpoint, consensus round, clearing) that ran out."""
+    failsafe_entries: int = 0
+    cmd_accepted: int = 0
+    rejections: tuple[Rejection, ...] = ()
+
+    @property
+    def rejected(self) -> int:
+        return sum(r.count for r in self.rejections)
+
+    @property
+    def cmd_rejected(self) -> int:
+        return sum(r.count for r in self.rejections if r.source == "command")
+
+    @classmethod
+    def from_status(cls, counters: Mapping[str, int]) -> AgentCounters:
+        """From a status file's flat counters; the gateway names rejections ``cmd_rejected_<reason>``,
+        ``clock_rejected_<reason>``, ``protocol_rejected_<reason>`` and ``rejected_<reason>`` (messages): this
+        is the one place that reads those names."""
+        rejections = []
+        for key, count in sorted(counters.items()):
+            for prefix, source in _REJECTION_PREFIXES:
+                if key.startswith(prefix):
+                    if count:
+                        rejections.append(Rejection(source, key[len(prefix):], int(count)))
+                    break
+        return cls(late=int(counters.get("late", 0)), stale=int(counters.get("stale", 0)),
+                   protocol_timeouts=int(counters.get("protocol_timeouts", 0)),
+                   failsafe_entries=int(counters.get("failsafe_entries", 0)),
+                   cmd_accepted=int(counters.get("cmd_accepted", 0)), rejections=tuple(rejections))
+
+
+@dataclass(frozen=True)
+class AgentHealth:
+    """How one agent's run went, from its journal (steps), its status file (counters) and its log (late steps);
+    nothing after the last step. Steps are steps of the year, as in the journals and ``step_in_year``."""
+
+    name: str
+    failsafe_steps: tuple[int, ...] = ()
+    """Steps its journal records as run in failsafe (no decision: the safe setpoints)."""
+    late_steps: tuple[int, ...] = ()
+    """Steps whose price or peers' telemetry did not arrive within the step timeout (last values used)."""
+    missing_steps: tuple[int, ...] = ()
+    """Plant steps with no journal row (the agent never ran them: the plant forced the step)."""
+    excluded_steps: tuple[int, ...] = ()
+    """Steps whose order missed the market (the operator's ledger)."""
+    failsafe_reasons: tuple[str, ...] = ()
+    """Why it entered failsafe, as its status recorded each entry."""
+    counters: AgentCounters = field(default_factory=AgentCounters)
+
+    @property
+    def degraded(self) -> bool:
+        c = self.counters
+        return bool(self.failsafe_steps or self.late_steps or self.missing_steps or self.excluded_steps
+                    or c.late or c.protocol_timeouts or c.failsafe_entries or c.rejected)
+
+    def describe(self) -> str:
+        """One line: what degraded at which steps."""
+        c = self.counters
+        parts = []
+        if self.failsafe_steps:
+            parts.append(f"failsafe at steps {_steps_text(self.failsafe_steps)}")
+        if c.failsafe_entries:
+            reasons = f" ({'; '.join(self.failsafe_reasons)})" if self.failsafe_reasons else ""
+            parts.append(f"entered failsafe {c.failsafe_entries}x{reasons}")
+        if self.late_steps:
+            parts.append(f"late at steps {_steps_text(self.late_steps)}")
+        elif c.late:  # counted, but no log line says which steps
+            parts.append(f"{c.late} late step(s)")
+        if c.protocol_timeouts:
+            parts.append(f"{c.protocol_timeouts} protocol wait(s) timed out")
+        if self.missing_steps:
+            parts.append(f"did not run steps {_steps_text(self.missing_steps)}")
+        if self.excluded_steps:
+            parts.append(f"order missed the market at steps {_steps_text(self.excluded_steps)}")
+        if c.rejections:
+            parts.append(f"rejected {c.rejected} message(s): " + ", ".join(f"{r.source} {r.reason} {r.count}"
+                                                                          for r in c.rejections))
+        if c.stale and parts:
+            parts.append(f"{c.stale} stale")
+        return f"{self.name}: " + ("; ".join(parts) if parts else "ok")
+
+
+@dataclass(frozen=True)
+class LateTelemetry:
+    """A step the operator ran without some microgrids' telemetry (it used their last values)."""
+
+    step: int
+    microgrids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OperatorHealth:
+    """How the operator's run went, from its log: late telemetry, a missing feeder-head reading, failed steps."""
+
+    late_telemetry: tuple[LateTelemetry, ...] = ()
+    meter_late_steps: tuple[int, ...] = ()
+    failed_steps: tuple[int, ...] = ()
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.late_telemetry or self.meter_late_steps or self.failed_steps)
+
+    def describe(self) -> str:
+        parts = []
+        if self.late_telemetry:
+            parts.append(f"telemetry late {len(self.late_telemetry)}x: " + ", ".join(
+                f"step {late.step} ({', '.join(late.microgrids)})" for late in self.late_telemetry))
+        if self.meter_late_steps:
+            parts.append(f"no feeder-head reading at steps {_steps_text(self.meter_late_steps)}")
+        if self.failed_steps:
+            parts.append(f"steps not completed {_steps_text(self.failed_steps)}")
+        return "operator: " + ("; ".join(parts) if parts else "ok")
+
+
+@dataclass(frozen=True)
+class RunHealth:
+    """Every participant's degraded steps in a SIL run (shutdown excluded)."""
+
+    agents: tuple[AgentHealth, ...]
+    operator: OperatorHealth = field(default_factory=OperatorHealth)
+    forced_steps: int = 0
+    """Steps the plant advanced without every done (after its ``max_wait_s``)."""
+
+    @property
+    def degraded(self) -> bool:
+        return self.forced_steps > 0 or self.operator.degraded or any(a.degraded for a in self.agents)
+
+    def agent(self, name: str) -> AgentHealth:
+        return next(a for a in self.agents if a.name == name)
+
+    def report(self) -> str:
+        """``degraded steps: none``, or one line per degraded participant (steps of the year)."""
+        if not self.degraded:
+            return "degraded steps: none"
+        lines = ["degraded steps (steps of the year, as in the journals):"]
+        lines += [f"  {a.describe()}" for a in self.agents if a.degraded]
+        if self.operator.degraded:
+            lines.append(f"  {self.operator.describe()}")
+        if self.forced_steps:
+            lines.append(f"  plant: {self.forced_steps} step(s) forced without every done")
+        return "\n".join(lines)
+
+
+def _steps_text(steps: Sequence[int]) -> str:
+    """``4003-4005, 4010``."""
+    runs: list[list[int]] = []
+    for step in sorted(set(steps)):
+        if runs and step == runs[-1][-1] + 1:
+            runs[-1].append(step)
+        else:
+            runs.append([step])
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
+
+
+_AGENT_LATE = re.compile(r": step (\d+) incomplete after ")
+_OPERATOR_LATE = re.compile(r": telemetry of step (\d+) missing from \[([^\]]*)\]")
+_METER_LATE = re.compile(r"no feeder-head reading for step (\d+)")
+_OPERATOR_FAILED = re.compile(r"operator: step (\d+) not completed")
+"""The WARNING lines the proxy and the operator log for a late step (their only per-step record of it)."""
+
+
+def _log_matches(text: str, pattern: re.Pattern[str], steps: set[int]) -> list[re.Match[str]]:
+    return [m for m in map(pattern.search, text.splitlines()) if m is not None and int(m.group(1)) in steps]
+
+
+def _load_status(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def run_health(files: SilFiles, names: Sequence[str], steps: Sequence[int], *, finished_at: float | None = None,
+               marks: FileMarks | None = None, forced_steps: int = 0) -> RunHealth:
+    """Each agent's and the operator's degraded steps among the plant's ``steps``.
+
+    Journals, ledger and logs are read up to ``marks``; a failsafe entered after ``finished_at`` (unix time the
+    plant completed its last step) is shutdown and not counted. Missing files count as nothing known.
+    """
+    marks = marks or FileMarks()
+    run_steps = set(steps)
+
+    def text(path: Path) -> str:
+        return marks.read_text(path) if path.exists() else ""
+
+    excluded: dict[str, list[int]] = {name: [] for name in names}
+    if files.ledger.exists():
+        for row in _read_jsonl(files.ledger, marks):
+            clearing = row.get("clearing")
+            if row["step"] in run_steps and clearing:
+                for name in clearing.get("excluded", ()):
+                    excluded.setdefault(name, []).append(int(row["step"]))
+    agents = []
+    for name in names:
+        journal = _read_jsonl(files.journal(name), marks) if files.journal(name).exists() else []
+        journal = [row for row in journal if row["step"] in run_steps]
+        ran = {int(row["step"]) for row in journal}
+        late = {int(row["step"]) for row in journal if row.get("late")}  # when the journal records it
+        late |= {int(m.group(1)) for m in _log_matches(text(files.log(f"agent-{name}")), _AGENT_LATE, run_steps)}
+        status = _load_status(files.status(name))
+        counters = AgentCounters.from_status(status.get("counters", {}))
+        reasons: list[str] = []
+        after = 0
+        for t, state, detail in status.get("transitions", []):
+            if state != "failsafe":
+                continue
+            if finished_at is not None and t > finished_at:
+                after += 1  # entered while shutting down
+            elif detail not in reasons:
+                reasons.append(detail)
+        if after:
+            counters = replace(counters, failsafe_entries=max(counters.failsafe_entries - after, 0))
+        agents.append(AgentHealth(
+            name=name, failsafe_steps=tuple(sorted({int(r["step"]) for r in journal if r.get("failsafe")})),
+            late_steps=tuple(sorted(late)),
+            missing_steps=tuple(s for s in steps if s not in ran) if files.journal(name).exists() else (),
+            excluded_steps=tuple(sorted(excluded.get(name, []))), failsafe_reasons=tuple(reasons), counters=counters))
+    operator_log = text(files.log("operator"))
+    operator = OperatorHealth(
+        late_telemetry=tuple(LateTelemetry(int(m.group(1)), tuple(re.findall(r"'([^']*)'", m.group(2))))
+                             for m in _log_matches(operator_log, _OPERATOR_LATE, run_steps)),
+        meter_late_steps=tuple(int(m.group(1)) for m in _log_matches(operator_log, _METER_LATE, run_steps)),
+        failed_steps=tuple(int(m.group(1)) for m in _log_matches(operator_log, _OPERATOR_FAILED, run_steps)))
+    return RunHealth(agents=tuple(agents), operator=operator, forced_steps=forced_steps)

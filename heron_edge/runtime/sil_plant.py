@@ -2,7 +2,8 @@
 
 Per microgrid it serves, on 127.0.0.1 (one TCP port each, unit id 1): a SunSpec battery, a SunSpec
 generator, a SunSpec PV and a wind inverter (when rated above 0) and the site meter
-(``heron_edge.runtime.meter``). The clock is ``heron/{site}/bus/clock`` (ClockBody):
+(``heron_edge.runtime.meter``). The clock is ``heron/{site}/plant/clock`` (ClockBody), answered on each participant's
+``heron/{site}/{id}/done``:
 
 - lock-step: the plant sends its feeder-head reading stamped N (``heron/{site}/plant/meter``, the
   substation meter the operator's congestion rule reads) and announces step N (sender ``plant``);
@@ -27,7 +28,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,13 +36,13 @@ from firmware_bridge import Emulator
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.errors import BrokerError
 from heron_edge.messages import (
-    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_filter, agent_topic, bus_topic, decode, make_envelope,
+    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_filter, agent_topic, decode_on, make_envelope,
 )
 from heron_edge.runtime.meter import MeterServer
 from heron_edge.runtime.sil_devices import PlantDevices
 from sim.plant import Measurements, Plant
 
-__all__ = ["ClockMode", "DeviceEndpoint", "PlantRuntime", "measurement_row", "PLANT_ID"]
+__all__ = ["ClockMode", "DeviceEndpoint", "PlantResult", "PlantRuntime", "measurement_row", "PLANT_ID"]
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +107,12 @@ class PlantRuntime:
         self.records: list[dict[str, object]] = []
         self.stats: Counter[str] = Counter()
         self.step_times: list[float] = []
-        self._clock_topic = bus_topic(site, "clock")
+        self._clock_topic = agent_topic(site, PLANT_ID, "clock")
         self._meter_topic = agent_topic(site, PLANT_ID, "meter")
         self._zones = [np.asarray(z.buses) for z in plant.built.zones]
         self._stopping = False
+        self.finished_at: float | None = None
+        """Unix time the last step of the last episode ran (None until then): the end of the run."""
 
     # ------------------------------------------------------------------ devices
     async def start(self) -> None:
@@ -174,7 +177,7 @@ class PlantRuntime:
                 except (TimeoutError, asyncio.TimeoutError):
                     continue
                 try:
-                    env = decode(delivery.payload)
+                    env = decode_on(delivery.topic, delivery.payload)
                 except DecodeError:
                     continue
                 if isinstance(env.body, StatusBody):
@@ -222,9 +225,10 @@ class PlantRuntime:
                 continue
             for d in [delivery, *sub.drain()]:
                 try:
-                    env = decode(d.payload)
-                except DecodeError:
+                    env = decode_on(d.topic, d.payload)
+                except DecodeError as exc:
                     self.stats["clock_rejected"] += 1
+                    log.warning("plant: rejected a done message on %s: %s", d.topic, exc)
                     continue
                 if isinstance(env.body, ClockBody) and env.body.done and env.body.step == step:
                     waiting.discard(env.sender)
@@ -233,7 +237,7 @@ class PlantRuntime:
         """Wait for the participants, then run every episode; records one row per step."""
         await self.broker.connect()
         await self._wait_ready()
-        sub = await self.broker.subscribe(self._clock_topic)
+        sub = await self.broker.subscribe(agent_filter(self.site, "done"))
         try:
             for episode, start_step in enumerate(self.start_steps):
                 if episode > 0:
@@ -254,6 +258,7 @@ class PlantRuntime:
                     row["day"] = episode
                     self.records.append(row)
                     self.step_times.append(time.perf_counter() - t0)
+            self.finished_at = time.time()  # every step ran: whatever the participants do from now on is shutdown
         finally:
             await self.broker.unsubscribe(sub)
 
@@ -267,6 +272,44 @@ class PlantRuntime:
         return columns
 
     def save_trajectory(self, path: Path) -> None:
-        """Write the trajectory (npz: one array per column, plus names and step_hours)."""
-        np.savez(path, names=np.array(self.plant.names), step_hours=np.array(self.plant.dt_h),
-                 **self.trajectory_arrays())
+        """Write the trajectory (npz: one array per column, plus names and step_hours), atomically."""
+        tmp = path.with_name(path.name + ".tmp")
+        arrays: dict[str, Any] = {"names": np.array(self.plant.names), "step_hours": np.array(self.plant.dt_h),
+                                  **self.trajectory_arrays()}
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        tmp.replace(path)
+
+    @property
+    def complete(self) -> bool:
+        """Every step of every episode ran."""
+        return self.finished_at is not None
+
+    def result(self) -> PlantResult:
+        """What the run did: steps, counters, mean step time, and when it finished."""
+        stats = {"steps": len(self.records), **self.stats,
+                 "step_ms_mean": 1e3 * sum(self.step_times) / max(len(self.step_times), 1)}
+        last = int(self.records[-1]["step_in_year"]) if self.records else None  # type: ignore[call-overload]
+        return PlantResult(stats=stats, finished_at=self.finished_at, last_step=last)
+
+
+@dataclass(frozen=True)
+class PlantResult:
+    """The plant's account of a run (``heron-edge plant --result FILE``): its counters (``steps``, ``forced_steps``,
+    ``step_ms_mean``, ...), the unix time its last step ran (None: the run was cut short) and that step of the year.
+    The file appears once the run is complete, so its appearance is the end of the run for a supervisor."""
+
+    stats: dict[str, float]
+    finished_at: float | None
+    last_step: int | None
+
+    def write(self, path: Path) -> None:
+        """As JSON, atomically (a reader never sees half a file)."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"plant": self.stats, "finished_at": self.finished_at, "last_step": self.last_step}))
+        tmp.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> PlantResult:
+        data = json.loads(path.read_text())
+        return cls(stats=dict(data["plant"]), finished_at=data.get("finished_at"), last_step=data.get("last_step"))

@@ -5,13 +5,23 @@
     mosquitto.conf    TLS listener, set_tcp_nodelay true, allow_anonymous false, password_file, acl_file,
                       use_username_as_clientid, max_packet_size (and use_identity_as_username with
                       require_certificate)
-    acl               what each user may read and write (see :func:`acl_text`)
-    passwd            hashed by the real ``mosquitto_passwd`` (passwords fed on stdin, never in argv)
+    acl               what each user may read and write (see :func:`acl_text`); mode 0600
+    passwd            hashed by the real ``mosquitto_passwd`` (passwords fed on stdin, never in argv); mode 0600
     credentials.json  mode 0600: every user's password and command key (see :class:`SiteCredentials`)
     ca.crt, ca.key, server.crt, server.key, <user>.crt, <user>.key    with ``self_signed_ca=True``
 
+Who may read them: started by root, Mosquitto drops its privileges to the user of its ``user``
+option (:attr:`BrokerSiteConfig.run_as_user`; Mosquitto's default is ``mosquitto``) before it opens
+``passwd``, ``acl`` and ``server.key``, and Mosquitto 2.x wants its password and ACL files owned by
+that user and not readable by others. Run as root, :func:`write_broker_config` therefore gives those
+three files (mode 0600) to that user and group, when the user exists on this host
+(:func:`broker_user`), and a directory it creates to root and that group (mode 0750). Run as
+another user it changes no owner; :attr:`SiteFiles.broker_files` are the files to give to the
+broker's user (``chown``) before starting Mosquitto as root.
+
 Every topic names its sender (``heron/S/{id}/{kind}``), and the broker lets each identity write only
-its own. The ACL, per user (``S`` = site, ``U`` = any user, ``A`` = agent, ``O`` = operator):
+its own. The ACL, per user (``S`` = site, ``U`` = any user, ``A`` = agent, ``O`` = operator,
+``M`` = monitor):
 
 * every user ``U`` (agents, operator, plant) writes ``heron/S/U/+`` (status, telemetry, action,
   meter, clock, done, price, market, clearing, consensus: its own 4-level topics) except the 4-level
@@ -20,6 +30,9 @@ its own. The ACL, per user (``S`` = site, ``U`` = any user, ``A`` = agent, ``O``
 * the operator ``O`` also writes every command ``heron/S/+/cmd/+``. Nobody else writes a command,
   not even to itself. Commands have exactly five levels; ``cmd/+`` rather than ``cmd/#`` keeps the
   operator off ``heron/S/A/cmd``, a 4-level topic that would name ``A`` as its sender;
+* the monitor ``M`` (optional, :attr:`BrokerSiteConfig.monitor`) reads everything of the site,
+  ``heron/S/#`` (commands included), and writes nothing: a dashboard or a logger that cannot
+  disturb the site;
 * anybody else: nothing (no anonymous access, no topic lines outside a ``user`` block).
 
 What else the broker enforces (:func:`mosquitto_conf_text`):
@@ -49,8 +62,10 @@ an identity could never be heard: refusing it here says so when the site is conf
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -72,6 +87,7 @@ __all__ = [
     "SiteFiles",
     "UserCredentials",
     "acl_text",
+    "broker_user",
     "find_mosquitto_passwd",
     "hash_passwords",
     "load_credentials",
@@ -87,6 +103,8 @@ CONF_NAME: Final = "mosquitto.conf"
 ACL_NAME: Final = "acl"
 PASSWD_NAME: Final = "passwd"
 CREDENTIALS_NAME: Final = "credentials.json"
+SERVER_KEY_NAME: Final = "server.key"
+MOSQUITTO_DEFAULT_USER: Final = "mosquitto"  # the user Mosquitto drops to, started by root without a 'user' option
 
 
 def _name(value: str, what: str) -> str:
@@ -113,11 +131,14 @@ class BrokerSiteConfig(BaseModel):
     server_names: tuple[str, ...] = Field(default=("localhost", "127.0.0.1"), min_length=1,
                                           description="DNS names / IPs in the server certificate.")
     plant: str | None = Field(default=None, description="A clock / plant user (SIL): its clock, meter and status.")
+    monitor: str | None = Field(default=None, description="A read-only user: reads heron/{site}/#, writes nothing "
+                                "(dashboards, loggers; 'heron-edge broker-config' adds 'monitor').")
     require_certificate: bool = Field(default=False, description="Clients must present a certificate; its CN is "
                                       "then the username (the password is not checked).")
     config_dir: Path | None = Field(default=None, description="Where the files live on the broker host; "
                                     "default: the output directory.")
-    run_as_user: str | None = Field(default=None, description="Mosquitto's 'user' option (None: its default).")
+    run_as_user: str | None = Field(default=None, description="Mosquitto's 'user' option: the user it runs as "
+                                    "when started by root (None: its default, 'mosquitto').")
     cert_days: int = Field(default=365, ge=1, description="Validity of generated certificates, days.")
 
     @field_validator("site")
@@ -130,7 +151,7 @@ class BrokerSiteConfig(BaseModel):
     def _check_operator(cls, value: str) -> str:
         return _user(value)
 
-    @field_validator("plant")
+    @field_validator("plant", "monitor")
     @classmethod
     def _check_plant(cls, value: str | None) -> str | None:
         return None if value is None else _user(value)
@@ -150,12 +171,15 @@ class BrokerSiteConfig(BaseModel):
             raise ValueError(f"operator {self.operator!r} is also listed as an agent")
         if self.plant is not None and self.plant in (*self.agents, self.operator):
             raise ValueError(f"plant {self.plant!r} is also the operator or an agent")
+        if self.monitor is not None and self.monitor in (*self.agents, self.operator, self.plant):
+            raise ValueError(f"monitor {self.monitor!r} is also the operator, the plant or an agent")
         return self
 
     @property
     def users(self) -> tuple[str, ...]:
-        """Every MQTT user: the agents, then the operator (then the plant, when set)."""
-        return (*self.agents, self.operator, *((self.plant,) if self.plant else ()))
+        """Every MQTT user: the agents, then the operator (then the plant and the monitor, when set)."""
+        return (*self.agents, self.operator, *((self.plant,) if self.plant else ()),
+                *((self.monitor,) if self.monitor else ()))
 
 
 class UserCredentials(BaseModel):
@@ -175,6 +199,7 @@ class SiteCredentials(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     site: str
     operator: str
+    monitor: str | None = Field(default=None, description="The read-only user, when the site has one.")
     port: int
     ca_file: str
     users: dict[str, UserCredentials]
@@ -214,7 +239,11 @@ class SiteCredentials(BaseModel):
 
 @dataclass(frozen=True)
 class SiteFiles:
-    """Paths written by :func:`write_broker_config` (as on this machine) and the credentials."""
+    """Paths written by :func:`write_broker_config` (as on this machine) and the credentials.
+
+    ``broker_owner`` is the user the :attr:`broker_files` were given to (run as root), None when
+    their owner was left alone (then they belong to whoever wrote them).
+    """
 
     directory: Path
     conf: Path
@@ -222,6 +251,12 @@ class SiteFiles:
     password_file: Path
     credentials_file: Path
     credentials: SiteCredentials
+    broker_owner: str | None = None
+
+    @property
+    def broker_files(self) -> tuple[Path, ...]:
+        """What Mosquitto opens after dropping its privileges: ``passwd``, ``acl``, ``server.key``."""
+        return (self.password_file, self.acl, self.directory / SERVER_KEY_NAME)
 
 
 # --------------------------------------------------------------------------------------------
@@ -250,6 +285,11 @@ def acl_text(config: BrokerSiteConfig) -> str:
             f"topic read heron/{s}/+/+",
             *([f"topic read heron/{s}/{user}/cmd/+"] if user in config.agents else []),
             "",
+        ] if user != config.monitor else [
+            f"user {user}",
+            "# read-only: every topic of the site, commands included; no write line, so it writes nothing",
+            f"topic read heron/{s}/#",
+            "",
         ]
     return "\n".join(lines)
 
@@ -261,16 +301,19 @@ def mosquitto_conf_text(config: BrokerSiteConfig, *, directory: Path) -> str:
     d = Path(directory)
     listener = f"listener {config.port}" + (f" {config.bind_address}" if config.bind_address else "")
     user = f"user {config.run_as_user}\n" if config.run_as_user else ""
+    owner = broker_user(config)
     identity = ("# the certificate decides the identity: its CN is the username (passwords are not checked)\n"
                 "use_identity_as_username true\n") if config.require_certificate else ""
     return (
         f"# heron-edge broker for site {config.site!r}: generated by 'heron-edge broker-config'.\n"
         "per_listener_settings false\n"
         f"{user}"
+        f"# started by root, mosquitto runs as user {owner} before it reads passwd, acl and {SERVER_KEY_NAME}:\n"
+        f"# they must belong to {owner} (mode 0600), e.g. 'chown {owner}: passwd acl {SERVER_KEY_NAME}'\n"
         "allow_anonymous false\n"
         f"password_file {d / PASSWD_NAME}\n"
         f"acl_file {d / ACL_NAME}\n"
-        "# Nagle's algorithm otherwise stalls QoS-1 round trips at ~40 ms (DESIGN.md)\n"
+        "# Nagle's algorithm otherwise delays small QoS-1 packets: round trips stall at ~40 ms (delayed ACKs)\n"
         "set_tcp_nodelay true\n"
         "# the default of 1000 silently drops QoS-1 bursts to a slow subscriber\n"
         "max_queued_messages 100000\n"
@@ -282,7 +325,7 @@ def mosquitto_conf_text(config: BrokerSiteConfig, *, directory: Path) -> str:
         "use_username_as_clientid true\n"
         f"cafile {d / 'ca.crt'}\n"
         f"certfile {d / 'server.crt'}\n"
-        f"keyfile {d / 'server.key'}\n"
+        f"keyfile {d / SERVER_KEY_NAME}\n"
         "tls_version tlsv1.2\n"
         f"require_certificate {'true' if config.require_certificate else 'false'}\n"
         f"{identity}"
@@ -300,6 +343,30 @@ def find_mosquitto_passwd() -> str | None:
     if found:
         return found
     return next((p for p in _PASSWD_FALLBACKS if os.access(p, os.X_OK)), None)
+
+
+def broker_user(config: BrokerSiteConfig) -> str:
+    """The user Mosquitto runs as when started by root: ``run_as_user``, else Mosquitto's default ``mosquitto``."""
+    return config.run_as_user or MOSQUITTO_DEFAULT_USER
+
+
+def _give_to_broker(config: BrokerSiteConfig, files: tuple[Path, ...], created: Path | None) -> str | None:
+    """Run as root: chown ``files`` to the broker's user and group (and ``created``, a directory this call
+    made, to root and that group, 0750, so the user can enter it). Returns the user, or None when not root
+    or when the user does not exist on this host (nothing changed)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    user = broker_user(config)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        return None
+    for path in files:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    if created is not None:
+        os.chown(created, 0, entry.pw_gid)
+        os.chmod(created, 0o750)
+    return user
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -336,15 +403,19 @@ def write_broker_config(
     passwords: dict[str, str] | None = None,
     mosquitto_passwd: str | None = None,
     overwrite: bool = False,
+    chown: bool = True,
 ) -> SiteFiles:
     """Write the site's broker configuration into ``out`` (created if missing; see the module doc).
 
     Passwords are generated (``secrets.token_urlsafe``) unless given; every agent gets a fresh
     32-byte command key, which the operator also holds. Without ``self_signed_ca`` the TLS files
     (``ca.crt``, ``server.crt``, ``server.key``) must be provided in the configuration directory.
-    Refuses to overwrite an existing ``credentials.json`` unless ``overwrite``.
+    Refuses to overwrite an existing ``credentials.json`` unless ``overwrite``. Run as root (and
+    ``chown``), ``passwd``, ``acl`` and ``server.key`` (generated, or provided in ``out``) are given
+    to :func:`broker_user` when that user exists here (``SiteFiles.broker_owner``).
     """
     out = Path(out).resolve()
+    created = None if out.exists() else out
     out.mkdir(parents=True, exist_ok=True)
     credentials_file = out / CREDENTIALS_NAME
     if credentials_file.exists() and not overwrite:
@@ -368,6 +439,8 @@ def write_broker_config(
         for user in config.users:
             ca.issue_client(user, out / f"{user}.crt", out / f"{user}.key")
             certs[user] = (str(directory / f"{user}.crt"), str(directory / f"{user}.key"))
+        for public in ("ca", "server", *config.users):  # certificates are public; under umask 077 the broker's
+            os.chmod(out / f"{public}.crt", 0o644)      # user could not read ca.crt and server.crt
 
     keys = {agent: secrets.token_bytes(32).hex() for agent in config.agents}
     users: dict[str, UserCredentials] = {}
@@ -376,20 +449,24 @@ def write_broker_config(
         if user == config.operator:
             users[user] = UserCredentials(password=passwords[user], command_keys=keys, cert_file=cert_file,
                                           key_file=key_file)
-        elif user == config.plant:
+        elif user in (config.plant, config.monitor):
             users[user] = UserCredentials(password=passwords[user], cert_file=cert_file, key_file=key_file)
         else:
             users[user] = UserCredentials(password=passwords[user], command_key=keys[user], cert_file=cert_file,
                                           key_file=key_file)
     op = config.operator
-    credentials = SiteCredentials(site=config.site, operator=op, port=config.port, ca_file=str(directory / "ca.crt"),
-                                  users=users)
+    credentials = SiteCredentials(site=config.site, operator=op, monitor=config.monitor, port=config.port,
+                                  ca_file=str(directory / "ca.crt"), users=users)
 
     hash_passwords(out / PASSWD_NAME, passwords, binary=mosquitto_passwd)
-    (out / ACL_NAME).write_text(acl_text(config))
+    _write_private(out / ACL_NAME, acl_text(config))  # Mosquitto 2.x warns about (later: refuses) a readable ACL
     (out / CONF_NAME).write_text(mosquitto_conf_text(config, directory=directory))
     _write_private(credentials_file, credentials.model_dump_json(indent=2) + "\n")
-    return SiteFiles(out, out / CONF_NAME, out / ACL_NAME, out / PASSWD_NAME, credentials_file, credentials)
+    files = SiteFiles(out, out / CONF_NAME, out / ACL_NAME, out / PASSWD_NAME, credentials_file, credentials)
+    if not chown:
+        return files
+    owned = tuple(path for path in files.broker_files if path.exists())  # server.key: generated or provided
+    return dataclasses.replace(files, broker_owner=_give_to_broker(config, owned, created))
 
 
 def load_credentials(path: Path) -> SiteCredentials:

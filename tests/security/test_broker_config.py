@@ -1,6 +1,7 @@
 """broker-config: the generated files, their validation, the CLI, and the insecure-connection rule."""
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -138,3 +139,88 @@ def test_insecure_connections_to_other_hosts_are_an_explicit_opt_in() -> None:
         MqttBroker(f"mqtt://{host}:1883", allow_insecure=True)
         MqttBroker(f"mqtts://{host}:8883", tls=TlsOptions(), allow_insecure=True)
         MqttBroker(f"mqtts://{host}:8883", username="mg1", password="pw", tls=TlsOptions())
+
+
+def test_the_monitor_reads_the_site_and_writes_nothing_in_the_acl() -> None:
+    cfg = BrokerSiteConfig(site="s", agents=("mg1", "mg2"), operator="op", monitor="watcher")
+    assert cfg.users == ("mg1", "mg2", "op", "watcher")
+    blocks = {b.splitlines()[0]: b.splitlines()[1:] for b in acl_text(cfg).split("\n\n") if b.startswith("user ")}
+    rules = [line for line in blocks["user watcher"] if not line.startswith("#")]
+    assert rules == ["topic read heron/s/#"]  # no write line: Mosquitto denies every write
+    assert blocks["user mg1"][0] == "topic write heron/s/mg1/+"  # the others unchanged
+    for clash in [{"monitor": "mg1"}, {"monitor": "op"}, {"monitor": "pl", "plant": "pl"}, {"monitor": "cmd"},
+                  {"monitor": "a/b"}]:
+        with pytest.raises(ValidationError):
+            BrokerSiteConfig(**{"site": "s", "agents": ("mg1",), "operator": "op", **clash})  # type: ignore[arg-type]
+
+
+def test_cli_adds_a_read_only_monitor_and_names_mosquittos_user(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "site"
+    assert main(["broker-config", "--site", "s", "--agents", "mg1,mg2", "--out", str(out), "--self-signed-ca"]) == 0
+    assert "read-only monitor" in capsys.readouterr().out
+    creds = load_credentials(out / "credentials.json")
+    assert creds.monitor == "monitor" and set(creds.users) == {"mg1", "mg2", "system_operator", "monitor"}
+    assert creds.user("monitor").command_key is None and creds.user("monitor").command_keys == {}
+    assert "monitor" not in creds.user("system_operator").command_keys  # nobody commands it, it commands nobody
+    assert Path(creds.user("monitor").cert_file or "").exists()  # certificates required: it has one (CN monitor)
+    assert "user monitor\n" in (out / "acl").read_text()
+    assert [line.split(":")[0] for line in (out / "passwd").read_text().splitlines()][-1] == "monitor"
+    conf = (out / "mosquitto.conf").read_text().splitlines()
+    assert not any(line.startswith("user ") for line in conf)  # mosquitto's default user unless told
+    assert not any(".md" in line for line in conf)  # the broker host has no checkout: no pointers to documents
+    assert main(["broker-config", "--site", "s", "--agents", "mg1", "--out", str(tmp_path / "quiet"), "--no-monitor",
+                 "--run-as-user", "broker"]) == 0
+    capsys.readouterr()
+    assert load_credentials(tmp_path / "quiet" / "credentials.json").monitor is None
+    assert "user broker" in (tmp_path / "quiet" / "mosquitto.conf").read_text().splitlines()
+    assert "monitor" not in (tmp_path / "quiet" / "acl").read_text()
+
+
+def test_files_mosquitto_reads_are_private_and_certificates_public_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        files = write_broker_config(site_config(8883, monitor="monitor"), tmp_path / "site", self_signed_ca=True)
+    finally:
+        os.umask(old)
+    assert [p.name for p in files.broker_files] == ["passwd", "acl", "server.key"]
+    for private in files.broker_files:
+        assert mode(private) == 0o600, private  # Mosquitto 2.x warns about, later refuses, readable ones
+    for public in ["ca.crt", "server.crt", "mg1.crt", "monitor.crt"]:
+        assert mode(tmp_path / "site" / public) == 0o644, public  # the broker's user reads ca.crt and server.crt
+
+
+def test_not_root_the_cli_prints_the_chown_to_run(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000, raising=False)
+    out = tmp_path / "site"
+    assert main(["broker-config", "--site", "s", "--agents", "mg1", "--out", str(out), "--self-signed-ca",
+                 "--config-dir", "/etc/heron-broker"]) == 0
+    printed = capsys.readouterr().out
+    assert ("sudo chown mosquitto: /etc/heron-broker/passwd /etc/heron-broker/acl /etc/heron-broker/server.key"
+            in printed)
+    assert "run: sudo mosquitto -c /etc/heron-broker/mosquitto.conf" in printed
+    assert main(["broker-config", "--site", "s", "--agents", "mg1", "--out", str(tmp_path / "b"),
+                 "--self-signed-ca", "--run-as-user", "mqtt"]) == 0
+    assert f"sudo chown mqtt: {tmp_path / 'b' / 'passwd'}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="chown needs root")
+def test_as_root_the_files_mosquitto_reads_go_to_its_user(tmp_path: Path) -> None:
+    import pwd
+
+    files = write_broker_config(site_config(8883).model_copy(update={"run_as_user": "nobody"}), tmp_path / "site",
+                                self_signed_ca=True)
+    nobody = pwd.getpwnam("nobody")
+    assert files.broker_owner == "nobody"
+    for path in files.broker_files:
+        assert (path.stat().st_uid, path.stat().st_gid) == (nobody.pw_uid, nobody.pw_gid), path
+    for path in [files.credentials_file, tmp_path / "site" / "ca.key", files.conf]:
+        assert path.stat().st_uid == 0, path
+    # an unknown user: nothing changes (mosquitto itself would refuse to start as it)
+    other = write_broker_config(site_config(8883).model_copy(update={"run_as_user": "no-such-user-here"}),
+                                tmp_path / "other", self_signed_ca=True)
+    assert other.broker_owner is None and all(p.stat().st_uid == 0 for p in other.broker_files)
+    # chown=False (a library caller that installs the files itself)
+    kept = write_broker_config(site_config(8883), tmp_path / "kept", self_signed_ca=True, chown=False)
+    assert kept.broker_owner is None and all(p.stat().st_uid == 0 for p in kept.broker_files)

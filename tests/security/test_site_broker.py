@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import pwd
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from heron_edge.brokers import MqttBroker, Subscription, TlsOptions
 from heron_edge.brokers.base import MAX_PACKET_BYTES
+from heron_edge.cli import main
 from heron_edge.errors import BrokerError
 from heron_edge.messages import SetpointBody, TelemetryBody, encode, make_envelope
-from heron_edge.security import CommandRejected
+from heron_edge.security import CommandRejected, load_credentials
 from heron_edge.security.certs import make_ca
-from tests.conftest import run_async
-from tests.security.conftest import OPERATOR, PLANT, SITE, Site, raw_client
+from heron_edge.security.launch import free_port, running_site_mosquitto
+from tests.conftest import require_mosquitto, run_async
+from tests.security.conftest import OPERATOR, PLANT, SITE, Site, _serve, raw_client
 
 pytestmark = pytest.mark.mqtt
 
@@ -288,3 +296,114 @@ def test_server_certificate_names_localhost_and_the_loopback_ip(site: Site) -> N
     creds = site.files.credentials
     by_name = site.url.replace("127.0.0.1", "localhost")
     run_async(_status_round_trip(creds.broker("mg3", by_name), "mg3"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the read-only monitor, and the generated files started as a field engineer does (root, user mosquitto)
+# ---------------------------------------------------------------------------------------------------------
+
+MONITOR = "monitor"
+
+
+@pytest.fixture(scope="module")
+def monitor_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """The site of the ``site`` fixture plus the read-only user ``monitor``, on its own Mosquitto."""
+    yield from _serve(tmp_path_factory, "monitor_site", monitor=MONITOR)
+
+
+def test_the_monitor_reads_the_whole_site_and_writes_nothing(monitor_site: Site) -> None:
+    site = monitor_site
+    creds = site.files.credentials
+    assert creds.monitor == MONITOR
+    assert creds.user(MONITOR).command_key is None and creds.user(MONITOR).command_keys == {}
+
+    async def scenario() -> None:
+        async with creds.broker(MONITOR, site.url) as monitor, creds.broker("mg1", site.url) as mg1, \
+                creds.broker("mg2", site.url) as mg2, creds.broker(OPERATOR, site.url) as op:
+            everything = await monitor.subscribe(f"heron/{SITE}/#")
+            watch = await mg2.subscribe("#")  # mg2 reads the site's 4-level topics and its own commands
+            said = [(mg1, topic("mg1", "telemetry")), (mg1, topic("mg1", "status")), (op, topic(OPERATOR, "price")),
+                    (op, cmd("mg1", "setpoint")), (op, cmd("mg2", "setpoint")), (mg2, topic("mg2", "market"))]
+            for who, where in said:
+                await who.publish(where, b"said")
+            # everything the site says reaches the monitor, every agent's commands included
+            assert sorted([(await everything.get(timeout=5)).topic for _ in said]) == sorted(w for _, w in said)
+            assert sorted([(await watch.get(timeout=5)).topic for _ in range(5)]) == sorted(
+                w for _, w in said if w != cmd("mg1", "setpoint"))
+            forbidden = [topic(MONITOR, "status"), topic(MONITOR, "telemetry"), topic("mg2", "telemetry"),
+                         topic(OPERATOR, "price"), topic(PLANT, "clock"), cmd("mg2", "setpoint"),
+                         f"heron/{SITE}/{MONITOR}/x/y", "elsewhere/x", f"heron/other/{MONITOR}/status"]
+            for where in forbidden:
+                await monitor.publish(where, b"from the monitor", qos=0)  # silently dropped
+            for where in forbidden:
+                with pytest.raises(BrokerError, match="Not authorized"):
+                    await monitor.publish(where, b"from the monitor")  # QoS 1: refused in the PUBACK
+            # the last refusal was acknowledged after the broker handled every earlier packet of the monitor, so a
+            # forwarded one would already sit before this sentinel in mg2's stream
+            await op.publish(topic(OPERATOR, "status"), b"sentinel")
+            assert await only_sentinel(watch, topic(OPERATOR, "status")) == [topic(OPERATOR, "status")]
+            assert await only_sentinel(everything, topic(OPERATOR, "status")) == [topic(OPERATOR, "status")]
+
+    run_async(scenario())
+
+
+def _uid_of(pid: int) -> int:
+    """The real uid of a running process (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for pid {pid}")
+
+
+def _mosquitto_account() -> pwd.struct_passwd | None:
+    try:
+        return pwd.getpwnam("mosquitto")
+    except KeyError:
+        return None
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or _mosquitto_account() is None
+                    or not Path("/proc/self/status").exists(),
+                    reason="needs root, a 'mosquitto' user and /proc: mosquitto started by root drops to that user")
+def test_the_generated_site_starts_as_documented_under_the_mosquitto_user(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/edge.md, step by step: 'heron-edge broker-config ... --self-signed-ca' run by root, then
+    'mosquitto -c DIR/mosquitto.conf' started by root. Mosquitto drops to user mosquitto before it opens
+    passwd, acl and server.key: the generator gave them to it, so the broker starts and enforces the site."""
+    require_mosquitto()
+    account = _mosquitto_account()
+    assert account is not None
+    base = Path(tempfile.mkdtemp(prefix="heron-field-site-"))  # not pytest's tmp dir: user mosquitto must enter it
+    try:
+        os.chmod(base, 0o711)
+        out, port = base / "site", free_port()
+        assert main(["broker-config", "--site", SITE, "--agents", "mg1,mg2", "--out", str(out), "--self-signed-ca",
+                     "--port", str(port), "--bind", "127.0.0.1"]) == 0
+        printed = capsys.readouterr().out
+        assert "owner mosquitto (mode 0600)" in printed and f"run: sudo mosquitto -c {out / 'mosquitto.conf'}" in printed
+        conf = (out / "mosquitto.conf").read_text()
+        assert not any(line.startswith("user ") for line in conf.splitlines())  # mosquitto's own default user
+        for name in ("passwd", "acl", "server.key"):
+            info = (out / name).stat()
+            assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (account.pw_uid, account.pw_gid, 0o600), name
+        for secret in ("credentials.json", "ca.key", "mg1.key", f"{MONITOR}.key"):  # not the broker's business
+            info = (out / secret).stat()
+            assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o600), secret
+        info = out.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (0, account.pw_gid, 0o750)
+        creds = load_credentials(out / "credentials.json")
+        with running_site_mosquitto(out / "mosquitto.conf", port=port) as broker:
+            assert broker.pid is not None and _uid_of(broker.pid) == account.pw_uid  # it dropped to user mosquitto
+
+            async def scenario() -> None:
+                async with creds.broker(MONITOR, broker.url) as monitor, creds.broker("mg1", broker.url) as mg1:
+                    watch = await monitor.subscribe(f"heron/{SITE}/#")
+                    await mg1.publish(topic("mg1", "telemetry"), b"hello")
+                    assert (await watch.get(timeout=5)).topic == topic("mg1", "telemetry")
+                    with pytest.raises(BrokerError, match="Not authorized"):
+                        await mg1.publish(topic("mg2", "telemetry"), b"forged")
+                    with pytest.raises(BrokerError, match="Not authorized"):
+                        await monitor.publish(topic(MONITOR, "status"), b"online")
+
+            run_async(scenario())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
