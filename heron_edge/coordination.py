@@ -33,7 +33,14 @@ import numpy as np
 
 from heron_edge.errors import ConfigError
 from heron_edge.protocols import (
-    Clearing, ConsensusProtocol, GeneratorCost, Link, Order, P2PTradingProtocol, PriceSignal, PriceSignalProtocol,
+    Clearing,
+    ConsensusProtocol,
+    GeneratorCost,
+    Link,
+    Order,
+    P2PTradingProtocol,
+    PriceSignal,
+    PriceSignalProtocol,
     SetpointProtocol,
 )
 from heron_edge.protocols.auction import orders_from_net

@@ -13,16 +13,17 @@ import asyncio
 
 import gymnasium
 import numpy as np
+from sim.plant import Measurements, Plant, Setpoints
 
 from heron_edge import observations as ob
 from heron_edge.agents import ExternalPolicy, MicrogridAgent, ProxyAgent, Ratings, SystemOperator
+from heron_edge.agents.proxy import ProxyStats
 from heron_edge.brokers import Broker, InMemoryBroker
 from heron_edge.config import EnvConfig, default_site
 from heron_edge.coordination import UPSTREAM_ID, Coordination, MicrogridRoles, Signals
 from heron_edge.deviceio import PlantDeviceIO
 from heron_edge.eager import gather_eagerly, run_eagerly
 from heron_edge.protocols import Clearing, Link
-from sim.plant import Measurements, Plant, Setpoints
 
 
 class DistributedRunner:
@@ -120,9 +121,9 @@ class DistributedRunner:
         return last, signals, clearing, await self._observe_all()
 
     @property
-    def stats(self) -> dict[str, dict[str, int]]:
+    def stats(self) -> dict[str, ProxyStats]:
         """Each agent's message counters (received, rejected by reason, late, stale, ignored)."""
-        return {proxy.agent_id: dict(proxy.stats) for proxy in self.proxies}
+        return {proxy.agent_id: proxy.stats for proxy in self.proxies}
 
     def close(self) -> None:
         """Stop the agents and the operator, close the broker (closing twice is harmless)."""

@@ -30,6 +30,7 @@ from typing import Annotated, Final, Literal, NamedTuple, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from heron_edge.counters import RejectSource
 from heron_edge.errors import ConfigError, MessageError
 
 __all__ = [
@@ -201,7 +202,10 @@ class StatusBody(BaseModel):
     state: Literal["online", "offline", "failsafe"]
     detail: str = Field(default="", max_length=LIMITS.detail)
     counters: dict[_Id, int] = Field(default_factory=dict, max_length=LIMITS.items,
-                                     description="Counters, e.g. rejected messages.")
+                                     description="Counters of the sender (cycles, late steps, outbox, ...).")
+    rejected: dict[RejectSource, dict[_Id, int]] = Field(
+        default_factory=dict, description="Rejected messages by source (message, command, clock, protocol, meter) "
+        "and reason.")
     cycle_ms: float | None = Field(default=None, ge=0.0, le=LIMITS.value, description="Last measured cycle time, ms.")
 
 

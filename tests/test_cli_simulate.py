@@ -11,10 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from heron_edge.cli import main
-from heron_edge.commands.simulate import (COLUMNS, CSV_COLUMNS, CSV_NAME, PANEL_LABELS, PNG_NAME, Trajectory,
-                                          build_figure, timestamps)
+from heron_edge.commands.simulate import (
+    COLUMNS,
+    CSV_COLUMNS,
+    CSV_NAME,
+    PANEL_LABELS,
+    PNG_NAME,
+    Trajectory,
+    build_figure,
+    timestamps,
+)
 from heron_edge.policies import RandomPolicy, RulePolicy
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

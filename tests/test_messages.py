@@ -7,8 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, ValidationError
-
+from heron_edge.brokers import topic_matches
 from heron_edge.errors import ConfigError, MessageError
 from heron_edge.messages import (
     BODY_TYPES,
@@ -29,17 +28,17 @@ from heron_edge.messages import (
     agent_filter,
     agent_topic,
     check_topic,
-    decode_on,
     command_filter,
     command_topic,
     decode,
+    decode_on,
     encode,
     make_envelope,
     offline_will,
     parse_topic,
     topics_markdown,
 )
-from heron_edge.brokers import topic_matches
+from pydantic import BaseModel, ValidationError
 
 SAMPLES: dict[str, BaseModel] = {
     "setpoint": SetpointBody(p_mw=-0.25, q_mvar=0.1),

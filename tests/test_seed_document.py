@@ -63,7 +63,7 @@ def test_proxy_example_runs_inside_an_event_loop() -> None:
     namespace: dict = {"grid_agent": grid_agent}
     exec(compile(source, f"{DOC.name}[3]", "exec"), namespace)
     proxy = asyncio.run(namespace["_example"]())
-    assert proxy.next_step == 1 and proxy.stats["late"] == 1  # nobody upstream in the snippet: it waited, then went on
+    assert proxy.next_step == 1 and proxy.stats.late == 1  # nobody upstream in the snippet: it waited, then went on
     env.close()
 
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import Coordination, OperatorRoles
+from heron_edge.counters import Rejections, RejectSource, int_fields
 from heron_edge.messages import DecodeError, TelemetryBody, agent_filter, decode_on
 from heron_edge.protocols import Clearing, Link, PriceSignal
 
@@ -27,6 +29,17 @@ log = logging.getLogger(__name__)
 TELEMETRY_WAIT_SHARE = 0.5
 """The operator's telemetry wait as a share of the agents' upstream timeout (the rest is left for the
 price to reach them): ``telemetry_wait_s = TELEMETRY_WAIT_SHARE * upstream_timeout_s``."""
+
+
+@dataclass
+class OperatorStats:
+    """What the operator did with the microgrids' telemetry."""
+
+    late: int = 0
+    """Steps in which some microgrid's telemetry did not come within the wait (its last need was used)."""
+    stale: int = 0
+    late_by_agent: Counter[str] = field(default_factory=Counter)
+    rejected: Rejections = field(default_factory=Rejections)
 
 
 class SystemOperator:
@@ -41,7 +54,7 @@ class SystemOperator:
         self.step_timeout_s = step_timeout_s
         self.telemetry_wait_s = step_timeout_s if telemetry_wait_s is None else min(telemetry_wait_s, step_timeout_s)
         self.roles = OperatorRoles(coordination, Link(broker, site=site, agent_id=agent_id, timeout_s=step_timeout_s))
-        self.stats: Counter[str] = Counter()
+        self.stats = OperatorStats()
         self._telemetry: Subscription | None = None
         self._started = False
         self._needs = np.zeros(len(coordination.names))
@@ -82,8 +95,8 @@ class SystemOperator:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     missing = [n for n, ok in zip(self.coordination.names, fresh) if not ok]
-                    self.stats["late"] += 1
-                    self.stats.update(f"late_{n}" for n in missing)
+                    self.stats.late += 1
+                    self.stats.late_by_agent.update(missing)
                     log.warning("%s: telemetry of step %d missing from %s after %.2f s; using their last needs",
                                 self.agent_id, step, missing, self.telemetry_wait_s)
                     break
@@ -101,7 +114,7 @@ class SystemOperator:
                 self._reject("sender", delivery.topic, f"telemetry from {envelope.sender!r}, not a microgrid")
                 continue
             if envelope.step != step:
-                self.stats["stale"] += 1
+                self.stats.stale += 1
                 continue
             values = envelope.body.values
             powers = [values.get(k, 0.0) for k in ("load_mw", "pv_mw", "wind_mw")]
@@ -113,17 +126,20 @@ class SystemOperator:
         return self._needs.copy()
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
-        self.stats[f"rejected_{reason}"] += 1
+        self.stats.rejected[reason] += 1
         log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)
 
     def counters(self) -> dict[str, int]:
-        """Telemetry counters and the protocols' link counters (market orders, consensus), for the status."""
-        out = {k: int(v) for k, v in self.stats.items()}
+        """Telemetry and protocol-link counts for the status (late per microgrid as ``late_<agent>``)."""
         link = self.roles.link.stats
-        out.update({f"protocol_rejected_{reason}": n for reason, n in link.rejected.items()})
-        out["protocol_timeouts"] = link.timeouts
-        out["protocol_stale"] = link.stale
-        return out
+        return {**int_fields(self.stats), **{f"late_{agent}": n for agent, n in sorted(self.stats.late_by_agent.items())},
+                "protocol_timeouts": link.timeouts, "protocol_stale": link.stale}
+
+    def rejections(self) -> dict[RejectSource, dict[str, int]]:
+        """Rejected telemetry (``message``) and protocol messages (orders: ``protocol``), by reason."""
+        out: dict[RejectSource, dict[str, int]] = {"message": self.stats.rejected.as_dict(),
+                                                    "protocol": Rejections(self.roles.link.stats.rejected).as_dict()}
+        return {source: counts for source, counts in out.items() if counts}
 
     async def close(self) -> None:
         if self._telemetry is not None:

@@ -17,8 +17,8 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,10 +27,22 @@ from heron_edge import observations as ob
 from heron_edge.agents.microgrid import MicrogridAgent
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import MicrogridRoles
+from heron_edge.counters import Rejections, int_fields
 from heron_edge.errors import BrokerError
 from heron_edge.messages import (
-    LIMITS, DecodeError, Envelope, PriceBody, StatusBody, TelemetryBody, agent_filter, agent_topic, check_topic, decode,
-    encode, make_envelope, require_unexpired,
+    LIMITS,
+    DecodeError,
+    Envelope,
+    PriceBody,
+    StatusBody,
+    TelemetryBody,
+    agent_filter,
+    agent_topic,
+    check_topic,
+    decode,
+    encode,
+    make_envelope,
+    require_unexpired,
 )
 from heron_edge.protocols import Clearing
 
@@ -71,6 +83,19 @@ class _DecodeOnce:
 _decode_once = _DecodeOnce()
 
 
+@dataclass
+class ProxyStats:
+    """What a ProxyAgent did with its per-step stream (the upstream's price, the peers' telemetry)."""
+
+    received: int = 0
+    late: int = 0
+    """Steps whose price or peers' telemetry did not all come within the step timeout (last values used)."""
+    stale: int = 0
+    """Messages of another step."""
+    ignored: int = 0
+    rejected: Rejections = field(default_factory=Rejections)
+
+
 class ProxyAgent:
     """A distributed wrapper of ``actual_agent``: messages in, local devices, decision, messages out."""
 
@@ -85,7 +110,7 @@ class ProxyAgent:
         self.peers = [p for p in peers if p != agent_id]
         self.steps_per_day = steps_per_day
         self.step_timeout_s = step_timeout_s
-        self.stats: Counter[str] = Counter()
+        self.stats = ProxyStats()
         self.next_step = 0
         self._price = 0.0
         self._price_step = -1
@@ -150,8 +175,8 @@ class ProxyAgent:
             await self.roles.link.close()
 
     async def _publish_status(self, state: str) -> None:
-        counters = {k: int(v) for k, v in self.stats.items()}
-        body = StatusBody(state=state, counters=counters)  # type: ignore[arg-type]
+        body = StatusBody(state=state, counters=int_fields(self.stats),  # type: ignore[arg-type]
+                          rejected={"message": self.stats.rejected.as_dict()})
         await self.broker.publish(agent_topic(self.site, self.agent_id, "status"),
                                   make_envelope(self.agent_id, body, step=max(self.next_step, 0)), retain=True)
 
@@ -238,7 +263,7 @@ class ProxyAgent:
         while not self._complete(step):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.stats["late"] += 1
+                self.stats.late += 1
                 log.warning("%s: step %d incomplete after %.2fs (price step %d, peers %s); using last values",
                             self.agent_id, step, self.step_timeout_s, self._price_step, self._peer_step)
                 return
@@ -253,7 +278,7 @@ class ProxyAgent:
         """Decode one delivery and keep what it says; anything unusable is rejected and counted."""
         if topic == self._telemetry_topic:
             return  # our own report, echoed back by the broker
-        self.stats["received"] += 1
+        self.stats.received += 1
         try:
             envelope = _decode_once(topic, payload)
         except DecodeError as exc:
@@ -266,7 +291,7 @@ class ProxyAgent:
                 self._price_step = step
                 self.price_received_at = time.monotonic()
             else:
-                self.stats["stale"] += 1
+                self.stats.stale += 1
             return
         if isinstance(body, TelemetryBody) and topic.endswith("/telemetry"):
             i = self._peer_of_topic.get(topic)
@@ -274,7 +299,7 @@ class ProxyAgent:
                 self._reject("sender", topic, f"telemetry from {envelope.sender!r}, not a known peer")
                 return
             if envelope.step != step:
-                self.stats["stale"] += 1
+                self.stats.stale += 1
                 return
             exchange = body.values.get("exchange_mw", self._peer_exchange[i])
             if abs(exchange) > self._power_limit_mw:
@@ -283,8 +308,8 @@ class ProxyAgent:
             self._peer_exchange[i] = exchange
             self._peer_step[i] = step
             return
-        self.stats["ignored"] += 1  # well-formed, but not a price or telemetry (e.g. another body on these topics)
+        self.stats.ignored += 1  # well-formed, but not a price or telemetry (e.g. another body on these topics)
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
-        self.stats[f"rejected_{reason}"] += 1
+        self.stats.rejected[reason] += 1
         log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)

@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str, dict[str, object]]) -> None:
+    from sim.profiles import load_profiles
+
     from heron_edge.agents import SystemOperator
     from heron_edge.agents.operator import TELEMETRY_WAIT_SHARE
     from heron_edge.brokers import Broker
@@ -92,7 +94,6 @@ async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str,
     from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
     from heron_edge.runtime.secure import SigningBroker, broker_from_args, signer_from_env
     from heron_edge.runtime.wallclock import hour_of_year_index
-    from sim.profiles import load_profiles
 
     prices = load_profiles(args.year, [scenario.price_profile], scenario.step_hours).series[scenario.price_profile]
     broker = broker_from_args(args, client_id=f"heron-{args.site}-{args.id}",
@@ -113,12 +114,9 @@ async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str,
             return float(prices[step])
     service = CoordinationService(operator, price_of, meter=meter, ledger=args.ledger)
 
-    def counters() -> dict[str, int]:
-        return {**operator.counters(), **{k: int(v) for k, v in meter.stats.items()}}
-
     runtime = OperatorRuntime(broker, site=args.site, operator_id=args.id, services=[service],
                               clock_sender=args.clock_sender, clock=args.clock, period_s=args.period_s,
-                              step_limit=None if args.clock == "timer" else len(prices), counters=counters)
+                              step_limit=None if args.clock == "timer" else len(prices))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, runtime.stop)

@@ -206,9 +206,9 @@ def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int],
     from heron_edge.runtime.mosquitto import running_mosquitto
     from heron_edge.runtime.secure import COMMAND_KEY_ENV, SecureSite
     from heron_edge.runtime.sil import (
+        UPSTREAM_TIMEOUT_S,
         FileMarks,
         ManagedProcess,
-        UPSTREAM_TIMEOUT_S,
         SilFiles,
         agent_config,
         child_env,

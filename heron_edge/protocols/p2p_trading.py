@@ -23,7 +23,8 @@ import numpy as np
 from pydantic import Field
 
 from heron_edge.errors import ConfigError
-from heron_edge.messages import ClearingBody, OrderBody, Trade as TradeBody, agent_filter, agent_topic
+from heron_edge.messages import ClearingBody, OrderBody, agent_filter, agent_topic
+from heron_edge.messages import Trade as TradeBody
 from heron_edge.protocols.auction import MIN_TRADE_MW, Clearing, Order, Trade, clear, orders_from_net
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
 

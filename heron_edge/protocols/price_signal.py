@@ -17,7 +17,6 @@ it received (``source="last"``), else to ``fallback_price_usd_per_mwh`` when set
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal

@@ -2,11 +2,10 @@
 
 Every payload goes through ``heron_edge.security.CommandGuard`` (decodes; right topic and kind; sent
 by the configured upstream; addressed to this agent or broadcast; carrying an expiry and not past
-it; not a replay; signed when a key is configured). Rejections are counted as
-``cmd_rejected_<reason>`` and logged; the agent keeps running. A microgrid gateway applies
-``setpoint`` commands; an accepted ``action`` command is counted (``cmd_ignored_action``), not
-applied. A setpoint is applied only while it has not expired: :meth:`CommandInbox.setpoint` drops
-it (counted ``cmd_expired``) once past. With the setpoint protocol, setpoints reach the protocol's Link
+it; not a replay; signed when a key is configured). Rejections are counted by reason in the guard's
+stats and logged; the agent keeps running. A microgrid gateway applies ``setpoint`` commands; an
+accepted ``action`` command is counted (``ignored_action``), not applied. A setpoint is applied only
+while it has not expired: :meth:`CommandInbox.setpoint` drops it (counted ``expired``) once past. With the setpoint protocol, setpoints reach the protocol's Link
 through a :class:`GuardedBroker`: the same guard, before the protocol sees them.
 """
 from __future__ import annotations
@@ -14,16 +13,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from dataclasses import dataclass
 
-from heron_edge.brokers.base import DEFAULT_GET_TIMEOUT_S, DEFAULT_MAXSIZE, Broker, BrokerWrapper, Delivery, Subscription
+from heron_edge.brokers.base import (
+    DEFAULT_GET_TIMEOUT_S,
+    DEFAULT_MAXSIZE,
+    Broker,
+    BrokerWrapper,
+    Delivery,
+    Subscription,
+)
+from heron_edge.counters import Rejections
 from heron_edge.messages import Envelope, SetpointBody, command_filter
 from heron_edge.security import CommandGuard
 from heron_edge.security.auth import CommandRejected
 
-__all__ = ["CommandInbox", "GuardedBroker"]
+__all__ = ["CommandInbox", "GuardedBroker", "InboxStats"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class InboxStats:
+    """What the command inbox did: commands received, accepted (by the guard), expired before use, and
+    accepted ``action`` commands that a microgrid gateway does not apply."""
+
+    received: int = 0
+    accepted: int = 0
+    expired: int = 0
+    ignored_action: int = 0
 
 
 class CommandInbox:
@@ -33,28 +51,27 @@ class CommandInbox:
         self.agent_id = agent_id
         self.upstream_id = upstream_id
         self.guard = CommandGuard(agent_id, upstream_id, key=key, require_expiry=True, accept_broadcast=True)
-        self._own: Counter[str] = Counter()
+        self.stats = InboxStats()
         self._setpoint: Envelope | None = None
 
     @property
-    def stats(self) -> Counter[str]:
-        """``cmd_received``, ``cmd_accepted``, ``cmd_rejected_<reason>``, ``cmd_expired``, ``cmd_ignored_action``."""
-        out: Counter[str] = Counter({f"cmd_{k}": v for k, v in self.guard.stats.items()})
-        out.update(self._own)
-        return out
+    def rejected(self) -> Rejections:
+        """Commands refused by the guard, by reason."""
+        return self.guard.stats.rejected
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Check one delivery; True when it was accepted."""
-        self._own["cmd_received"] += 1
+        self.stats.received += 1
         try:
             envelope = self.guard.check_payload(payload, topic=topic)
         except CommandRejected as exc:
             log.warning("%s: rejected a command on %s: %s", self.agent_id, topic, exc)
             return False
+        self.stats.accepted += 1
         if isinstance(envelope.body, SetpointBody):
             self._setpoint = envelope
         else:
-            self._own[f"cmd_ignored_{envelope.kind}"] += 1
+            self.stats.ignored_action += 1
         return True
 
     def new_episode(self) -> None:
@@ -69,7 +86,7 @@ class CommandInbox:
         if envelope is None:
             return None
         if envelope.is_expired(time.time() if now is None else now):
-            self._own["cmd_expired"] += 1
+            self.stats.expired += 1
             self._setpoint = None
             return None
         assert isinstance(envelope.body, SetpointBody)

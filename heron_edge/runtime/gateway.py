@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +32,16 @@ from heron_edge.brokers import MqttBroker
 from heron_edge.brokers.base import BrokerWrapper, Payload, Subscription, payload_bytes
 from heron_edge.brokers.mqtt import TlsOptions
 from heron_edge.coordination import MicrogridRoles
+from heron_edge.counters import Rejections, RejectSource, int_fields
 from heron_edge.errors import BrokerError, ConfigError, DeviceError
 from heron_edge.messages import (
-    ClockBody, DecodeError, StatusBody, agent_topic, command_filter, decode_on, make_envelope,
+    ClockBody,
+    DecodeError,
+    StatusBody,
+    agent_topic,
+    command_filter,
+    decode_on,
+    make_envelope,
 )
 from heron_edge.policies import RulePolicy
 from heron_edge.protocols import Link
@@ -125,6 +132,24 @@ class CycleTiming:
                 "mqtt_ms": 1e3 * self.mqtt_s / n, "decision_ms": 1e3 * self.decision_s / n}
 
 
+@dataclass
+class GatewayStats:
+    """What the gateway's own cycle did (the proxy, the inbox, the outbox and the failsafe count the rest)."""
+
+    cycles: int = 0
+    episodes: int = 0
+    """Times the clock went back (a new SIL episode)."""
+    connect_failures: int = 0
+    outbox_sent: int = 0
+    outbox_flush_failed: int = 0
+    write_failed: int = 0
+    """Device writes that failed (the decision's or the failsafe's)."""
+    settle_failed: int = 0
+    setpoint_applied: int = 0
+    status_not_sent: int = 0
+    done_not_sent: int = 0
+
+
 class Gateway:
     """One microgrid's controller on an edge gateway. ``await gateway.run()`` until :meth:`stop`."""
 
@@ -161,9 +186,10 @@ class Gateway:
                                 step_timeout_s=config.cycle.step_timeout_s, roles=roles)
         self._setpoint_protocol = self.coordination is not None and self.coordination.setpoint is not None
         self.failsafe = FailsafeState()
-        self.stats: Counter[str] = Counter()
-        self._status_writer = _FileWriter("status_file", self.stats, latest_only=True)  # the disk, off the loop
-        self._journal_writer = _FileWriter("journal_file", self.stats)
+        self.stats = GatewayStats()
+        self.clock_rejected = Rejections()
+        self._status_writer = _FileWriter("status_file", latest_only=True)  # the disk, off the loop
+        self._journal_writer = _FileWriter("journal_file")
         self._closing = False
         self.timing = CycleTiming()
         self.step = 0
@@ -190,7 +216,7 @@ class Gateway:
             self._cmd_sub = await self.raw_broker.subscribe(command_filter(self.site, self.agent_id))
             await self.proxy.start()
         except BrokerError as exc:
-            self.stats["connect_failures"] += 1
+            self.stats.connect_failures += 1
             log.warning("%s: broker not reachable: %s", self.agent_id, exc)
             return False
         self._started = True
@@ -231,12 +257,13 @@ class Gateway:
         if not self.raw_broker.connected:
             return False  # the broker's will says offline (connection lost) for us
         cycle_ms = status["cycle_ms"] if math.isfinite(status["cycle_ms"]) else None
-        body = StatusBody(state="offline", detail=detail, counters=status["counters"], cycle_ms=cycle_ms)
+        body = StatusBody(state="offline", detail=detail, counters=status["counters"], rejected=status["rejected"],
+                          cycle_ms=cycle_ms)
         try:
             await self.raw_broker.publish(self._status_topic, make_envelope(self.agent_id, body, step=max(self.step, 0)),
                                           retain=True)
         except BrokerError as exc:
-            self.stats["status_not_sent"] += 1
+            self.stats.status_not_sent += 1
             log.info("%s: final status not sent: %s", self.agent_id, exc)
             return False
         return True
@@ -314,14 +341,14 @@ class Gateway:
         try:
             envelope = decode_on(topic, payload)
         except DecodeError as exc:
-            self.stats[f"clock_rejected_{exc.reason}"] += 1
+            self.clock_rejected[exc.reason] += 1
             log.warning("%s: rejected a clock message on %s: %s", self.agent_id, topic, exc)
             return None
         if not isinstance(envelope.body, ClockBody):
             return None
         last = self.config.cycle.max_step
         if last is not None and envelope.body.step > last:
-            self.stats["clock_rejected_bounds"] += 1
+            self.clock_rejected["bounds"] += 1
             log.warning("%s: clock step %d on %s is past the last step %d; ignored", self.agent_id, envelope.body.step,
                         topic, last)
             return None
@@ -344,7 +371,7 @@ class Gateway:
         if step < self.done_step:  # the clock went back: a new episode (SIL days)
             self.proxy.reset(step)
             self.inbox.new_episode()
-            self.stats["episodes"] += 1
+            self.stats.episodes += 1
         self.step = step
         self.inbox.guard.current_step = step  # commands for steps far ahead are refused, never a replay mark
         connected = await self._connect_and_flush()
@@ -386,7 +413,7 @@ class Gateway:
     def _cycle_end(self, start: tuple[float, float], decision_s: float) -> None:
         t0, modbus_before = start
         elapsed = time.perf_counter() - t0
-        self.stats["cycles"] += 1
+        self.stats.cycles += 1
         t = self.timing
         t.cycles += 1
         t.total_s += elapsed
@@ -400,9 +427,9 @@ class Gateway:
         if connected:
             try:
                 # a share of the period: a long outage's backlog drains over cycles, never stalls one
-                self.stats["outbox_sent"] += await self.broker.flush(_FLUSH_SHARE * self.config.cycle.period_s)
+                self.stats.outbox_sent += await self.broker.flush(_FLUSH_SHARE * self.config.cycle.period_s)
             except BrokerError as exc:
-                self.stats["outbox_flush_failed"] += 1
+                self.stats.outbox_flush_failed += 1
                 log.info("%s: outbox not flushed: %s", self.agent_id, exc)
         return connected
 
@@ -453,13 +480,13 @@ class Gateway:
         try:
             await self.agent.apply(action)
         except DeviceError as exc:
-            self.stats["write_failed"] += 1
+            self.stats.write_failed += 1
             log.warning("%s: %s", self.agent_id, exc)
         if self.coordination is not None and self.coordination.p2p is not None:
             try:
                 await self.proxy.settle(step, action)  # order -> clearing, before done: the plant waits
             except BrokerError as exc:
-                self.stats["settle_failed"] += 1
+                self.stats.settle_failed += 1
                 log.warning("%s: market: %s", self.agent_id, exc)
         return action, decision_s
 
@@ -488,7 +515,7 @@ class Gateway:
         renewables_mw = local[1] * (1.0 - a[2]) + local[2] * (1.0 - a[3])
         battery_mw = local[0] - renewables_mw - generator_mw - target_import_mw
         a[0] = min(max(battery_mw / self.ratings.battery_p_max_mw, -1.0), 1.0)
-        self.stats["setpoint_applied"] += 1
+        self.stats.setpoint_applied += 1
         return a
 
     async def _write_safe(self) -> None:
@@ -500,38 +527,44 @@ class Gateway:
         try:
             await self.devices.write(sp.battery_mw, sp.generator_mw, sp.pv_curtailment, sp.wind_curtailment)
         except DeviceError as exc:
-            self.stats["write_failed"] += 1
+            self.stats.write_failed += 1
             log.warning("%s: failsafe write: %s", self.agent_id, exc)
 
     # ------------------------------------------------------------------ reporting
     def counters(self) -> dict[str, int]:
-        """Every counter: messages (proxy), commands, outbox, Modbus failures, failsafe, broker."""
-        c: Counter[str] = Counter()
-        c.update(self.proxy.stats)
-        c.update(self.inbox.stats)
+        """Every count but the rejections (:meth:`rejections`): messages (proxy), commands, protocols, cycles,
+        outbox, files, Modbus read failures per role, failsafe, broker; named once, here."""
+        c = {**int_fields(self.proxy.stats), **int_fields(self.inbox.stats, "cmd_"), **int_fields(self.stats)}
+        c["cmd_accepted"] = self.inbox.guard.stats.accepted
         if self.proxy.roles is not None:  # the protocols' link: market, consensus and setpoint messages
             link = self.proxy.roles.link.stats
-            c.update({f"protocol_rejected_{reason}": n for reason, n in link.rejected.items()})
             c["protocol_timeouts"] = link.timeouts
             c["protocol_stale"] = link.stale
-        c.update(self.stats)
+        for writer in (self._status_writer, self._journal_writer):
+            c[f"{writer.name}_dropped"], c[f"{writer.name}_write_failed"] = writer.dropped, writer.failed
         for role, n in self.devices.timing.read_failures.items():
             c[f"read_failed_{role}"] = n
-        c["telemetry"] = self.broker.telemetry
-        c["outbox_pending"] = len(self.outbox)
-        c["outbox_queued"] = self.outbox.queued
-        c["outbox_overflow"] = self.outbox.overflow
-        c["outbox_write_failed"] = self.outbox.failures
-        c["failsafe_entries"] = self.failsafe.entries
-        c["failsafe_cycles"] = self.failsafe.cycles
-        c["broker_reconnects"] = self.raw_broker.reconnects
+        c.update(telemetry=self.broker.telemetry, outbox_pending=len(self.outbox), outbox_queued=self.outbox.queued,
+                 outbox_overflow=self.outbox.overflow, outbox_write_failed=self.outbox.failures,
+                 failsafe_entries=self.failsafe.entries, failsafe_cycles=self.failsafe.cycles,
+                 broker_reconnects=self.raw_broker.reconnects)
         return {k: int(v) for k, v in c.items()}
+
+    def rejections(self) -> dict[RejectSource, dict[str, int]]:
+        """Rejected messages by source and reason (each one was also logged where it was rejected)."""
+        out: dict[RejectSource, dict[str, int]] = {
+            "message": self.proxy.stats.rejected.as_dict(), "command": self.inbox.rejected.as_dict(),
+            "clock": self.clock_rejected.as_dict()}
+        if self.proxy.roles is not None:
+            out["protocol"] = Rejections(self.proxy.roles.link.stats.rejected).as_dict()
+        return {source: counts for source, counts in out.items() if counts}
 
     def status(self) -> dict[str, Any]:
         """The status as a plain dict (what the status file holds)."""
         return {"agent_id": self.agent_id, "state": "failsafe" if self.failsafe.active else "online",
                 "detail": self.failsafe.detail, "since": self.failsafe.since, "step": self.step,
                 "cycle_ms": self.timing.last_ms, "timing": self.timing.as_dict(), "counters": self.counters(),
+                "rejected": self.rejections(),
                 "transitions": self.failsafe.transitions[-20:], "time": time.time()}
 
     def _write_status(self, status: dict[str, Any]) -> None:
@@ -546,12 +579,13 @@ class Gateway:
         if not self.raw_broker.connected:
             return
         cycle_ms = status["cycle_ms"] if math.isfinite(status["cycle_ms"]) else None
-        body = StatusBody(state=status["state"], detail=status["detail"][:500], counters=status["counters"], cycle_ms=cycle_ms)
+        body = StatusBody(state=status["state"], detail=status["detail"][:500], counters=status["counters"],
+                          rejected=status["rejected"], cycle_ms=cycle_ms)
         try:
             await self.raw_broker.publish(self._status_topic, make_envelope(self.agent_id, body, step=max(self.step, 0)),
                                           retain=True)
         except BrokerError:
-            self.stats["status_not_sent"] += 1
+            self.stats.status_not_sent += 1
 
     async def _publish_done(self, step: int) -> None:
         if not self.raw_broker.connected:
@@ -559,7 +593,7 @@ class Gateway:
         try:
             await self.raw_broker.publish(self._done_topic, make_envelope(self.agent_id, ClockBody(step=step, done=True), step=step))
         except BrokerError:
-            self.stats["done_not_sent"] += 1
+            self.stats.done_not_sent += 1
 
 
 def _write_json(path: Path, text: str) -> None:
@@ -589,12 +623,13 @@ class _FileWriter:
     """One file's writes, run in submission order on a worker thread (``asyncio.to_thread``), so a slow or
     full disk never blocks the event loop. ``latest_only``: a queued write not yet started is replaced by a
     newer one (a status file needs only the newest). At most ``max_pending`` wait; beyond that a write is
-    dropped (``{name}_dropped``). A failed write (disk full, directory removed) is logged and counted in
-    ``{name}_write_failed``, never raised. :meth:`drain` waits until every queued write has run."""
+    dropped (counted in ``dropped``). A failed write (disk full, directory removed) is logged and counted in
+    ``failed``, never raised. :meth:`drain` waits until every queued write has run."""
 
-    def __init__(self, name: str, stats: Counter[str], *, latest_only: bool = False, max_pending: int = 10_000) -> None:
+    def __init__(self, name: str, *, latest_only: bool = False, max_pending: int = 10_000) -> None:
         self.name = name
-        self._stats = stats
+        self.dropped = 0
+        self.failed = 0
         self._latest_only = latest_only
         self._max_pending = max_pending
         self._pending: deque[Callable[[], None]] = deque()
@@ -605,7 +640,7 @@ class _FileWriter:
         if self._latest_only and self._pending:
             self._pending[-1] = write
         elif len(self._pending) >= self._max_pending:
-            self._stats[f"{self.name}_dropped"] += 1
+            self.dropped += 1
             return
         else:
             self._pending.append(write)
@@ -618,10 +653,9 @@ class _FileWriter:
             try:
                 await asyncio.to_thread(write)
             except Exception as exc:  # mostly OSError; whatever a write raises, the gateway goes on
-                self._stats[f"{self.name}_write_failed"] += 1
-                failed = self._stats[f"{self.name}_write_failed"]
-                if failed == 1 or failed % 100 == 0:  # a full disk fails every cycle: do not flood the log
-                    log.warning("%s write failed (%d so far): %s", self.name, failed, exc)
+                self.failed += 1
+                if self.failed == 1 or self.failed % 100 == 0:  # a full disk fails every cycle: do not flood the log
+                    log.warning("%s write failed (%d so far): %s", self.name, self.failed, exc)
 
     async def drain(self) -> None:
         """Wait until every queued write has run (or failed)."""

@@ -21,16 +21,23 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from heron_edge.agents import SystemOperator
 from heron_edge.brokers import Broker, Subscription
+from heron_edge.counters import Rejections, RejectSource, int_fields
 from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import (
-    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_topic, decode_on, make_envelope,
+    ClockBody,
+    DecodeError,
+    StatusBody,
+    TelemetryBody,
+    agent_topic,
+    decode_on,
+    make_envelope,
 )
 from heron_edge.protocols import Clearing, PriceSignal
 from heron_edge.runtime.wallclock import timer_steps
@@ -56,11 +63,17 @@ class StepService(Protocol):
     async def on_repeat(self, step: int) -> None:
         """The step already ran and is announced again: re-send what needs no new input."""
 
+    def counters(self) -> dict[str, int]:
+        """The service's counts, for the operator's status."""
+
+    def rejections(self) -> dict[RejectSource, dict[str, int]]:
+        """The messages the service rejected, by source and reason."""
+
 
 class FeederMeter:
     """The feeder-head reading of each step from the meter topic; bounded wait, None when missing.
 
-    A reading beyond ``limit_mw`` (in either direction) is rejected (``meter_rejected_bounds``)."""
+    A reading beyond ``limit_mw`` (in either direction) is rejected (reason ``bounds``)."""
 
     def __init__(self, broker: Broker, *, site: str, meter_id: str, timeout_s: float, limit_mw: float = 1e4) -> None:
         self.broker = broker
@@ -68,7 +81,9 @@ class FeederMeter:
         self.meter_id = meter_id
         self.timeout_s = timeout_s
         self.limit_mw = limit_mw
-        self.stats: Counter[str] = Counter()
+        self.late = 0
+        """Steps without a reading in time."""
+        self.rejected = Rejections()
         self._sub: Subscription | None = None
         self._readings: dict[int, float | None] = {}
 
@@ -80,15 +95,15 @@ class FeederMeter:
         try:
             envelope = decode_on(topic, payload)
         except DecodeError as exc:
-            self.stats[f"meter_rejected_{exc.reason}"] += 1
+            self.rejected[exc.reason] += 1
             log.warning("operator: rejected a meter reading on %s: %s", topic, exc)
             return
         if not isinstance(envelope.body, TelemetryBody):
-            self.stats["meter_rejected_topic"] += 1
+            self.rejected["topic"] += 1
             return
         reading = envelope.body.values.get("feeder_head_mw")
         if reading is not None and abs(reading) > self.limit_mw:
-            self.stats["meter_rejected_bounds"] += 1
+            self.rejected["bounds"] += 1
             log.warning("operator: feeder-head reading %r MW beyond +/-%g MW rejected", reading, self.limit_mw)
             return
         self._readings[envelope.step] = reading
@@ -105,7 +120,7 @@ class FeederMeter:
         while step not in self._readings:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                self.stats["meter_late"] += 1
+                self.late += 1
                 log.warning("operator: no feeder-head reading for step %d", step)
                 return None
             try:
@@ -172,10 +187,29 @@ class CoordinationService:
                 f.write(json.dumps(ledger_row(step, price, None if setpoints is None else setpoints.tolist(),
                                               clearing, loading)) + "\n")
 
+    def counters(self) -> dict[str, int]:
+        meter = {} if self.meter is None else {"meter_late": self.meter.late}
+        return {**self.operator.counters(), **meter}
+
+    def rejections(self) -> dict[RejectSource, dict[str, int]]:
+        out = self.operator.rejections()
+        if self.meter is not None and self.meter.rejected:
+            out["meter"] = self.meter.rejected.as_dict()
+        return out
+
     async def on_repeat(self, step: int) -> None:
         roles = self.operator.roles
         roles.link.step = step
         await self.operator.coordination.price.operator(roles.link, self.price_of(step), self._loading.get(step, 0.0))
+
+
+@dataclass
+class RuntimeStats:
+    """Steps the operator ran, announcements of a step already done, and steps that failed."""
+
+    steps: int = 0
+    repeats: int = 0
+    step_failed: int = 0
 
 
 class OperatorRuntime:
@@ -186,13 +220,13 @@ class OperatorRuntime:
     year) is rejected (``rejected_bounds``). ``clock="timer"``: every ``period_s`` wall-clock period, as
     it starts (no ``done``: nobody waits for one). No step can end the process: whatever a step raises
     is logged and counted (``step_failed``) and the next announcement is served. The retained status
-    carries the counters (``counters()``), republished after every step in which they changed.
+    carries the counters and rejections of the runtime and its services, republished after every step in
+    which they changed.
     """
 
     def __init__(self, broker: Broker, *, site: str, operator_id: str, services: Sequence[StepService],
                  clock_sender: str = "plant", clock: Literal["bus", "timer"] = "bus", period_s: float = 1.0,
-                 step_limit: int | None = None,
-                 counters: Callable[[], dict[str, int]] | None = None) -> None:
+                 step_limit: int | None = None) -> None:
         if clock not in ("bus", "timer"):
             raise ConfigError(f"clock must be 'bus' or 'timer', not {clock!r}")
         if not period_s > 0:
@@ -205,31 +239,41 @@ class OperatorRuntime:
         self.clock = clock
         self.period_s = period_s
         self.step_limit = step_limit
-        self._service_counters = counters
-        self.stats: Counter[str] = Counter()
+        self.stats = RuntimeStats()
+        self.clock_rejected = Rejections()
         self.done_step = -1
         self._stop = asyncio.Event()
         self._clock_topic = agent_topic(site, clock_sender, "clock")
         self._done_topic = agent_topic(site, operator_id, "done")
         self._status_topic = agent_topic(site, operator_id, "status")
-        self._published_counters: dict[str, int] | None = None
+        self._published: tuple[dict[str, int], dict[RejectSource, dict[str, int]]] | None = None
 
     def stop(self) -> None:
         self._stop.set()
 
     def counters(self) -> dict[str, int]:
-        """The runtime's counters and the services' (rejections, late telemetry, ...)."""
-        merged = {k: int(v) for k, v in self.stats.items()}
-        if self._service_counters is not None:
-            merged.update(self._service_counters())
+        """The runtime's counts (steps, repeats, failed steps) and its services' (late telemetry, ...)."""
+        merged = int_fields(self.stats)
+        for service in self.services:
+            merged.update(service.counters())
+        return merged
+
+    def rejections(self) -> dict[RejectSource, dict[str, int]]:
+        """Rejected clock messages and the services' rejections, by source and reason."""
+        merged: dict[RejectSource, dict[str, int]] = {}
+        if self.clock_rejected:
+            merged["clock"] = self.clock_rejected.as_dict()
+        for service in self.services:
+            for source, counts in service.rejections().items():
+                merged[source] = {**merged.get(source, {}), **counts}
         return merged
 
     async def _status(self, state: str, detail: str = "") -> None:
-        counters = self.counters()
-        body = StatusBody(state=state, detail=detail, counters=counters)  # type: ignore[arg-type]
+        report = self.counters(), self.rejections()
+        body = StatusBody(state=state, detail=detail, counters=report[0], rejected=report[1])  # type: ignore[arg-type]
         await self.broker.publish(self._status_topic, make_envelope(self.operator_id, body, step=max(self.done_step, 0)),
                                   retain=True)
-        self._published_counters = counters
+        self._published = report
 
     async def run(self) -> None:
         await self.broker.connect()
@@ -259,14 +303,14 @@ class OperatorRuntime:
             try:
                 envelope = decode_on(delivery.topic, delivery.payload)
             except DecodeError as exc:
-                self.stats[f"rejected_{exc.reason}"] += 1
+                self.clock_rejected[exc.reason] += 1
                 log.warning("operator: rejected a clock message on %s: %s", delivery.topic, exc)
                 continue
             body = envelope.body
             if not isinstance(body, ClockBody):
                 continue
             if self.step_limit is not None and body.step >= self.step_limit:
-                self.stats["rejected_bounds"] += 1
+                self.clock_rejected["bounds"] += 1
                 log.warning("operator: clock step %d is beyond the last step %d; ignored", body.step, self.step_limit - 1)
                 continue
             yield body.step
@@ -279,15 +323,18 @@ class OperatorRuntime:
             if self.clock == "bus":
                 await self.broker.publish(self._done_topic, make_envelope(
                     self.operator_id, ClockBody(step=step, done=True), step=step))
-            self.stats["repeats" if repeat else "steps"] += 1
+            if repeat:
+                self.stats.repeats += 1
+            else:
+                self.stats.steps += 1
             self.done_step = step
         except BrokerError as exc:
-            self.stats["step_failed"] += 1
+            self.stats.step_failed += 1
             log.warning("operator: step %d not completed: %s", step, exc)
         except Exception:  # noqa: BLE001 - no step may end the operator: count, log with the traceback, go on
-            self.stats["step_failed"] += 1
+            self.stats.step_failed += 1
             log.exception("operator: step %d failed", step)
-        if self.counters() != self._published_counters:
+        if (self.counters(), self.rejections()) != self._published:
             try:
                 await self._status("online")
             except BrokerError as exc:

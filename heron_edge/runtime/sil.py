@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from heron_edge.counters import RejectSource
+
 if TYPE_CHECKING:
     from sim.scenario import Scenario
 
@@ -524,7 +526,7 @@ def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, opt
 
 
 # ---------------------------------------------------------------------------------------------- run health
-RejectionSource = Literal["message", "clock", "command", "protocol"]
+RejectionSource = RejectSource
 
 
 @dataclass(frozen=True)
@@ -535,12 +537,6 @@ class Rejection:
     source: RejectionSource
     reason: str
     count: int
-
-
-_REJECTION_PREFIXES: tuple[tuple[str, RejectionSource], ...] = (
-    ("cmd_rejected_", "command"), ("clock_rejected_", "clock"), ("protocol_rejected_", "protocol"),
-    ("rejected_", "message"))
-"""How the gateway's status names its rejection counters, and what each counts."""
 
 
 @dataclass(frozen=True)
@@ -565,21 +561,15 @@ class AgentCounters:
         return sum(r.count for r in self.rejections if r.source == "command")
 
     @classmethod
-    def from_status(cls, counters: Mapping[str, int]) -> AgentCounters:
-        """From a status file's flat counters; the gateway names rejections ``cmd_rejected_<reason>``,
-        ``clock_rejected_<reason>``, ``protocol_rejected_<reason>`` and ``rejected_<reason>`` (messages): this
-        is the one place that reads those names."""
-        rejections = []
-        for key, count in sorted(counters.items()):
-            for prefix, source in _REJECTION_PREFIXES:
-                if key.startswith(prefix):
-                    if count:
-                        rejections.append(Rejection(source, key[len(prefix):], int(count)))
-                    break
+    def from_status(cls, counters: Mapping[str, int],
+                    rejected: Mapping[RejectSource, Mapping[str, int]]) -> AgentCounters:
+        """From a status file's counters and its rejections by source and reason."""
+        rejections = tuple(Rejection(source, reason, int(count)) for source, reasons in sorted(rejected.items())
+                           for reason, count in sorted(reasons.items()) if count)
         return cls(late=int(counters.get("late", 0)), stale=int(counters.get("stale", 0)),
                    protocol_timeouts=int(counters.get("protocol_timeouts", 0)),
                    failsafe_entries=int(counters.get("failsafe_entries", 0)),
-                   cmd_accepted=int(counters.get("cmd_accepted", 0)), rejections=tuple(rejections))
+                   cmd_accepted=int(counters.get("cmd_accepted", 0)), rejections=rejections)
 
 
 @dataclass(frozen=True)
@@ -752,7 +742,7 @@ def run_health(files: SilFiles, names: Sequence[str], steps: Sequence[int], *, f
         late = {int(row["step"]) for row in journal if row.get("late")}  # when the journal records it
         late |= {int(m.group(1)) for m in _log_matches(text(files.log(f"agent-{name}")), _AGENT_LATE, run_steps)}
         status = _load_status(files.status(name))
-        counters = AgentCounters.from_status(status.get("counters", {}))
+        counters = AgentCounters.from_status(status.get("counters", {}), status.get("rejected", {}))
         reasons: list[str] = []
         after = 0
         for t, state, detail in status.get("transitions", []):

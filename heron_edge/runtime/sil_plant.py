@@ -25,22 +25,29 @@ import asyncio
 import json
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from sim.plant import Measurements, Plant
 
 from firmware_bridge import Emulator
 from heron_edge.brokers import Broker, Subscription
+from heron_edge.counters import int_fields
 from heron_edge.errors import BrokerError
 from heron_edge.messages import (
-    ClockBody, DecodeError, StatusBody, TelemetryBody, agent_filter, agent_topic, decode_on, make_envelope,
+    ClockBody,
+    DecodeError,
+    StatusBody,
+    TelemetryBody,
+    agent_filter,
+    agent_topic,
+    decode_on,
+    make_envelope,
 )
 from heron_edge.runtime.meter import MeterServer
 from heron_edge.runtime.sil_devices import PlantDevices
-from sim.plant import Measurements, Plant
 
 __all__ = ["ClockMode", "DeviceEndpoint", "PlantResult", "PlantRuntime", "measurement_row", "PLANT_ID"]
 
@@ -105,7 +112,7 @@ class PlantRuntime:
         self.devices = PlantDevices(plant)
         self.microgrids: dict[str, _Microgrid] = {}
         self.records: list[dict[str, object]] = []
-        self.stats: Counter[str] = Counter()
+        self.stats = PlantStats()
         self.step_times: list[float] = []
         self._clock_topic = agent_topic(site, PLANT_ID, "clock")
         self._meter_topic = agent_topic(site, PLANT_ID, "meter")
@@ -188,9 +195,9 @@ class PlantRuntime:
     async def _announce(self, step: int) -> None:
         try:
             await self.broker.publish(self._clock_topic, make_envelope(PLANT_ID, ClockBody(step=step), step=step))
-            self.stats["announcements"] += 1
+            self.stats.announcements += 1
         except BrokerError as exc:
-            self.stats["announce_failed"] += 1
+            self.stats.announce_failed += 1
             log.info("plant: cannot announce step %d: %s", step, exc)
 
     async def _publish_meter(self, step: int) -> None:
@@ -201,7 +208,7 @@ class PlantRuntime:
         try:
             await self.broker.publish(self._meter_topic, make_envelope(PLANT_ID, body, step=step))
         except BrokerError as exc:
-            self.stats["meter_failed"] += 1
+            self.stats.meter_failed += 1
             log.info("plant: cannot send the meter reading of step %d: %s", step, exc)
 
     async def _lockstep_wait(self, sub: Subscription, step: int) -> None:
@@ -212,12 +219,12 @@ class PlantRuntime:
         while waiting:
             now = time.monotonic()
             if now - start > self.max_wait_s:
-                self.stats["forced_steps"] += 1
+                self.stats.forced_steps += 1
                 log.warning("plant: step %d forced without %s", step, sorted(waiting))
                 return
             if now >= next_repeat:
                 await self._announce(step)
-                self.stats["repeats"] += 1
+                self.stats.repeats += 1
                 next_repeat = now + self.repeat_s
             try:
                 delivery = await sub.get(timeout=max(0.001, next_repeat - time.monotonic()))
@@ -227,7 +234,7 @@ class PlantRuntime:
                 try:
                     env = decode_on(d.topic, d.payload)
                 except DecodeError as exc:
-                    self.stats["clock_rejected"] += 1
+                    self.stats.done_rejected += 1
                     log.warning("plant: rejected a done message on %s: %s", d.topic, exc)
                     continue
                 if isinstance(env.body, ClockBody) and env.body.done and env.body.step == step:
@@ -287,10 +294,23 @@ class PlantRuntime:
 
     def result(self) -> PlantResult:
         """What the run did: steps, counters, mean step time, and when it finished."""
-        stats = {"steps": len(self.records), **self.stats,
+        stats = {"steps": len(self.records), **int_fields(self.stats),
                  "step_ms_mean": 1e3 * sum(self.step_times) / max(len(self.step_times), 1)}
         last = int(self.records[-1]["step_in_year"]) if self.records else None  # type: ignore[call-overload]
         return PlantResult(stats=stats, finished_at=self.finished_at, last_step=last)
+
+
+@dataclass
+class PlantStats:
+    """What the plant's clock did: announcements (and repeats while it waited), steps forced without every
+    ``done``, rejected ``done`` messages, failed publishes."""
+
+    announcements: int = 0
+    repeats: int = 0
+    forced_steps: int = 0
+    done_rejected: int = 0
+    announce_failed: int = 0
+    meter_failed: int = 0
 
 
 @dataclass(frozen=True)

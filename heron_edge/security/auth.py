@@ -26,10 +26,12 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Final, Literal, get_args
 
+from heron_edge.counters import Rejections
 from heron_edge.errors import ConfigError, MessageError
 from heron_edge.messages import DecodeError, DecodeReason, Envelope, decode, encode, parse_topic
 
@@ -38,6 +40,7 @@ __all__ = [
     "CommandGuard",
     "CommandRejected",
     "CommandSigner",
+    "GuardStats",
     "MAC_CONTEXT",
     "MIN_KEY_BYTES",
     "REJECT_REASONS",
@@ -129,10 +132,18 @@ class CommandSigner:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class GuardStats:
+    """A CommandGuard's decisions: commands accepted, and rejected by reason (:data:`REJECT_REASONS`)."""
+
+    accepted: int = 0
+    rejected: Rejections = field(default_factory=Rejections)
+
+
 class CommandGuard:
     """Decides whether ``agent_id`` may apply a command; counts every decision in :attr:`stats`.
 
-    ``stats`` holds ``accepted`` and ``rejected_<reason>`` counters. With ``key=None`` no MAC is
+    ``stats`` counts the ``accepted`` commands and the ``rejected`` ones by reason. With ``key=None`` no MAC is
     required (a MAC present is then ignored); with a key, unsigned and wrongly signed commands are
     refused. ``require_expiry`` refuses commands without ``expires``; ``accept_broadcast`` also
     accepts ``recipient=None`` (default: a command must name this agent). ``clock`` gives unix
@@ -168,7 +179,7 @@ class CommandGuard:
         self.newest_step: int = -1
         self.current_step: int | None = None  # unknown: no window (an agent sets it each cycle)
         self.step_window: int = step_window
-        self.stats: Counter[str] = Counter()
+        self.stats = GuardStats()
 
     @property
     def signed(self) -> bool:
@@ -178,7 +189,7 @@ class CommandGuard:
     @property
     def rejected(self) -> int:
         """Total rejections, all reasons."""
-        return sum(v for k, v in self.stats.items() if k.startswith("rejected_"))
+        return self.stats.rejected.total
 
     def check_payload(self, payload: bytes | bytearray | memoryview | str, *, topic: str | None = None) -> Envelope:
         """Decode a wire payload and :meth:`check` it; returns the envelope to apply.
@@ -189,7 +200,7 @@ class CommandGuard:
         try:
             envelope = decode(payload, now=self._clock())
         except DecodeError as exc:
-            self.stats[f"rejected_{exc.reason}"] += 1
+            self.stats.rejected[exc.reason] += 1
             raise CommandRejected(exc.reason, str(exc)) from None
         self.check(envelope, topic=topic)
         return envelope
@@ -203,10 +214,10 @@ class CommandGuard:
         try:
             self._check(envelope, topic)
         except CommandRejected as exc:
-            self.stats[f"rejected_{exc.reason}"] += 1
+            self.stats.rejected[exc.reason] += 1
             raise
         self._remember(envelope)
-        self.stats["accepted"] += 1
+        self.stats.accepted += 1
 
     def _check(self, envelope: Envelope, topic: str | None) -> None:
         what = f"{envelope.kind} {envelope.id} from {envelope.sender!r}"

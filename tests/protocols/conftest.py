@@ -5,10 +5,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-import pytest
 
+import pytest
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.protocols import Link
+
 from tests.conftest import require_mosquitto
 
 

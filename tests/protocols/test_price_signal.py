@@ -5,13 +5,13 @@ import asyncio
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.messages import PriceBody, agent_topic, make_envelope
 from heron_edge.protocols import Link, PriceSignal, PriceSignalProtocol, ReceivedPrice
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.conftest import run_async
 from tests.protocols.conftest import Transport
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from heron_edge.brokers import MqttBroker
 from heron_edge.messages import PriceBody, agent_topic, decode
 from heron_edge.runtime.mosquitto import MosquittoProcess
 from heron_edge.runtime.wallclock import hour_of_year_index, step_at
 from sim.profiles import load_profiles
 from sim.scenario import load_scenario
+
 from tests.conftest import run_async
 from tests.runtime.rig import Rig, wait_for
 
@@ -53,7 +53,7 @@ def test_gateways_and_operator_meet_on_the_timer_clock(mosquitto: MosquittoProce
                 assert g.counters().get("late", 0) - late_at_start[name] <= 2, (name, g.counters())
             for row in ledger.values():
                 assert row["price_usd_per_mwh"] == rig.wall_price(row["step"])
-            assert rig.op_runtime.stats["steps"] >= 12 and not rig.op_runtime.stats["step_failed"]
+            assert rig.op_runtime.stats.steps >= 12 and not rig.op_runtime.stats.step_failed
 
     run_async(scenario(), timeout=90)
 

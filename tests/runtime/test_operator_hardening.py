@@ -9,16 +9,25 @@ import time
 
 import numpy as np
 import pytest
-
 from heron_edge.agents import SystemOperator
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.coordination import UPSTREAM_ID, Coordination
 from heron_edge.messages import (
-    ClearingBody, ClockBody, OrderBody, PriceBody, SetpointBody, StatusBody, TelemetryBody, agent_topic, command_topic,
-    decode, make_envelope,
+    ClearingBody,
+    ClockBody,
+    OrderBody,
+    PriceBody,
+    SetpointBody,
+    StatusBody,
+    TelemetryBody,
+    agent_topic,
+    command_topic,
+    decode,
+    make_envelope,
 )
 from heron_edge.runtime.operator import CoordinationService, OperatorRuntime
 from sim.scenario import load_scenario
+
 from tests.conftest import run_async
 
 SITE = "hard"
@@ -42,8 +51,7 @@ class Site:
                                        telemetry_wait_s=telemetry_wait_s)
         prices = np.linspace(20.0, 40.0, 8760)
         self.runtime = OperatorRuntime(self.broker, site=SITE, operator_id=UPSTREAM_ID, step_limit=len(prices),
-                                       services=[CoordinationService(self.operator, lambda step: float(prices[step]))],
-                                       counters=self.operator.counters)
+                                       services=[CoordinationService(self.operator, lambda step: float(prices[step]))])
 
     async def start(self) -> asyncio.Future[None]:
         await self.broker.connect()
@@ -100,7 +108,7 @@ def test_clock_steps_past_the_year_are_rejected_and_the_next_step_is_served(capl
 
     with caplog.at_level(logging.WARNING):
         status = run_async(main())
-    assert status.counters["rejected_bounds"] == 3 and status.counters["rejected_sender"] == 1
+    assert status.rejected["clock"] == {"bounds": 3, "sender": 1}
     assert status.counters["steps"] == 1 and site.runtime.done_step == 3
     assert sum("rejected a clock message" in r.getMessage() or "beyond the last step" in r.getMessage()
                for r in caplog.records) == 4
@@ -130,7 +138,7 @@ def test_extreme_telemetry_is_rejected_and_setpoints_still_go_out() -> None:
 
     p_mw, status = run_async(main())
     assert len(p_mw) == 3 and all(np.isfinite(p_mw)) and max(abs(p) for p in p_mw) < 10
-    assert status.counters["rejected_bounds"] == 2 and status.counters["rejected_sender"] == 1
+    assert status.rejected["message"] == {"bounds": 2, "sender": 1}
     assert status.counters.get("late", 0) == 0 and status.counters.get("step_failed", 0) == 0
 
 
@@ -161,7 +169,7 @@ def test_extreme_orders_are_rejected_and_the_market_clears_the_genuine_ones() ->
 
     body, status = run_async(main())
     assert body.clearing_price_usd_per_mwh == 35.0 and [t.quantity_mw for t in body.trades] == [1.0]
-    assert status.counters["protocol_rejected_bounds"] == 3
+    assert status.rejected["protocol"] == {"bounds": 3}
 
 
 def test_a_silent_microgrid_delays_the_price_by_the_telemetry_wait_only() -> None:

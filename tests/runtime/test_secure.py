@@ -11,16 +11,24 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import BrokerError, ConfigError
-from heron_edge.messages import ClockBody, PriceBody, SetpointBody, TelemetryBody, agent_topic, command_topic
-from heron_edge.messages import decode, make_envelope
+from heron_edge.messages import (
+    ClockBody,
+    PriceBody,
+    SetpointBody,
+    TelemetryBody,
+    agent_topic,
+    command_topic,
+    decode,
+    make_envelope,
+)
 from heron_edge.runtime.config import parse_gateway_config
 from heron_edge.runtime.secure import COMMAND_KEYS_ENV, PASSWORD_ENV, SecureSite, SigningBroker, signer_from_env
 from heron_edge.security import CommandGuard, new_key
 from heron_edge.security.auth import CommandRejected
 from heron_edge.security.launch import running_site_mosquitto
+
 from tests.conftest import require_mosquitto, run_async
 
 

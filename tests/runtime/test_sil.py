@@ -136,11 +136,12 @@ def test_run_health_names_agents_and_steps_and_leaves_out_shutdown(tmp_path: Pat
     files.log("agent-mg1").write_text("")
     for name, counters, transitions in (
             ("mg1", {"cycles": 4, "failsafe_entries": 1}, [[finished_at + 2, "failsafe", "upstream: no price"]]),
-            ("mg2", {"late": 1, "stale": 3, "rejected_schema": 2, "cmd_rejected_bad_mac": 1, "clock_rejected_sender": 0,
-                     "cmd_accepted": 3, "failsafe_entries": 2},
+            ("mg2", {"late": 1, "stale": 3, "cmd_accepted": 3, "failsafe_entries": 2},
              [[finished_at - 3, "failsafe", "upstream: no price from system_operator for 2.1 s"],
               [finished_at - 1, "online", ""], [finished_at + 1, "failsafe", "device: battery stale"]])):
-        files.status(name).write_text(json.dumps({"counters": counters, "transitions": transitions, "timing": {}}))
+        rejected = {"message": {"schema": 2}, "command": {"bad_mac": 1}, "clock": {}} if name == "mg2" else {}
+        files.status(name).write_text(json.dumps({"counters": counters, "rejected": rejected,
+                                                  "transitions": transitions, "timing": {}}))
     marks = FileMarks.take(files.appended(["mg1", "mg2"]))
     # shutdown: what comes after the marks and after finished_at is not the run's
     with open(files.journal("mg1"), "a") as f:

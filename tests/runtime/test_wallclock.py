@@ -6,7 +6,6 @@ import datetime as dt
 import time
 
 import pytest
-
 from heron_edge.agents import SystemOperator
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.coordination import UPSTREAM_ID, Coordination
@@ -15,6 +14,7 @@ from heron_edge.messages import ClockBody, PriceBody, agent_filter, agent_topic,
 from heron_edge.runtime.operator import CoordinationService, OperatorRuntime
 from heron_edge.runtime.wallclock import hour_of_year_index, seconds_to_next, step_at, timer_steps
 from sim.scenario import load_scenario
+
 from tests.conftest import run_async
 
 
@@ -125,7 +125,7 @@ def test_operator_on_the_timer_clock_prices_every_wall_clock_step() -> None:
         assert isinstance(m.body, PriceBody) and m.body.price_usd_per_mwh == price_of(m.step)
         assert m.step == step_at(period, m.ts)  # sent inside its own period
     assert not [d for d in clock if isinstance(decode(d.payload).body, ClockBody)]  # no done on a timer clock
-    assert runtime.stats["steps"] == len(steps)
+    assert runtime.stats.steps == len(steps)
 
 
 def test_operator_clock_settings_are_checked() -> None:

@@ -6,15 +6,21 @@ import hmac
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from heron_edge.errors import ConfigError
 from heron_edge.messages import (
-    ActionBody, Envelope, PriceBody, SetpointBody, command_topic, decode, encode, make_envelope,
+    ActionBody,
+    Envelope,
+    PriceBody,
+    SetpointBody,
+    command_topic,
+    decode,
+    encode,
+    make_envelope,
 )
 from heron_edge.security import CommandGuard, CommandRejected, CommandSigner, new_key, parse_key, sign, verify
 from heron_edge.security.auth import MAC_CONTEXT, REJECT_REASONS, compute_mac
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -66,7 +72,7 @@ def test_the_upstream_signed_command_is_accepted_once() -> None:
     guard.check(sign(command(step=3), KEY))  # another command for the same step is fine
     guard.check(sign(command(step=4), KEY))
     assert rejection(guard, sign(command(step=3), KEY)) == "replay_step"
-    assert guard.stats == {"accepted": 3, "rejected_replay_id": 1, "rejected_replay_step": 1}
+    assert guard.stats.accepted == 3 and guard.stats.rejected == {"replay_id": 1, "replay_step": 1}
     assert guard.rejected == 2
 
 
@@ -92,7 +98,7 @@ def test_forged_or_misdirected_commands_are_rejected_and_counted(envelope: Envel
     kw = {} if topic is None else {"topic": topic}
     assert rejection(guard, envelope, **kw) == reason
     assert reason in REJECT_REASONS
-    assert guard.stats == {f"rejected_{reason}": 1}
+    assert guard.stats.accepted == 0 and guard.stats.rejected == {reason: 1}
     assert guard.newest_step == -1  # nothing remembered from a rejected message
 
 
@@ -125,7 +131,7 @@ def test_check_payload_counts_decode_failures_too() -> None:
     tampered = encode(good).replace(b'"p_mw":0.5', b'"p_mw":5.0')
     with pytest.raises(CommandRejected, match="bad_mac"):
         guard.check_payload(tampered)
-    assert guard.stats == {"rejected_not_json": 1, "rejected_schema": 2, "accepted": 1, "rejected_bad_mac": 1}
+    assert guard.stats.accepted == 1 and guard.stats.rejected == {"not_json": 1, "schema": 2, "bad_mac": 1}
 
 
 def test_seen_ids_are_bounded() -> None:
@@ -163,7 +169,7 @@ def test_action_commands_are_commands_too() -> None:
     guard = CommandGuard("mg1", "op", key=KEY)
     env = sign(make_envelope("op", ActionBody(values=[0.1, 0.2]), step=1, recipient="mg1"), KEY)
     guard.check(env, topic=command_topic("s", "mg1", "action"))
-    assert guard.stats["accepted"] == 1
+    assert guard.stats.accepted == 1
 
 
 def test_expiry_can_be_required_and_broadcast_accepted() -> None:
@@ -191,6 +197,6 @@ def test_a_far_future_step_never_becomes_the_replay_mark() -> None:
     for step in range(5, 21):  # the agent moves on; every genuine command is accepted
         guard.current_step = step
         guard.check(command(step=step))
-    assert guard.stats["accepted"] == 16 and guard.stats["rejected_bounds"] == 1
+    assert guard.stats.accepted == 16 and guard.stats.rejected == {"bounds": 1}
     guard.current_step = 20
     guard.check(command(step=20 + guard.step_window))  # the window's edge is still accepted
