@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
-from heron_edge.errors import ConfigError
+from heron_edge.errors import ConfigError, UsageError
 from heron_edge.protocols import (
     Clearing,
     ConsensusProtocol,
@@ -309,7 +309,8 @@ class OperatorRoles:
         signal = await c.price.operator(link, hourly_price, head_loading_pu)
         setpoints = None
         if c.setpoint:
-            assert needs is not None, "the setpoint protocol needs the microgrids' reported needs"
+            if needs is None:
+                raise UsageError("the setpoint protocol needs the microgrids' reported needs")
             setpoints = await c.setpoint.operator(link, needs, c.names)
         return signal, setpoints
 

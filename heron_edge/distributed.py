@@ -23,6 +23,7 @@ from heron_edge.config import EnvConfig, default_site
 from heron_edge.coordination import UPSTREAM_ID, Coordination, MicrogridRoles, Signals
 from heron_edge.deviceio import PlantDeviceIO
 from heron_edge.eager import gather_eagerly, run_eagerly
+from heron_edge.errors import UsageError
 from heron_edge.protocols import Clearing, Link
 
 
@@ -109,7 +110,8 @@ class DistributedRunner:
 
     async def _step(self, actions: np.ndarray) -> tuple[Measurements, Signals, Clearing | None, dict[str, np.ndarray]]:
         step, signals = self.plant.t, self.signals
-        assert signals is not None, "reset() first"
+        if signals is None:
+            raise UsageError("step before reset(): call reset() first")
         for proxy, policy, action, observation in zip(self.proxies, self.policies, actions, self._observations):
             policy.next_action = action
             await proxy.actual_agent.apply(proxy.actual_agent.act(observation))

@@ -28,7 +28,7 @@ from sim.plant import Measurements, Plant, Setpoints
 from heron_edge import observations as ob
 from heron_edge.config import EnvConfig, default_site, parse_config
 from heron_edge.coordination import Coordination, Settlement, Signals
-from heron_edge.errors import ActionError, ConfigError
+from heron_edge.errors import ActionError, ConfigError, UsageError
 from heron_edge.protocols import Clearing, tracking_error
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
@@ -111,11 +111,11 @@ class MultiAgentMicrogrids(ParallelEnv):
         n_steps = self.plant.n_steps_in_year
         horizon = self.config.max_episode_steps
         if horizon >= n_steps:
-            raise ValueError(f"max_episode_steps {horizon} does not fit in a year of {n_steps} steps")
+            raise ConfigError(f"max_episode_steps {horizon} does not fit in a year of {n_steps} steps")
         if "start_step" in options:
             start = int(options["start_step"])
             if not 0 <= start <= n_steps - 1 - horizon:
-                raise ValueError(f"start_step must be in [0, {n_steps - 1 - horizon}] for {horizon}-step episodes")
+                raise ConfigError(f"start_step must be in [0, {n_steps - 1 - horizon}] for {horizon}-step episodes")
             return start
         per_day = self.plant.profiles.steps_per_day
         days = (n_steps - 1 - horizon) // per_day + 1
@@ -127,7 +127,7 @@ class MultiAgentMicrogrids(ParallelEnv):
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         """Apply every live agent's action for one step; returns (obs, rewards, terminations, truncations, infos)."""
         if not self.agents:
-            raise RuntimeError("the episode is over: call reset()")
+            raise UsageError("the episode is over: call reset()")
         self._validate(actions)
         if self._runner is not None:
             last, signals, clearing, obs = self._runner.step(self._actions)
@@ -225,7 +225,8 @@ class MultiAgentMicrogrids(ParallelEnv):
         """The global state vector (context with the signalled price, every microgrid's local features), whatever the mode."""
         plant = self.plant
         signals = self._signals if self._runner is None else self._runner.signals
-        assert plant.last is not None and signals is not None, "reset() first"
+        if plant.last is None or signals is None:
+            raise UsageError("state() before reset(): call reset() first")
         ob.local_features(plant.last, plant.forecast(), self._local)
         ob.context(plant.t, plant.profiles.steps_per_day, signals.price.total_usd_per_mwh, self._context)
         return np.concatenate([self._context, self._local.reshape(-1)]).astype(np.float32)

@@ -24,3 +24,17 @@ class BrokerError(HeronError, ConnectionError):
 
 class DeviceError(HeronError):
     """A field device (Modbus) did not answer, answered an exception, or is not what we expected."""
+
+
+class ScenarioError(ConfigError):
+    """A scenario cannot be loaded or run (unknown name, missing or unreadable file, bad TOML, invalid field,
+    unknown profile); a ConfigError, so the CLI exits 2 with the message."""
+
+
+class UsageError(HeronError, RuntimeError):
+    """An object was used out of order: a step before ``reset()`` or after the episode ended, a role before
+    its ``start()``; the message says what to call first."""
+
+
+class RunError(HeronError, RuntimeError):
+    """A run of several processes (SIL) failed: a process exited early, or a file it must write never came."""

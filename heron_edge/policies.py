@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from heron_edge.errors import ActionError, ConfigError
 from heron_edge.observations import N_CONTEXT, N_LOCAL, PRICE_SCALE
 
 if TYPE_CHECKING:
@@ -58,15 +59,15 @@ class RulePolicy:
                  cost_c_usd_per_h: float = 0.0, window_steps: int = 24, charge_quantile: float = 0.25,
                  discharge_quantile: float = 0.75, min_history: int = 4, protocol_features: tuple[str, ...] = ()) -> None:
         if not 0 <= agent_index < n_agents:
-            raise ValueError(f"agent_index must be in [0, {n_agents}), got {agent_index}")
+            raise ConfigError(f"agent_index must be in [0, {n_agents}), got {agent_index}")
         if layout not in ("centralized", "distributed"):
-            raise ValueError(f"layout must be 'centralized' or 'distributed', got {layout!r}")
+            raise ConfigError(f"layout must be 'centralized' or 'distributed', got {layout!r}")
         if not 0.0 <= charge_quantile < discharge_quantile <= 1.0:
-            raise ValueError(f"need 0 <= charge_quantile < discharge_quantile <= 1, got {charge_quantile}, {discharge_quantile}")
+            raise ConfigError(f"need 0 <= charge_quantile < discharge_quantile <= 1, got {charge_quantile}, {discharge_quantile}")
         if not 0.0 < round_trip_efficiency <= 1.0:
-            raise ValueError(f"round_trip_efficiency must be in (0, 1], got {round_trip_efficiency}")
+            raise ConfigError(f"round_trip_efficiency must be in (0, 1], got {round_trip_efficiency}")
         if battery_p_max_mw <= 0 or generator_p_max_mw <= 0 or window_steps < 1 or min_history < 1:
-            raise ValueError("battery_p_max_mw, generator_p_max_mw, window_steps and min_history must be positive")
+            raise ConfigError("battery_p_max_mw, generator_p_max_mw, window_steps and min_history must be positive")
         self.battery_p_max_mw = battery_p_max_mw
         self.round_trip_efficiency = round_trip_efficiency
         self.agent_index = agent_index
@@ -113,11 +114,11 @@ class RulePolicy:
         """This agent's 8 local features (``heron_edge.observations.LOCAL_NAMES``) out of its observation."""
         obs = np.asarray(observation)
         if obs.shape != (self.obs_size,):
-            raise ValueError(f"a {self.layout} observation for {self.n_agents} agents has shape ({self.obs_size},), got {obs.shape}")
+            raise ActionError(f"a {self.layout} observation for {self.n_agents} agents has shape ({self.obs_size},), got {obs.shape}")
         if self.layout == "centralized":
             one_hot = obs[N_CONTEXT + N_LOCAL * self.n_agents : N_CONTEXT + (N_LOCAL + 1) * self.n_agents]
             if one_hot[self.agent_index] != 1.0:
-                raise ValueError(f"this observation belongs to agent {int(np.argmax(one_hot))}, not {self.agent_index}")
+                raise ActionError(f"this observation belongs to agent {int(np.argmax(one_hot))}, not {self.agent_index}")
         return obs[self._local]
 
     def generator_mw(self, price_usd_per_mwh: float) -> float:
@@ -167,7 +168,7 @@ class RandomPolicy:
         self.low = np.asarray(low, dtype=np.float32)
         self.high = np.asarray(high, dtype=np.float32)
         if self.low.shape != self.high.shape or (self.low > self.high).any():
-            raise ValueError("low and high must have the same shape with low <= high")
+            raise ConfigError("low and high must have the same shape with low <= high")
         self._rng = np.random.default_rng(seed)
 
     def reset(self) -> None:

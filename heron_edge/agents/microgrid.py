@@ -11,6 +11,7 @@ from typing import Protocol
 import numpy as np
 
 from heron_edge.deviceio import DeviceIO
+from heron_edge.errors import UsageError
 
 
 class Policy(Protocol):
@@ -27,7 +28,7 @@ class ExternalPolicy:
 
     def act(self, observation: np.ndarray) -> np.ndarray:
         if self.next_action is None:
-            raise RuntimeError("no action was set for this step")
+            raise UsageError("no action was set for this step: set next_action before act()")
         action, self.next_action = self.next_action, None
         return action
 

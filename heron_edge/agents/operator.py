@@ -21,6 +21,7 @@ import numpy as np
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import Coordination, OperatorRoles
 from heron_edge.counters import Rejections, RejectSource, int_fields
+from heron_edge.errors import UsageError
 from heron_edge.messages import DecodeError, TelemetryBody, agent_filter, decode_on
 from heron_edge.protocols import Clearing, Link, PriceSignal
 
@@ -85,7 +86,7 @@ class SystemOperator:
     async def _collect_needs(self, step: int) -> np.ndarray:
         """Each microgrid's need (load - PV - wind, MW) from its telemetry of ``step``; last value if late."""
         if self._telemetry is None:
-            raise RuntimeError("SystemOperator.start() was not awaited")
+            raise UsageError("SystemOperator.start() was not awaited")
         fresh = np.zeros(len(self._needs), dtype=bool)
         deadline = time.monotonic() + self.telemetry_wait_s
         limit = self.coordination.power_limit_mw

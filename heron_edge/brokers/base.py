@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Protocol, runtime_checkable
 
-from heron_edge.errors import BrokerError
+from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import Envelope, encode
 
 __all__ = [
@@ -71,28 +71,28 @@ def payload_bytes(payload: Payload) -> bytes:
 
 
 def validate_topic(topic: str) -> str:
-    """A topic name to publish to: non-empty, no wildcards, no NUL. Raises ValueError."""
+    """A topic name to publish to: non-empty, no wildcards, no NUL. Raises ConfigError (a ValueError)."""
     if not isinstance(topic, str) or not topic:
-        raise ValueError("topic must be a non-empty string")
+        raise ConfigError("topic must be a non-empty string")
     if "+" in topic or "#" in topic or "\0" in topic:
-        raise ValueError(f"topic {topic!r} must not contain '+', '#' or NUL (wildcards are for filters)")
+        raise ConfigError(f"topic {topic!r} must not contain '+', '#' or NUL (wildcards are for filters)")
     if len(topic.encode()) > 65535:
-        raise ValueError("topic longer than 65535 bytes")
+        raise ConfigError("topic longer than 65535 bytes")
     return topic
 
 
 def validate_filter(topic_filter: str) -> str:
     """A subscription filter: ``+`` fills a whole level, ``#`` only as the whole last level."""
     if not isinstance(topic_filter, str) or not topic_filter:
-        raise ValueError("topic filter must be a non-empty string")
+        raise ConfigError("topic filter must be a non-empty string")
     if "\0" in topic_filter:
-        raise ValueError("topic filter must not contain NUL")
+        raise ConfigError("topic filter must not contain NUL")
     levels = topic_filter.split("/")
     for i, level in enumerate(levels):
         if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValueError(f"invalid filter {topic_filter!r}: '#' must be the whole last level")
+            raise ConfigError(f"invalid filter {topic_filter!r}: '#' must be the whole last level")
         if "+" in level and level != "+":
-            raise ValueError(f"invalid filter {topic_filter!r}: '+' must be a whole level")
+            raise ConfigError(f"invalid filter {topic_filter!r}: '+' must be a whole level")
     return topic_filter
 
 
@@ -143,7 +143,7 @@ class Subscription:
 
     def __init__(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> None:
         if maxsize < 1:
-            raise ValueError("maxsize must be at least 1")
+            raise ConfigError("maxsize must be at least 1")
         self.topic_filter: str = topic_filter
         self.qos: int = qos
         self.maxsize: int = maxsize

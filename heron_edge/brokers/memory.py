@@ -19,7 +19,7 @@ from heron_edge.brokers.base import (
     validate_filter,
     validate_topic,
 )
-from heron_edge.errors import BrokerError
+from heron_edge.errors import BrokerError, ConfigError
 
 __all__ = ["InMemoryBroker"]
 
@@ -97,7 +97,7 @@ class InMemoryBroker:
         if type(payload) is not bytes:
             payload = payload_bytes(payload)
         if qos not in _QOS:
-            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+            raise ConfigError(f"qos must be 0, 1 or 2, not {qos!r}")
         subs = self._routes.get(topic)
         if subs is None:
             subs = self._route(topic)
@@ -129,7 +129,7 @@ class InMemoryBroker:
             raise self._not_open()
         validate_filter(topic_filter)
         if qos not in _QOS:
-            raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+            raise ConfigError(f"qos must be 0, 1 or 2, not {qos!r}")
         sub = Subscription(topic_filter, qos=qos, maxsize=maxsize)
         self._filters.setdefault(topic_filter, []).append(sub)
         self._routes.clear()

@@ -33,11 +33,12 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from heron_edge.counters import RejectSource
+from heron_edge.errors import RunError
 
 if TYPE_CHECKING:
     from sim.scenario import Scenario
@@ -255,9 +256,9 @@ def wait_for_file(path: Path, *, timeout: float, process: ManagedProcess | None 
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process is not None and not process.alive():
-            raise RuntimeError(f"{process.name} exited ({process.proc.returncode}):\n{process.tail()}")
+            raise RunError(f"{process.name} exited ({process.proc.returncode}):\n{process.tail()}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} did not appear within {timeout} s")
+            raise RunError(f"{path} did not appear within {timeout} s")
         time.sleep(0.05)
 
 
@@ -456,7 +457,7 @@ def _steps_in_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _read_jsonl(path: Path, marks: FileMarks | None = None) -> list[dict[str, Any]]:
     """The rows of a ledger or journal in run order (up to its mark: what was written by the last step)."""
     if not path.exists():
-        raise RuntimeError(f"{path} is missing")
+        raise RunError(f"{path} is missing")
     text = (marks or FileMarks()).read_text(path)
     return _steps_in_order([json.loads(line) for line in text.splitlines() if line.strip()])
 
@@ -483,11 +484,11 @@ def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, opt
     rows = _read_jsonl(ledger, marks)
     steps = c["step_in_year"][:, 0].astype(int).tolist()
     if [r["step"] for r in rows] != steps:
-        raise RuntimeError(f"the operator's ledger ({len(rows)} steps) does not cover the plant's {n_steps} steps")
+        raise RunError(f"the operator's ledger ({len(rows)} steps) does not cover the plant's {n_steps} steps")
     agent_rows = {name: _read_jsonl(journals[name], marks) for name in names}
     for name, journal in agent_rows.items():
         if [r["step"] for r in journal] != steps:
-            raise RuntimeError(f"{name}'s journal ({len(journal)} steps) does not cover the plant's {n_steps} steps")
+            raise RunError(f"{name}'s journal ({len(journal)} steps) does not cover the plant's {n_steps} steps")
     for col in ("energy_cost_usd", "cost_usd", "congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw",
                 "dispatch_mw", "consensus_rounds",
                 "traded_mw", "trade_cash_usd", "clearing_price_usd_per_mwh"):
