@@ -6,6 +6,7 @@ from firmware_bridge.config import ModbusDeviceConfig
 from firmware_bridge.device import DeviceKind, DeviceModel, Measurement, Nameplate
 from firmware_bridge.emulator import Emulator, EmulatorError, make_model
 from firmware_bridge.errors import (
+    ConfigurationError,
     DeviceClosedError,
     DeviceConnectionError,
     DeviceError,
@@ -16,11 +17,18 @@ from firmware_bridge.errors import (
     NotSunSpecError,
 )
 from firmware_bridge.link import LinkStats, ModbusLink
-from firmware_bridge.models import BatteryModel, PVInverterModel, battery_nameplate, daily_irradiance, inverter_nameplate
+from firmware_bridge.models import (
+    BatteryModel,
+    PVInverterModel,
+    battery_nameplate,
+    daily_irradiance,
+    inverter_nameplate,
+)
 from firmware_bridge.sunspec_device import SunSpecDevice
 
 __all__ = [
     "BatteryModel",
+    "ConfigurationError",
     "DeviceClosedError",
     "DeviceConnectionError",
     "DeviceError",

@@ -17,12 +17,18 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 
 from firmware_bridge.config import ModbusDeviceConfig
-from firmware_bridge.errors import DeviceClosedError, DeviceError, DeviceExceptionResponse, ModelMissingError, NotSunSpecError
+from firmware_bridge.errors import (
+    DeviceClosedError,
+    DeviceError,
+    DeviceExceptionResponse,
+    ModelMissingError,
+    NotSunSpecError,
+)
 from firmware_bridge.link import ModbusLink
 from firmware_bridge.sunspec import END_MODEL_ID, SUNS_MARKER, ModelLocation, ModelView
 from firmware_bridge.sunspec_models import DER_CTL_AC, DER_MEASURE_AC, DISABLED, ENABLED, MODELS, WSET_MOD_WATTS
 
-__all__ = ["ModbusDevice", "DeviceInfo", "PowerLimits", "Telemetry", "SetpointResult"]
+__all__ = ["DeviceInfo", "ModbusDevice", "PowerLimits", "SetpointResult", "Telemetry"]
 
 log = logging.getLogger(__name__)
 

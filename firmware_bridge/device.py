@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
-__all__ = ["DeviceKind", "Nameplate", "Measurement", "DeviceModel"]
+__all__ = ["DeviceKind", "DeviceModel", "Measurement", "Nameplate"]
 
 DeviceKind = Literal["inverter", "battery"]
 

@@ -14,12 +14,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusBaseDeviceContext
-
 from firmware_bridge.device import DeviceKind, DeviceModel
-from firmware_bridge.server import Framing, ModbusServer, ServerError
 from firmware_bridge.models import BatteryModel, PVInverterModel, battery_nameplate, inverter_nameplate
+from firmware_bridge.server import Framing, ModbusServer, ServerError
 from firmware_bridge.sunspec_device import ExceptionCode, SunSpecDevice
 
 __all__ = ["Emulator", "EmulatorError", "make_model"]
@@ -30,30 +27,29 @@ EmulatorError = ServerError
 """The emulator could not start (e.g. the port is taken)."""
 
 
-class _SunSpecContext(ModbusBaseDeviceContext):
-    """pymodbus datastore adapter: holding registers come from, and go to, a SunSpecDevice."""
+class _SunSpecRegisters:
+    """The emulator's register map: the SunSpec image of a ``SunSpecDevice``; an accepted write also
+    calls ``on_write`` (the emulator re-arms its revert timer)."""
 
     def __init__(self, device: SunSpecDevice, on_write: Callable[[], None]) -> None:
         self.device = device
         self._on_write = on_write
 
-    def reset(self) -> None:
-        """pymodbus calls this on a diagnostic restart; the image is the device's, so nothing to do."""
+    @property
+    def span(self) -> tuple[int, int]:
+        """The whole image: 'SunS' through the end marker."""
+        return self.device.image.base, len(self.device.image.registers)
 
-    def getValues(self, func_code: int, address: int, count: int = 1) -> list[int] | ExcCodes:  # noqa: N802
-        if self.decode(func_code) != "h":
-            return ExcCodes.ILLEGAL_FUNCTION
-        result = self.device.read(address, count)
-        return ExcCodes(int(result)) if isinstance(result, ExceptionCode) else result
+    def read(self, address: int, count: int) -> list[int] | ExceptionCode:
+        """The device's registers (measured points refreshed first), or its exception code."""
+        return self.device.read(address, count)
 
-    def setValues(self, func_code: int, address: int, values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:  # noqa: N802
-        if self.decode(func_code) != "h":
-            return ExcCodes.ILLEGAL_FUNCTION
-        result = self.device.write(address, [int(v) for v in values])
-        if result is not None:
-            return ExcCodes(int(result))
-        self._on_write()
-        return None
+    def write(self, address: int, values: Sequence[int]) -> ExceptionCode | None:
+        """A write checked and applied by the device; None when accepted."""
+        result = self.device.write(address, values)
+        if result is None:
+            self._on_write()
+        return result
 
 
 def make_model(kind: DeviceKind) -> DeviceModel:
@@ -84,8 +80,8 @@ class Emulator(ModbusServer):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline = 0.0
 
-    def _context(self) -> _SunSpecContext:
-        return _SunSpecContext(self.device, self._arm_timer)
+    def _registers(self) -> _SunSpecRegisters:
+        return _SunSpecRegisters(self.device, self._arm_timer)
 
     async def start(self) -> None:
         """Listen on host:port (see ModbusServer.start) and keep the revert timer armed."""

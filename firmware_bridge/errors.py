@@ -6,19 +6,25 @@ the runtime that wires the two together translates again at its own boundary.
 from __future__ import annotations
 
 __all__ = [
-    "FirmwareBridgeError",
-    "DeviceError",
-    "DeviceTimeoutError",
-    "DeviceConnectionError",
-    "DeviceExceptionResponse",
-    "NotSunSpecError",
-    "ModelMissingError",
+    "ConfigurationError",
     "DeviceClosedError",
+    "DeviceConnectionError",
+    "DeviceError",
+    "DeviceExceptionResponse",
+    "DeviceTimeoutError",
+    "FirmwareBridgeError",
+    "ModelMissingError",
+    "NotSunSpecError",
 ]
 
 
 class FirmwareBridgeError(Exception):
     """Base of every error firmware_bridge raises on purpose."""
+
+
+class ConfigurationError(FirmwareBridgeError, ValueError):
+    """A configuration or nameplate that cannot work (e.g. an RTU link without a serial port, a battery
+    without a capacity); raised where it is used, even if it slipped past validation (``model_construct``)."""
 
 
 class DeviceError(FirmwareBridgeError):

@@ -20,6 +20,7 @@ from pymodbus.pdu import ModbusPDU
 
 from firmware_bridge.config import ModbusDeviceConfig
 from firmware_bridge.errors import (
+    ConfigurationError,
     DeviceClosedError,
     DeviceConnectionError,
     DeviceError,
@@ -27,7 +28,7 @@ from firmware_bridge.errors import (
     DeviceTimeoutError,
 )
 
-__all__ = ["ModbusLink", "LinkStats"]
+__all__ = ["LinkStats", "ModbusLink"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class ModbusLink:
     """
 
     def __init__(self, config: ModbusDeviceConfig) -> None:
+        if config.transport == "rtu" and not config.serial_port:  # only past validation, e.g. model_construct
+            raise ConfigurationError(f"link {config.link_name}: transport 'rtu' needs serial_port")
         self.config = config
         self.stats = LinkStats()
         self._client: _Client | None = None
@@ -82,7 +85,8 @@ class ModbusLink:
             return AsyncModbusTcpClient(
                 c.host, port=c.port, timeout=c.timeout_s, retries=0, reconnect_delay=0, name=c.link_name
             )
-        assert c.serial_port is not None
+        if not c.serial_port:  # ruled out in __init__ (the config is frozen); narrows the type
+            raise ConfigurationError(f"link {c.link_name}: transport 'rtu' needs serial_port")
         return AsyncModbusSerialClient(
             c.serial_port,
             framer=FramerType.RTU,
@@ -108,7 +112,7 @@ class ModbusLink:
         self.stats.connects += 1
         try:
             ok = await asyncio.wait_for(client.connect(), self.config.timeout_s + 0.5)
-        except (asyncio.TimeoutError, OSError, ModbusException) as exc:
+        except (TimeoutError, OSError, ModbusException) as exc:
             client.close()
             raise DeviceConnectionError(f"{self.config.link_name}: cannot connect: {exc}") from exc
         if not ok:
@@ -137,7 +141,7 @@ class ModbusLink:
         except ModbusIOException as exc:  # pymodbus: no (matching) answer within the timeout
             self._drop()
             if isinstance(exc.__cause__, asyncio.CancelledError):
-                # pymodbus turns our cancellation into an I/O error; it must stay a cancellation
+                # pymodbus up to 3.15 turns our cancellation into an I/O error (3.16 lets it through): keep it one
                 raise asyncio.CancelledError() from exc
             self.stats.timeouts += 1
             raise DeviceTimeoutError(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from firmware_bridge.device import Measurement, Nameplate
 
-__all__ = ["BatteryModel", "PVInverterModel", "daily_irradiance", "battery_nameplate", "inverter_nameplate"]
+__all__ = ["BatteryModel", "PVInverterModel", "battery_nameplate", "daily_irradiance", "inverter_nameplate"]
 
 _SECONDS_PER_HOUR = 3600.0
 

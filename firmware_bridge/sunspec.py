@@ -18,23 +18,23 @@ from typing import Literal, NamedTuple
 
 __all__ = [
     "BASE_ADDRESS",
-    "SUNS_MARKER",
     "END_MODEL_ID",
-    "PointType",
-    "PointDef",
+    "SUNS_MARKER",
     "ModelDef",
-    "ModelView",
     "ModelLocation",
-    "SunSpecImage",
+    "ModelView",
     "P",
-    "encode_point",
+    "PointDef",
+    "PointType",
+    "SunSpecImage",
     "decode_point",
-    "to_raw",
-    "from_raw",
+    "encode_point",
     "fit_scale_factor",
+    "from_raw",
+    "iter_chain",
     "not_implemented",
     "raw_range",
-    "iter_chain",
+    "to_raw",
 ]
 
 BASE_ADDRESS = 40000
@@ -91,10 +91,10 @@ class PointDef:
     units: str | None = None
 
 
-def P(  # noqa: N802 - a short constructor keeps the model tables readable
+def P(
     name: str,
     offset: int,
-    type: PointType,  # noqa: A002 - the SunSpec field is called "type"
+    type: PointType,
     *,
     size: int | None = None,
     sf: str | None = None,
@@ -259,7 +259,7 @@ class ModelView:
     shorter model) read as not implemented.
     """
 
-    __slots__ = ("model", "regs", "start", "length")
+    __slots__ = ("length", "model", "regs", "start")
 
     def __init__(self, model: ModelDef, regs: MutableSequence[int], start: int = 0, length: int | None = None) -> None:
         self.model = model

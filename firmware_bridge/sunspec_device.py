@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from enum import IntEnum
 
 from firmware_bridge.device import DeviceModel, Measurement, Nameplate
+from firmware_bridge.errors import ConfigurationError
 from firmware_bridge.sunspec import PointDef, SunSpecImage, fit_scale_factor, raw_range
 from firmware_bridge.sunspec_models import (
     COMMON,
@@ -27,7 +28,7 @@ from firmware_bridge.sunspec_models import (
     WSET_MOD_WATTS,
 )
 
-__all__ = ["ExceptionCode", "SunSpecDevice", "WSET_POINTS"]
+__all__ = ["WSET_POINTS", "ExceptionCode", "SunSpecDevice"]
 
 _SQRT3 = math.sqrt(3.0)
 _INV_RUNNING, _INV_THROTTLED = 3, 4
@@ -78,12 +79,13 @@ class SunSpecDevice:
         self._set_rem = self._ctl.value_setter("WSetRvrtRem")
         rem = DER_CTL_AC.point("WSetRvrtRem")
         rem_address = self.image.base + self._ctl.start + rem.offset
-        self._sections: list[tuple[int, int, Callable[[Measurement | None], None]]] = [
+        # (first address, one past the last, refresh): the measured models, whole (ID and L included)
+        self._measured: list[tuple[int, int, Callable[[Measurement], None]]] = [
             (loc.address, loc.address + loc.length + 2, self._refresh_701 if loc.model_id == 701 else self._refresh_713)
             for loc in self.image.locations
             if loc.model_id in (701, 713)
         ]
-        self._sections.append((rem_address, rem_address + rem.size, self._refresh_rem))
+        self._rem_span = (rem_address, rem_address + rem.size)  # WSetRvrtRem: computed from the clock, no measurement
         self.refresh()
 
     # ------------------------------------------------------------------ static content
@@ -150,7 +152,8 @@ class SunSpecDevice:
         ctl.set_raw("WSetRvrtRem", 0)
 
         if plate.kind == "battery":
-            assert plate.energy_wh is not None
+            if plate.energy_wh is None:  # Nameplate refuses this; a duck-typed nameplate may not
+                raise ConfigurationError(f"battery {plate.serial!r}: the nameplate needs energy_wh for model 713")
             storage = self.image[713]
             storage.set_raw("WH_SF", fit_scale_factor(plate.energy_wh, "uint16"))
             storage.set_raw("Pct_SF", -1)
@@ -164,11 +167,11 @@ class SunSpecDevice:
         """Copy the model's measurement into models 701/713 and the revert time left into 704."""
         self.check_revert()
         m = self.model.measure()
-        for _, _, section in self._sections:
+        for _, _, section in self._measured:
             section(m)
+        self._refresh_rem()
 
-    def _refresh_701(self, m: Measurement | None) -> None:
-        assert m is not None
+    def _refresh_701(self, m: Measurement) -> None:
         s = math.hypot(m.p_w, m.q_var)
         set_ = self._set_701
         set_["W"](m.p_w)
@@ -183,12 +186,11 @@ class SunSpecDevice:
         set_["TotWhAbs"](None if m.energy_absorbed_wh is None else math.floor(m.energy_absorbed_wh))
         set_["InvSt"](_INV_THROTTLED if m.throttled else _INV_RUNNING)
 
-    def _refresh_713(self, m: Measurement | None) -> None:
-        assert m is not None
+    def _refresh_713(self, m: Measurement) -> None:
         self._set_713["SoC"](None if m.soc is None else 100.0 * m.soc)
         self._set_713["WHAvail"](m.energy_available_wh)
 
-    def _refresh_rem(self, m: Measurement | None) -> None:
+    def _refresh_rem(self) -> None:
         left = 0 if self.revert_deadline is None else math.ceil(max(0.0, self.revert_deadline - self._clock()))
         self._set_rem(left)
 
@@ -198,12 +200,17 @@ class SunSpecDevice:
         if begin < 0 or count < 1 or begin + count > len(self.image.registers):
             return ExceptionCode.ILLEGAL_ADDRESS
         end = address + count
-        touched = [section for low, high, section in self._sections if address < high and low < end]
-        if touched:
+        touched = [section for low, high, section in self._measured if address < high and low < end]
+        rem_low, rem_high = self._rem_span
+        rem = address < rem_high and rem_low < end
+        if touched or rem:
             self.check_revert()
-            m = self.model.measure() if any(section != self._refresh_rem for section in touched) else None
-            for section in touched:
-                section(m)
+            if touched:  # measure once, and only when a measured model is read
+                m = self.model.measure()
+                for section in touched:
+                    section(m)
+            if rem:
+                self._refresh_rem()
         return self.image.registers[begin : begin + count]
 
     # ------------------------------------------------------------------ writes

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from firmware_bridge.sunspec import ModelDef, P
 
-__all__ = ["COMMON", "DER_MEASURE_AC", "DER_CAPACITY", "DER_CTL_AC", "DER_STORAGE_CAPACITY", "MODELS",
-           "DISABLED", "ENABLED", "WSET_MOD_WATTS"]
+__all__ = [
+           "COMMON",
+           "DER_CAPACITY",
+           "DER_CTL_AC",
+           "DER_MEASURE_AC",
+           "DER_STORAGE_CAPACITY",
+           "DISABLED",
+           "ENABLED",
+           "MODELS",
+           "WSET_MOD_WATTS",
+]
 
 COMMON = ModelDef(
     1,

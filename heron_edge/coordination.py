@@ -55,12 +55,9 @@ HORIZONTAL = ("p2p_trading", "consensus")
 UPSTREAM_ID = "system_operator"
 POWER_MARGIN = 10.0
 """Received powers (telemetry, meter readings) must lie within this many times the site's ratings."""
-DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "setpoint": {"import_limit_mw": 1.5},
-    "price_signal": {"congestion_threshold_pu": 0.8, "congestion_adder_usd_per_mwh": 50.0},
-    "p2p_trading": {"fee_usd_per_mwh": 1.0},
-    "consensus": {"topology": "ring", "import_limit_mw": 1.5},
-}
+CONSENSUS_IMPORT_LIMIT_MW = 1.5
+"""Default of the consensus option ``import_limit_mw``: the feeder import left to the grid before the microgrids'
+generators are dispatched (a coordination option; every other default lives in its protocol's config model)."""
 
 
 def bill_usd(exchange_mw: np.ndarray, price_usd_per_mwh: float, export_price_ratio: float, dt_h: float) -> np.ndarray:
@@ -112,8 +109,9 @@ class Coordination:
         self.dt_h = scenario.step_hours
 
         def opts(name: str, **fixed: Any) -> dict[str, Any]:
-            return {**DEFAULT_OPTIONS[name], **options.get(name, {}), **fixed}
+            return {**options.get(name, {}), **fixed}
 
+        # without price_signal the price carries no congestion adder
         price_opts = opts("price_signal", operator_id=UPSTREAM_ID) if "price_signal" in self.protocols else \
             {"congestion_adder_usd_per_mwh": 0.0, "operator_id": UPSTREAM_ID}
         self.price = PriceSignalProtocol(price_opts)
@@ -123,7 +121,7 @@ class Coordination:
         self.import_allowance_mw = 0.0
         if "consensus" in self.protocols:
             consensus_opts = opts("consensus", nodes=tuple(self.names))
-            self.import_allowance_mw = float(consensus_opts.pop("import_limit_mw"))
+            self.import_allowance_mw = float(consensus_opts.pop("import_limit_mw", CONSENSUS_IMPORT_LIMIT_MW))
             self.consensus = ConsensusProtocol(consensus_opts)
         self.generators = [GeneratorCost(m.generator.cost_a_usd_per_mw2h, m.generator.cost_b_usd_per_mwh,
                                          m.generator.p_min_mw, m.generator.p_max_mw) for m in scenario.microgrids]

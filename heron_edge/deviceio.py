@@ -9,8 +9,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-
-
 if TYPE_CHECKING:  # the simulator is an extra: a gateway imports this port without it
     from sim.plant import Plant, Setpoints
 

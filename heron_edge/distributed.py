@@ -13,7 +13,6 @@ import asyncio
 
 import gymnasium
 import numpy as np
-from sim.plant import Measurements, Plant, Setpoints
 
 from heron_edge import observations as ob
 from heron_edge.agents import ExternalPolicy, MicrogridAgent, ProxyAgent, Ratings, SystemOperator
@@ -25,6 +24,7 @@ from heron_edge.deviceio import PlantDeviceIO
 from heron_edge.eager import gather_eagerly, run_eagerly
 from heron_edge.errors import UsageError
 from heron_edge.protocols import Clearing, Link
+from sim.plant import Measurements, Plant, Setpoints
 
 
 class DistributedRunner:

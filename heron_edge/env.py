@@ -23,13 +23,13 @@ from typing import Any
 import gymnasium
 import numpy as np
 from pettingzoo import ParallelEnv
-from sim.plant import Measurements, Plant, Setpoints
 
 from heron_edge import observations as ob
 from heron_edge.config import EnvConfig, default_site, parse_config
 from heron_edge.coordination import Coordination, Settlement, Signals
 from heron_edge.errors import ActionError, ConfigError, UsageError
 from heron_edge.protocols import Clearing, tracking_error
+from sim.plant import Measurements, Plant, Setpoints
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
 ACTION_HIGH = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import pandapower as pp
 
+from sim.errors import ScenarioError
+
 MILE_KM = 1.609344
 FT_KM = 0.0003048
 F_HZ = 60.0
@@ -131,11 +133,11 @@ class BuiltNetwork:
 
 def _add_line(net: pp.pandapowerNet, bus_of: dict[str, int], a: str, b: str, length_ft: float, cfg: str, prefix: str) -> int:
     r, x, b_us = _CONFIGS[cfg]
-    return pp.create_line_from_parameters(
+    return int(pp.create_line_from_parameters(
         net, bus_of[a], bus_of[b], length_km=length_ft * FT_KM, name=f"{prefix}{a}-{b}",
         r_ohm_per_km=r / MILE_KM, x_ohm_per_km=x / MILE_KM,
         c_nf_per_km=b_us / MILE_KM / (2 * math.pi * F_HZ) * 1e3, max_i_ka=_AMPACITY[cfg] / 1000.0,
-    )
+    ))
 
 
 def _add_ieee13(net: pp.pandapowerNet, name: str, feeder_bus: int, load_scale: float, poc_mva: float) -> MicrogridZone:
@@ -161,13 +163,13 @@ def ieee34_3x13(*, attach_buses: list[str], microgrid_names: list[str], load_sca
                 regulator_taps: int = 8) -> BuiltNetwork:
     """IEEE 34 feeder (24.9 kV) with one IEEE 13 microgrid (4.16 kV) at each of ``attach_buses``."""
     if len(attach_buses) != len(microgrid_names):
-        raise ValueError("attach_buses and microgrid names must have the same length")
+        raise ScenarioError("attach_buses and microgrid names must have the same length")
     net = pp.create_empty_network(name="ieee34_3x13", f_hz=F_HZ, sn_mva=1.0)
     feeder_names = sorted({n for a, b, _, _ in IEEE34_LINES for n in (a, b)} | {"814", "850", "852", "832"})
     bus_of = {n: pp.create_bus(net, vn_kv=4.16 if n in ("888", "890") else 24.9, name=n, zone="feeder") for n in feeder_names}
     unknown = [b for b in attach_buses if b not in bus_of or b in ("888", "890")]
     if unknown:
-        raise ValueError(f"attach buses {unknown} are not 24.9 kV buses of the IEEE 34 feeder")
+        raise ScenarioError(f"attach buses {unknown} are not 24.9 kV buses of the IEEE 34 feeder")
     pp.create_ext_grid(net, bus_of["800"], vm_pu=source_vm_pu, name="substation")
     for a, b, ft, cfg in IEEE34_LINES:
         _add_line(net, bus_of, a, b, ft, cfg, "")
@@ -190,11 +192,12 @@ def ieee34_3x13(*, attach_buses: list[str], microgrid_names: list[str], load_sca
             kw.setdefault(n, [0.0, 0.0])
             kw[n][0] += p / 2
             kw[n][1] += q / 2
-    for n, (p, q) in sorted(kw.items()):
-        pp.create_load(net, bus_of[n], p_mw=p * 1e-3 * feeder_load_scale, q_mvar=q * 1e-3 * feeder_load_scale, name=f"load{n}")
+    for n, (p_kw, q_kvar) in sorted(kw.items()):
+        pp.create_load(net, bus_of[n], p_mw=p_kw * 1e-3 * feeder_load_scale, q_mvar=q_kvar * 1e-3 * feeder_load_scale,
+                       name=f"load{n}")
     for n, kvar in IEEE34_CAPACITORS_KVAR.items():
         pp.create_shunt(net, bus_of[n], q_mvar=-kvar * 1e-3, p_mw=0.0, name=f"cap{n}")
-    zones = [_add_ieee13(net, name, bus_of[b], load_scale, poc_mva) for name, b in zip(microgrid_names, attach_buses)]
+    zones = [_add_ieee13(net, name, bus_of[b], load_scale, poc_mva) for name, b in zip(microgrid_names, attach_buses, strict=True)]
     return BuiltNetwork(net=net, zones=zones)
 
 
@@ -218,11 +221,11 @@ def cigre_mv_der(*, zones: dict[str, list[int]], device_buses: dict[str, int], p
     for name, buses in zones.items():
         missing = [b for b in buses if b not in net.bus.index]
         if missing:
-            raise ValueError(f"zone {name!r}: buses {missing} are not in the CIGRE MV network")
+            raise ScenarioError(f"zone {name!r}: buses {missing} are not in the CIGRE MV network")
         if device_buses[name] not in buses:
-            raise ValueError(f"zone {name!r}: device bus {device_buses[name]} is not one of its buses")
+            raise ScenarioError(f"zone {name!r}: device bus {device_buses[name]} is not one of its buses")
         if poc_lines[name] not in net.line.index:
-            raise ValueError(f"zone {name!r}: line {poc_lines[name]} is not in the CIGRE MV network")
+            raise ScenarioError(f"zone {name!r}: line {poc_lines[name]} is not in the CIGRE MV network")
         loads = [int(i) for i in net.load.index[net.load.bus.isin(buses)]]
         lines = [int(i) for i in net.line.index[net.line.from_bus.isin(buses) & net.line.to_bus.isin(buses)]]
         built_zones.append(MicrogridZone(name=name, buses=list(buses), device_bus=device_buses[name], loads=loads,

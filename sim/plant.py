@@ -12,6 +12,7 @@ import numpy as np
 import pandapower as pp
 
 from sim.devices import BatteryFleet, GeneratorFleet
+from sim.errors import PlantStateError, ScenarioError
 from sim.networks import BuiltNetwork, cigre_mv_der, ieee34_3x13
 from sim.powerflow import FastPowerFlow
 from sim.profiles import Profiles, load_profiles
@@ -81,10 +82,10 @@ def build_network(scenario: Scenario) -> BuiltNetwork:
     built.zones = [by_name[n] for n in names]
     # sgen order: all generators, then all PV, then all wind; storage: one battery per microgrid
     for kind, rating in (("generator", None), ("pv", "pv_mw"), ("wind", "wind_mw")):
-        for mg, zone in zip(scenario.microgrids, built.zones):
+        for mg, zone in zip(scenario.microgrids, built.zones, strict=True):
             p_max = mg.generator.p_max_mw if rating is None else getattr(mg, rating)
             pp.create_sgen(net, zone.device_bus, p_mw=0.0, max_p_mw=p_max, name=f"{mg.name}.{kind}")
-    for mg, zone in zip(scenario.microgrids, built.zones):
+    for mg, zone in zip(scenario.microgrids, built.zones, strict=True):
         pp.create_storage(net, zone.device_bus, p_mw=0.0, max_e_mwh=mg.battery.capacity_mwh, name=f"{mg.name}.battery")
     return built
 
@@ -132,40 +133,61 @@ class Plant:
         self._bus_to_mg = np.zeros((self.n, len(net.bus)))
         self._line_to_mg = np.zeros((self.n, len(net.line)))
         self._trafo_to_mg = np.zeros((self.n, len(net.trafo)))
-        self._poc = []  # (kind, index, sign of the measured side)
+        self._poc: list[tuple[str, int]] = []  # (kind: "trafo", "line_from" or "line_to"; element index)
         for i, z in enumerate(zones):
             self._bus_to_mg[i, z.buses] = 1.0
             self._line_to_mg[i, z.lines] = 1.0
             if z.poc_trafo is not None:
                 self._trafo_to_mg[i, z.poc_trafo] = 1.0
                 self._poc.append(("trafo", z.poc_trafo))
-            else:
-                assert z.poc_line is not None
+            elif z.poc_line is not None:
                 self._line_to_mg[i, z.poc_line] = 1.0
                 inside_from = int(net.line.from_bus.at[z.poc_line]) in z.buses
                 self._poc.append(("line_to" if inside_from else "line_from", z.poc_line))
+            else:
+                raise ScenarioError(f"microgrid {z.name!r} has no point of connection (neither a transformer nor a line)")
         self._matrix: np.ndarray | None = None  # profile rows x steps of the current year
+        self._profiles: Profiles | None = None
         self._forecast_key: tuple[int, int] | None = None
         self._forecast: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ clock
     @property
     def profiles(self) -> Profiles:
+        """The loaded year's profiles; PlantStateError before ``load_year()`` or ``reset()``."""
+        if self._profiles is None:
+            raise PlantStateError("no profiles loaded: call reset() (or load_year()) first")
         return self._profiles
+
+    def _year_matrix(self) -> np.ndarray:
+        """Profile rows x steps of the loaded year; PlantStateError before ``load_year()`` or ``reset()``."""
+        if self._matrix is None:
+            raise PlantStateError("no profiles loaded: call reset() (or load_year()) first")
+        return self._matrix
+
+    def latest(self) -> Measurements:
+        """The measurements after the last step (or ``reset()``); PlantStateError before the first ``reset()``.
+
+        ``last`` is the same value, or None; this is for callers that cannot go on without it.
+        """
+        if self.last is None:
+            raise PlantStateError("the plant has not been reset: call reset() first")
+        return self.last
 
     def load_year(self, year: int) -> None:
         """Load ``year``'s profiles (no-op if they are loaded already); the clock and the devices are left as they are."""
         if self._matrix is None or self.year != year:
-            self._profiles = load_profiles(year, self._profile_names, self.dt_h)  # type: ignore[arg-type]
-            self._matrix = np.stack([self._profiles.series[n] for n in self._profile_names])
+            profiles = load_profiles(year, self._profile_names, self.dt_h)
+            self._matrix = np.stack([profiles.series[n] for n in self._profile_names])
+            self._profiles = profiles
             self.year = year
 
     def reset(self, *, year: int = 2023, start_step: int = 0, soc: np.ndarray | None = None) -> Measurements:
         """Start at ``start_step`` of ``year`` with idle devices; returns the measurements at idle setpoints."""
         self.load_year(year)
-        assert self._matrix is not None
-        if not 0 <= start_step < self._matrix.shape[1]:
-            raise ValueError(f"start_step {start_step} outside the year's {self._matrix.shape[1]} steps")
+        n_steps = self._year_matrix().shape[1]
+        if not 0 <= start_step < n_steps:
+            raise ValueError(f"start_step {start_step} outside the year's {n_steps} steps")
         self.batteries.reset(soc)
         self.generators.reset()
         self.powerflow.reset()
@@ -175,23 +197,23 @@ class Plant:
 
     @property
     def n_steps_in_year(self) -> int:
-        assert self._matrix is not None, "load_year() or reset() first"
-        return self._matrix.shape[1]
+        """Steps in the loaded year; PlantStateError before ``load_year()`` or ``reset()``."""
+        return int(self._year_matrix().shape[1])
 
     def price(self, step: int | None = None) -> float:
         """Hourly price (USD/MWh) at ``step`` of the year (default: the step about to be simulated)."""
-        assert self._matrix is not None, "reset() first"
-        return float(self._matrix[self._price_row, self.t if step is None else step])
+        return float(self._year_matrix()[self._price_row, self.t if step is None else step])
 
     def forecast(self, step: int | None = None) -> dict[str, np.ndarray]:
         """Per-microgrid load and available PV / wind (MW) at ``step`` (default: the step about to be simulated).
 
         Read-only arrays, computed once per step and year (every agent of a step asks for the same).
+        PlantStateError before ``load_year()`` or ``reset()``.
         """
-        assert self._matrix is not None, "reset() first"
+        matrix = self._year_matrix()
         step = self.t if step is None else step
         if self._forecast_key != (self.year, step):
-            col = self._matrix[:, step]
+            col = matrix[:, step]
             self._forecast = {"load_mw": self._load_to_mg @ (self._base_p * col[self._load_row]),
                               "pv_mw": self.pv_rating * col[self._solar_row], "wind_mw": self.wind_rating * col[self._wind_row]}
             for values in self._forecast.values():
@@ -214,16 +236,15 @@ class Plant:
 
     def step(self, request: Setpoints) -> Measurements:
         """Apply ``request`` (clamped) for one step, solve the network, advance the devices and the clock."""
-        assert self._matrix is not None, "reset() first"
-        if self.t >= self._matrix.shape[1]:
-            raise IndexError(f"the {self.year} profiles end at step {self._matrix.shape[1]}")
+        n_steps = self._year_matrix().shape[1]
+        if self.t >= n_steps:
+            raise IndexError(f"the {self.year} profiles end at step {n_steps}")
         self.last = self._simulate(request, advance=True)
         return self.last
 
     def _simulate(self, request: Setpoints, *, advance: bool) -> Measurements:
-        assert self._matrix is not None
         n, dt, t = self.n, self.dt_h, self.t
-        col = self._matrix[:, t]
+        col = self._year_matrix()[:, t]
         factor = col[self._load_row]
         load_p = self._base_p * factor
         load_q = self._base_q * factor

@@ -14,9 +14,12 @@ from typing import Literal
 
 import numpy as np
 
+from sim.errors import ScenarioError
+
 DATA_FILE = "caiso_hourly_2023_2024.csv.gz"
 HOURS_2023 = 8760
 Year = Literal[2023, 2024]
+"""The years the shipped data covers (2023 training, 2024 test)."""
 
 
 @lru_cache(maxsize=1)
@@ -48,15 +51,19 @@ class Profiles:
 
     @property
     def steps_per_day(self) -> int:
-        return int(round(24 / self.step_hours))
+        return round(24 / self.step_hours)
 
 
-def load_profiles(year: Year, names: list[str], step_hours: float = 1.0) -> Profiles:
-    """The named columns for one year, linearly interpolated (or averaged) onto steps of ``step_hours``."""
+def load_profiles(year: int, names: list[str], step_hours: float = 1.0) -> Profiles:
+    """The named columns for one year, linearly interpolated (or averaged) onto steps of ``step_hours``.
+
+    ``year`` must be one of ``Year`` (ValueError otherwise; checked here, so callers may pass any int);
+    a name that is not a column of the data is a ScenarioError.
+    """
     header, values = _hourly()
     unknown = sorted(set(names) - set(header))
     if unknown:
-        raise ValueError(f"unknown profile columns {unknown}; available: {', '.join(header)}")
+        raise ScenarioError(f"unknown profile columns {unknown}; available: {', '.join(header)}")
     if year not in (2023, 2024):
         raise ValueError(f"year must be 2023 (training) or 2024 (test), got {year}")
     rows = slice(0, HOURS_2023) if year == 2023 else slice(HOURS_2023, len(values))
@@ -66,7 +73,7 @@ def load_profiles(year: Year, names: list[str], step_hours: float = 1.0) -> Prof
     for name in dict.fromkeys(names):
         column = hourly[:, header.index(name)]
         if step_hours >= 1.0:  # mean over each block of whole hours
-            k = int(round(step_hours))
+            k = round(step_hours)
             resampled = column[: len(column) // k * k].reshape(-1, k).mean(axis=1)
         else:
             resampled = np.interp(np.arange(0.0, len(column), step_hours), hours, column)

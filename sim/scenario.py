@@ -135,7 +135,7 @@ class Scenario(_Model):
 
     @property
     def steps_per_day(self) -> int:
-        return int(round(24 * 60 / self.step_minutes))
+        return round(24 * 60 / self.step_minutes)
 
 
 SHIPPED = ("ieee34_3x13", "cigre_mv_der")

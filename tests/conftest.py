@@ -10,6 +10,7 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, Callable, TypeVar
 
 import pytest
+
 from heron_edge.runtime.mosquitto import INSTALL_HINT, MosquittoProcess, find_mosquitto, running_mosquitto
 
 T = TypeVar("T")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from heron_edge import MultiAgentMicrogrids
 from heron_edge.coordination import bill_usd
 

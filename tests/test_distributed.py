@@ -6,10 +6,11 @@ import logging
 
 import numpy as np
 import pytest
+from pettingzoo.test import parallel_api_test
+
 from heron_edge import MultiAgentMicrogrids
 from heron_edge.brokers import InMemoryBroker, MqttBroker
 from heron_edge.messages import PriceBody, TelemetryBody, agent_topic, encode, make_envelope
-from pettingzoo.test import parallel_api_test
 
 STEPS = 24
 

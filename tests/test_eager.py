@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from heron_edge.eager import gather_eagerly, run_eagerly
 
 

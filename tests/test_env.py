@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pettingzoo.test import parallel_api_test
+
 from heron_edge import MultiAgentMicrogrids
 from heron_edge.errors import ActionError, ConfigError
-from pettingzoo.test import parallel_api_test
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import re
 
 import numpy as np
 import pytest
+
 from heron_edge import MultiAgentMicrogrids
 from heron_edge.brokers import InMemoryBroker, MqttBroker
 from heron_edge.config import EnvConfig, default_site
 from heron_edge.distributed import DistributedRunner
 from heron_edge.errors import ConfigError
 from heron_edge.runtime.mosquitto import MosquittoProcess
-
 from tests.test_distributed import distributed_view
 
 STEPS = 6

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError
+
 from heron_edge.brokers import topic_matches
 from heron_edge.errors import ConfigError, MessageError
 from heron_edge.messages import (
@@ -38,7 +40,6 @@ from heron_edge.messages import (
     parse_topic,
     topics_markdown,
 )
-from pydantic import BaseModel, ValidationError
 
 SAMPLES: dict[str, BaseModel] = {
     "setpoint": SetpointBody(p_mw=-0.25, q_mvar=0.1),

@@ -62,7 +62,7 @@ class ConsensusConfig(ProtocolConfig):
 
     nodes: tuple[str, ...] = Field(min_length=1, description="Participating agent ids, in array order.")
     topology: Union[TopologyName, dict[str, list[str]]] = Field(
-        default="complete", description="complete, ring, path, star (centre = first node) or an adjacency list.")
+        default="ring", description="ring, complete, path, star (centre = first node) or an adjacency list.")
     tol: float = Field(default=1e-6, gt=0.0, description="Max |x_i - average| at stop, in the values' units.")
     max_rounds: int = Field(default=1000, ge=1, description="Round limit of one averaging run.")
     balance_tol_mw: float = Field(default=1e-4, gt=0.0, description="Dispatch: allowed total power mismatch, MW.")

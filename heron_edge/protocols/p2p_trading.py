@@ -36,7 +36,7 @@ P2PRole = Literal["market", "participant"]
 class P2PTradingConfig(ProtocolConfig):
     """Parameters of :class:`P2PTradingProtocol`."""
 
-    fee_usd_per_mwh: float = Field(default=0.0, ge=0.0, description="Trading fee, $/MWh, split equally buyer/seller.")
+    fee_usd_per_mwh: float = Field(default=1.0, ge=0.0, description="Trading fee, $/MWh, split equally buyer/seller.")
     market_id: str = Field(default="market", min_length=1, description="Agent id of the market (the only accepted clearing sender).")
     order_window_s: float = Field(default=1.0, gt=0.0, description="How long the market collects orders at most, s.")
     max_quantity_mw: float = Field(default=1e3, gt=0.0, description="The market refuses orders for more MW.")

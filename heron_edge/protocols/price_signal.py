@@ -39,7 +39,7 @@ class PriceSignalConfig(ProtocolConfig):
 
     congestion_threshold_pu: float = Field(default=0.8, ge=0.0, lt=1.0,
                                            description="Feeder-head loading above which the adder applies, p.u.")
-    congestion_adder_usd_per_mwh: float = Field(default=0.0, ge=0.0,
+    congestion_adder_usd_per_mwh: float = Field(default=50.0, ge=0.0,
                                                 description="Adder at 1 p.u. loading, $/MWh (0 = no adder).")
     fallback_price_usd_per_mwh: float | None = Field(
         default=None, description="Price used before any price was received, $/MWh (None = report 'none').")

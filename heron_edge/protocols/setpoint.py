@@ -43,7 +43,7 @@ _MEMORY_KEY = "setpoint.last"
 class SetpointConfig(ProtocolConfig):
     """Parameters of :class:`SetpointProtocol`."""
 
-    import_limit_mw: float = Field(gt=0.0, description="Feeder-head import limit shared by the microgrids, MW.")
+    import_limit_mw: float = Field(default=1.5, gt=0.0, description="Feeder-head import limit shared by the microgrids, MW.")
     credit_exports: bool = Field(default=False, description="Count microgrid exports as extra import headroom.")
     fallback_mw: float = Field(default=0.0, description="Setpoint used when no valid one is known, MW (+ = import).")
     operator_id: str = Field(default="operator", min_length=1, description="Agent id of the operator (the only accepted sender).")

@@ -32,12 +32,10 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusBaseDeviceContext
-
 from firmware_bridge import ModbusLink
 from firmware_bridge.errors import DeviceError as BridgeDeviceError
 from firmware_bridge.server import ModbusServer
+from firmware_bridge.sunspec_device import ExceptionCode
 from heron_edge.errors import DeviceError
 
 __all__ = ["METER_MARKER", "METER_REGISTERS", "METER_VERSION", "MeterReading", "MeterServer", "decode_meter",
@@ -95,24 +93,26 @@ async def read_meter(link: ModbusLink, *, unit_id: int, address: int = 0) -> Met
     return decode_meter(regs)
 
 
-class _MeterContext(ModbusBaseDeviceContext):
-    """pymodbus datastore: holding registers 0..23 computed from the reading source at each request."""
+class _MeterRegisters:
+    """The meter's register map: registers 0..23 computed from the reading source at each request; read-only."""
 
     def __init__(self, source: Callable[[], MeterReading]) -> None:
         self._source = source
 
-    def reset(self) -> None:
-        """Nothing to reset: the registers are computed from the source."""
+    @property
+    def span(self) -> tuple[int, int]:
+        """Registers 0 .. METER_REGISTERS - 1."""
+        return 0, METER_REGISTERS
 
-    def getValues(self, func_code: int, address: int, count: int = 1) -> list[int] | ExcCodes:  # noqa: N802
-        if self.decode(func_code) != "h":
-            return ExcCodes.ILLEGAL_FUNCTION
+    def read(self, address: int, count: int) -> list[int] | ExceptionCode:
+        """The current reading's registers ``address .. address + count - 1``."""
         if address < 0 or count < 1 or address + count > METER_REGISTERS:
-            return ExcCodes.ILLEGAL_ADDRESS
+            return ExceptionCode.ILLEGAL_ADDRESS
         return encode_meter(self._source())[address : address + count]
 
-    def setValues(self, func_code: int, address: int, values: Sequence[int] | Sequence[bool]) -> ExcCodes | None:  # noqa: N802
-        return ExcCodes.ILLEGAL_ADDRESS  # read-only
+    def write(self, address: int, values: Sequence[int]) -> ExceptionCode | None:
+        """Every write is refused: the meter is read-only."""
+        return ExceptionCode.ILLEGAL_ADDRESS
 
 
 class MeterServer(ModbusServer):
@@ -126,5 +126,5 @@ class MeterServer(ModbusServer):
         super().__init__(host=host, port=port, unit_id=unit_id)
         self._source = source
 
-    def _context(self) -> _MeterContext:
-        return _MeterContext(self._source)
+    def _registers(self) -> _MeterRegisters:
+        return _MeterRegisters(self._source)

@@ -110,10 +110,9 @@ class ModbusDeviceIO:
         self.stale = stale
         for role in stale:
             self.timing.read_failures[role] = self.timing.read_failures.get(role, 0) + 1
-        if stale:
+        if stale or not isinstance(meter, MeterReading):  # a fresh reading when nothing is stale
             raise DeviceError("stale: " + "; ".join(f"{role}: {why}" for role, why in stale.items()))
-        assert self.meter is not None
-        return self._features(self.meter, telemetry)
+        return self._features(meter, telemetry)
 
     def _features(self, meter: MeterReading, telemetry: dict[str, Telemetry]) -> np.ndarray:
         row = self._row

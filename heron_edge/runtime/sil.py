@@ -41,9 +41,8 @@ from heron_edge.counters import RejectSource
 from heron_edge.errors import RunError
 
 if TYPE_CHECKING:
-    from sim.scenario import Scenario
-
     from heron_edge.commands.simulate import Trajectory
+    from sim.scenario import Scenario
 
 __all__ = ["COMPARED", "CONSENSUS_COMPARED", "PROTOCOL_COMPARED", "AgentCounters", "AgentHealth", "Comparison",
            "Deviation", "FileMarks", "ManagedProcess", "OperatorHealth", "RunHealth", "SilFiles", "agent_config",

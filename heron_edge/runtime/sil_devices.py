@@ -58,8 +58,7 @@ class PlantDevices:
     def meter(self, i: int) -> MeterReading:
         """Microgrid ``i``'s site-meter reading now (see ``heron_edge.runtime.meter``)."""
         plant = self.plant
-        last = plant.last
-        assert last is not None, "reset the plant first"
+        last = plant.latest()  # sim's PlantStateError before the plant's first reset()
         forecast = plant.forecast()
         return MeterReading(step=plant.t, load_mw=float(forecast["load_mw"][i]), pv_available_mw=float(forecast["pv_mw"][i]),
                             wind_available_mw=float(forecast["wind_mw"][i]), exchange_mw=float(last.exchange_mw[i]),
@@ -97,8 +96,7 @@ class BatteryDevice:
         return self._nameplate
 
     def measure(self) -> Measurement:
-        last = self._d.plant.last
-        assert last is not None
+        last = self._d.plant.latest()
         i, cfg = self._i, self._cfg
         soc = float(last.soc[i])
         p_w = float(last.applied.battery_mw[i]) * _W
@@ -126,8 +124,7 @@ class GeneratorDevice:
         return self._nameplate
 
     def measure(self) -> Measurement:
-        last = self._d.plant.last
-        assert last is not None
+        last = self._d.plant.latest()
         p_w = float(last.applied.generator_mw[self._i]) * _W
         return Measurement(p_w=p_w, v_v=self._d.v_v(self._i), hz=60.0, throttled=bool(last.clamped["generator_mw"][self._i]))
 
@@ -157,8 +154,7 @@ class RenewableDevice:
         return self._nameplate
 
     def measure(self) -> Measurement:
-        last = self._d.plant.last
-        assert last is not None
+        last = self._d.plant.latest()
         out = last.pv_mw if self._kind == "pv" else last.wind_mw
         avail = last.pv_available_mw if self._kind == "pv" else last.wind_available_mw
         p = float(out[self._i])

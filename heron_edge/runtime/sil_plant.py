@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sim.plant import Measurements, Plant
 
 from firmware_bridge import Emulator
 from heron_edge.brokers import Broker, Subscription
@@ -48,6 +47,7 @@ from heron_edge.messages import (
 )
 from heron_edge.runtime.meter import MeterServer
 from heron_edge.runtime.sil_devices import PlantDevices
+from sim.plant import Measurements, Plant
 
 __all__ = ["ClockMode", "DeviceEndpoint", "PlantResult", "PlantRuntime", "measurement_row", "PLANT_ID"]
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 import pytest
 
 from firmware_bridge.device import DeviceModel, Nameplate
-from firmware_bridge.models import BatteryModel, PVInverterModel, battery_nameplate, daily_irradiance, inverter_nameplate
+from firmware_bridge.models import (
+    BatteryModel,
+    PVInverterModel,
+    battery_nameplate,
+    daily_irradiance,
+    inverter_nameplate,
+)
 from tests.firmware_bridge.conftest import FakeClock
 
 

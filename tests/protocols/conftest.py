@@ -7,9 +7,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.protocols import Link
-
 from tests.conftest import require_mosquitto
 
 

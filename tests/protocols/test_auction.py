@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.protocols import Clearing, Confirmation, Link, Order, P2PTradingProtocol
 from heron_edge.protocols.auction import MIN_TRADE_MW, clear, orders_from_net
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import run_async
 
 

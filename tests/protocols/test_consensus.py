@@ -6,14 +6,14 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.messages import ConsensusBody, SetpointBody, agent_topic, make_envelope
 from heron_edge.protocols import ConsensusConfig, ConsensusProtocol, GeneratorCost, Link
 from heron_edge.protocols.dispatch import dispatch_at, economic_dispatch
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import run_async
 from tests.protocols.conftest import Transport
 

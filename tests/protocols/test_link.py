@@ -5,11 +5,11 @@ import asyncio
 import time
 
 import pytest
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ConfigError
 from heron_edge.messages import PriceBody, make_envelope
 from heron_edge.protocols import Link
-
 from tests.conftest import run_async
 
 

@@ -7,13 +7,13 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ConfigError
 from heron_edge.messages import ClearingBody, OrderBody, agent_topic, make_envelope
 from heron_edge.protocols import Clearing, Confirmation, Link, Order, P2PTradingProtocol
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import run_async
 from tests.protocols.conftest import Transport
 

@@ -5,13 +5,13 @@ import asyncio
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.messages import PriceBody, agent_topic, make_envelope
 from heron_edge.protocols import Link, PriceSignal, PriceSignalProtocol, ReceivedPrice
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import run_async
 from tests.protocols.conftest import Transport
 
@@ -23,7 +23,8 @@ def test_congestion_adder_formula() -> None:
     assert proto.congestion_adder(np.array([0.0, 0.8, 0.9, 1.0, 1.2])).tolist() == pytest.approx([0, 0, 25, 50, 100])
     signal = proto.price(40.0, 0.9)
     assert signal == PriceSignal(40.0, pytest.approx(25.0)) and signal.total_usd_per_mwh == pytest.approx(65.0)
-    assert PriceSignalProtocol().price(40.0, 1.5).total_usd_per_mwh == 40.0  # no adder configured
+    assert PriceSignalProtocol({"congestion_adder_usd_per_mwh": 0.0}).price(40.0, 1.5).total_usd_per_mwh == 40.0
+    assert PriceSignalProtocol().config.congestion_adder_usd_per_mwh == 50.0  # the default, defined once
     with pytest.raises(ActionError):
         proto.price(float("nan"))
     with pytest.raises(ConfigError):

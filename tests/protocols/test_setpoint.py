@@ -6,13 +6,13 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.messages import SetpointBody, command_topic, make_envelope
 from heron_edge.protocols import Link, SetpointProtocol, SetpointResult, tracking_error
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.conftest import run_async
 from tests.protocols.conftest import Transport
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from heron_edge.errors import ConfigError
 from heron_edge.protocols.topology import build_graph
 

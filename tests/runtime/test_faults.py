@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+
 from heron_edge.brokers import MqttBroker
 from heron_edge.messages import (
     SetpointBody,
@@ -22,7 +23,6 @@ from heron_edge.messages import (
     make_envelope,
 )
 from heron_edge.runtime.mosquitto import MosquittoProcess
-
 from tests.conftest import run_async
 from tests.runtime.rig import OPERATOR, SITE, Rig, wait_for
 

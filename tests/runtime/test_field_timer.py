@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from heron_edge.brokers import MqttBroker
 from heron_edge.messages import PriceBody, agent_topic, decode
 from heron_edge.runtime.mosquitto import MosquittoProcess
 from heron_edge.runtime.wallclock import hour_of_year_index, step_at
 from sim.profiles import load_profiles
 from sim.scenario import load_scenario
-
 from tests.conftest import run_async
 from tests.runtime.rig import Rig, wait_for
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from heron_edge.errors import ConfigError
 from heron_edge.runtime.config import MAX_FILE_BYTES, load_gateway_config
-
 from tests.runtime.test_gateway_stop import _config, _toml
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from heron_edge.brokers import MqttBroker, Subscription
 from heron_edge.messages import Envelope, StatusBody, agent_topic, decode
 from heron_edge.runtime.config import parse_gateway_config
 from heron_edge.runtime.gateway import Gateway
 from heron_edge.runtime.mosquitto import MosquittoProcess
 from heron_edge.runtime.outbox import Outbox
-
 from tests.conftest import run_async
 
 ROOT = Path(__file__).resolve().parents[2]

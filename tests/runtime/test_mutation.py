@@ -18,6 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+
 from heron_edge.runtime.mosquitto import MosquittoProcess
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.slow]

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+
 from heron_edge.agents import SystemOperator
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.coordination import UPSTREAM_ID, Coordination
@@ -27,7 +28,6 @@ from heron_edge.messages import (
 )
 from heron_edge.runtime.operator import CoordinationService, OperatorRuntime
 from sim.scenario import load_scenario
-
 from tests.conftest import run_async
 
 SITE = "hard"

@@ -7,12 +7,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
 from heron_edge.errors import BrokerError, ConfigError, DeviceError
 from heron_edge.runtime.config import FailsafeSettings, load_gateway_config, parse_gateway_config
 from heron_edge.runtime.failsafe import FailsafeState, safe_setpoints
 from heron_edge.runtime.meter import MeterReading, decode_meter, encode_meter
 from heron_edge.runtime.outbox import Outbox
-
 from tests.conftest import run_async
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

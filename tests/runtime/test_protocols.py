@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from heron_edge.brokers import MqttBroker
 from heron_edge.coordination import Signals
 from heron_edge.errors import ConfigError
@@ -20,7 +21,6 @@ from heron_edge.runtime.mosquitto import MosquittoProcess
 from heron_edge.runtime.sil import agent_config, to_toml
 from heron_edge.runtime.sil_plant import PlantRuntime
 from sim.scenario import load_scenario
-
 from tests.conftest import run_async
 from tests.runtime.rig import SITE, Rig, wait_for
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import (
@@ -28,7 +29,6 @@ from heron_edge.runtime.secure import COMMAND_KEYS_ENV, PASSWORD_ENV, SecureSite
 from heron_edge.security import CommandGuard, new_key
 from heron_edge.security.auth import CommandRejected
 from heron_edge.security.launch import running_site_mosquitto
-
 from tests.conftest import require_mosquitto, run_async
 
 

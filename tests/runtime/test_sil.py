@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from heron_edge.commands.simulate import Trajectory
 from heron_edge.runtime.sil import (
     COMPARED,
@@ -25,7 +26,6 @@ from heron_edge.runtime.sil import (
     run_health,
 )
 from heron_edge.runtime.sil_plant import PlantResult
-
 from tests.conftest import require_mosquitto
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.slow]

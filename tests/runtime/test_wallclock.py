@@ -6,6 +6,7 @@ import datetime as dt
 import time
 
 import pytest
+
 from heron_edge.agents import SystemOperator
 from heron_edge.brokers import InMemoryBroker
 from heron_edge.coordination import UPSTREAM_ID, Coordination
@@ -14,7 +15,6 @@ from heron_edge.messages import ClockBody, PriceBody, agent_filter, agent_topic,
 from heron_edge.runtime.operator import CoordinationService, OperatorRuntime
 from heron_edge.runtime.wallclock import hour_of_year_index, seconds_to_next, step_at, timer_steps
 from sim.scenario import load_scenario
-
 from tests.conftest import run_async
 
 

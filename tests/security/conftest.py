@@ -13,11 +13,11 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
 from heron_edge.brokers.mqtt import TlsOptions
 from heron_edge.security.broker_config import BrokerSiteConfig, SiteFiles, write_broker_config
 from heron_edge.security.launch import SiteMosquitto, free_port, running_site_mosquitto
-from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-
 from tests.conftest import require_mosquitto
 
 SITE = "s1"

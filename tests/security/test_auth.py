@@ -6,6 +6,9 @@ import hmac
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from heron_edge.errors import ConfigError
 from heron_edge.messages import (
     ActionBody,
@@ -19,8 +22,6 @@ from heron_edge.messages import (
 )
 from heron_edge.security import CommandGuard, CommandRejected, CommandSigner, new_key, parse_key, sign, verify
 from heron_edge.security.auth import MAC_CONTEXT, REJECT_REASONS, compute_mac
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

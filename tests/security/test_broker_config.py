@@ -6,14 +6,14 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from heron_edge.brokers import MqttBroker, TlsOptions
 from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.brokers.mqtt import is_loopback_host
 from heron_edge.cli import main
 from heron_edge.errors import ConfigError
 from heron_edge.security import BrokerSiteConfig, acl_text, load_credentials, mosquitto_conf_text, write_broker_config
-from pydantic import ValidationError
-
 from tests.security.conftest import site_config
 
 

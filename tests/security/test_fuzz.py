@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from heron_edge import MultiAgentMicrogrids
 from heron_edge.agents import ProxyAgent
 from heron_edge.brokers import InMemoryBroker, Subscription
@@ -44,8 +47,6 @@ from heron_edge.messages import (
     make_envelope,
 )
 from heron_edge.security import CommandGuard, CommandRejected, sign
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 SITE = "fuzz"
 AGENT = "mg1"

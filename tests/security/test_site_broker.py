@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from heron_edge.brokers import MqttBroker, Subscription, TlsOptions
 from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.cli import main
@@ -21,7 +22,6 @@ from heron_edge.messages import SetpointBody, TelemetryBody, encode, make_envelo
 from heron_edge.security import CommandRejected, load_credentials
 from heron_edge.security.certs import make_ca
 from heron_edge.security.launch import free_port, running_site_mosquitto
-
 from tests.conftest import require_mosquitto, run_async
 from tests.security.conftest import OPERATOR, PLANT, SITE, Site, _serve, raw_client
 

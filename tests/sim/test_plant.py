@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from sim.errors import ScenarioError
 from sim.plant import Plant, Setpoints
 from sim.profiles import columns, load_profiles
 from sim.scenario import Scenario, load_scenario
@@ -82,7 +83,7 @@ def test_scenarios_are_data() -> None:
         Scenario.model_validate(data)
     data = load_scenario("ieee34_3x13").model_dump()
     data["network"]["attach_buses"]["mg1"] = "999"
-    with pytest.raises(ValueError, match="not 24.9 kV buses"):
+    with pytest.raises(ScenarioError, match=r"not 24\.9 kV buses"):
         Plant(Scenario.model_validate(data))
 
 
