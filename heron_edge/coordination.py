@@ -26,6 +26,7 @@ are the plant's; trades move money, not power.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -65,7 +66,7 @@ def bill_usd(exchange_mw: np.ndarray, price_usd_per_mwh: float, export_price_rat
     return np.where(exchange_mw > 0.0, exchange_mw, exchange_mw * export_price_ratio) * (price_usd_per_mwh * dt_h)
 
 
-def parse_protocols(protocol: str | list[str] | None) -> tuple[str, ...]:
+def parse_protocols(protocol: str | Sequence[str] | None) -> tuple[str, ...]:
     """The protocol names to run: at most one vertical and one horizontal."""
     names = () if protocol is None else (protocol,) if isinstance(protocol, str) else tuple(protocol)
     unknown = [n for n in names if n not in get_args(ProtocolName)]
@@ -99,7 +100,8 @@ class Settlement:
 class Coordination:
     """The configured protocols of one environment, their centralized forms and the settlement."""
 
-    def __init__(self, scenario: Scenario, protocol: str | list[str] | None, options: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, scenario: Scenario, protocol: str | Sequence[str] | None,
+                 options: Mapping[str, Mapping[str, Any]]) -> None:
         self.names = [m.name for m in scenario.microgrids]
         self.protocols = parse_protocols(protocol)
         unknown = sorted(set(options) - set(self.protocols))
@@ -161,12 +163,14 @@ class Coordination:
     @staticmethod
     def needs_mw(load_mw: np.ndarray, pv_mw: np.ndarray, wind_mw: np.ndarray) -> np.ndarray:
         """Net need of each microgrid before its dispatchable devices (MW, + deficit)."""
-        return load_mw - pv_mw - wind_mw
+        need: np.ndarray = load_mw - pv_mw - wind_mw
+        return need
 
 
     def demand_shares_mw(self, needs: np.ndarray) -> np.ndarray:
         """Each node's share of the shared demand: its deficit minus an equal share of the import allowance."""
-        return np.maximum(needs, 0.0) - self.import_allowance_mw / len(self.names)
+        shares: np.ndarray = np.maximum(needs, 0.0) - self.import_allowance_mw / len(self.names)
+        return shares
 
     def planned_net_mw(self, local: np.ndarray, action: np.ndarray, index: int) -> float:
         """A microgrid's planned net position (MW, + deficit) from its local features and normalised action."""

@@ -21,11 +21,6 @@ telemetry, the command guard, the clock, a protocol's link (setpoint, market, co
 class Rejections(Counter[str]):
     """Rejected messages by reason (a decode reason such as ``schema`` or ``bounds``, or a guard reason)."""
 
-    @property
-    def total(self) -> int:
-        """Every rejection, whatever the reason."""
-        return sum(self.values())
-
     def as_dict(self) -> dict[str, int]:
         """The non-zero counts, for a status."""
         return {reason: int(n) for reason, n in sorted(self.items()) if n}

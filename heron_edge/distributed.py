@@ -10,6 +10,7 @@ the dispatch consensus -> agents collect their observation; next call: agents ap
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import gymnasium
 import numpy as np
@@ -23,7 +24,7 @@ from heron_edge.coordination import UPSTREAM_ID, Coordination, MicrogridRoles, S
 from heron_edge.deviceio import PlantDeviceIO
 from heron_edge.eager import gather_eagerly, run_eagerly
 from heron_edge.errors import UsageError
-from heron_edge.protocols import Clearing, Link
+from heron_edge.protocols import Clearing, Link, PriceSignal
 from sim.plant import Measurements, Plant, Setpoints
 
 
@@ -48,7 +49,7 @@ class DistributedRunner:
                                                    Ratings(mg.battery.p_max_mw, mg.generator.p_max_mw)),
                        roles=MicrogridRoles(coordination, Link(self.broker, site=site, agent_id=name,
                                                                timeout_s=config.step_timeout_s), i))
-            for i, (name, mg) in enumerate(zip(plant.names, scenario.microgrids))
+            for i, (name, mg) in enumerate(zip(plant.names, scenario.microgrids, strict=True))
         ]
         self.operator = SystemOperator(UPSTREAM_ID, self.broker, coordination, site=site,
                                        step_timeout_s=config.step_timeout_s)
@@ -57,7 +58,7 @@ class DistributedRunner:
             name: gymnasium.spaces.Box(
                 np.concatenate([ob.CONTEXT_LOW, low, np.full(n_extra, -np.inf)]).astype(np.float32),
                 np.concatenate([ob.CONTEXT_HIGH, high, np.full(n_extra, np.inf)]).astype(np.float32), dtype=np.float32)
-            for name, (low, high) in zip(plant.names, local_bounds)
+            for name, (low, high) in zip(plant.names, local_bounds, strict=True)
         }
         self.signals: Signals | None = None
         self._loop = asyncio.new_event_loop()
@@ -90,7 +91,8 @@ class DistributedRunner:
         # gathered, in that order: over MQTT the PUBACK waits and the protocol rounds overlap, in
         # memory the operator finds every report already delivered, nothing suspends and no task is made.
         operator = self.operator.before_decision(step, plant.price(), self.coordination.head_loading_pu(plant.last))
-        *_, (price, setpoints) = await gather_eagerly(*(proxy.report(step) for proxy in self.proxies), operator)
+        results: list[object] = await gather_eagerly(*(proxy.report(step) for proxy in self.proxies), operator)
+        price, setpoints = cast(tuple[PriceSignal, "np.ndarray | None"], results[-1])
         await gather_eagerly(*(proxy.coordinate(step) for proxy in self.proxies))
         self._observations = [await proxy.collect(step) for proxy in self.proxies]
         dispatch = None
@@ -98,7 +100,7 @@ class DistributedRunner:
             dispatch = np.array([proxy.dispatch_mw if proxy.dispatch_mw is not None else np.nan for proxy in self.proxies])
         self.signals = Signals(price=price, setpoint_mw=setpoints, dispatch_mw=dispatch,
                                consensus_rounds=max(proxy.consensus_rounds for proxy in self.proxies))
-        return dict(zip(self.plant.names, self._observations))
+        return dict(zip(self.plant.names, self._observations, strict=True))
 
     def step(self, actions: np.ndarray) -> tuple[Measurements, Signals, Clearing | None, dict[str, np.ndarray]]:
         """Each agent applies its action (normalised, one row per agent) through its devices; the plant steps.
@@ -112,13 +114,13 @@ class DistributedRunner:
         step, signals = self.plant.t, self.signals
         if signals is None:
             raise UsageError("step before reset(): call reset() first")
-        for proxy, policy, action, observation in zip(self.proxies, self.policies, actions, self._observations):
+        for proxy, policy, action, observation in zip(self.proxies, self.policies, actions, self._observations, strict=True):
             policy.next_action = action
             await proxy.actual_agent.apply(proxy.actual_agent.act(observation))
         clearing = None
         if self.coordination.p2p:
             clearing, *_ = await gather_eagerly(self.operator.market(step),
-                                                *(proxy.settle(step, action) for proxy, action in zip(self.proxies, actions)))
+                                                *(proxy.settle(step, action) for proxy, action in zip(self.proxies, actions, strict=True)))
         last = self.plant.step(self.request)
         return last, signals, clearing, await self._observe_all()
 

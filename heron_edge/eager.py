@@ -26,16 +26,18 @@ def _resume(coro: Coroutine[Any, Any, T], yielded: Any) -> Generator[Any, Any, T
         except GeneratorExit:
             coro.close()
             raise
-        except BaseException as exc:  # noqa: BLE001 - cancellation and errors go into the coroutine
+        except BaseException as exc:
             try:
                 yielded = coro.throw(exc)
             except StopIteration as stop:
-                return stop.value
+                result: T = stop.value
+                return result
         else:
             try:
                 yielded = coro.send(sent)
             except StopIteration as stop:
-                return stop.value
+                result = stop.value
+                return result
 
 
 def run_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
@@ -74,7 +76,7 @@ async def gather_eagerly(*coros: Coroutine[Any, Any, T]) -> list[T]:
                 continue
             pending[i] = asyncio.ensure_future(_resume(coro, yielded))
         if pending:
-            for i, value in zip(pending, await asyncio.gather(*pending.values())):
+            for i, value in zip(pending, await asyncio.gather(*pending.values()), strict=True):
                 results[i] = value
     except BaseException:
         for coro in coros[started:]:  # never started: close them so they do not warn

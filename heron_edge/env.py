@@ -18,7 +18,8 @@ environments can share one broker.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -37,10 +38,11 @@ ACTION_NAMES = ("battery", "generator", "pv_curtailment", "wind_curtailment")
 _TOLERANCE = 1e-6  # float32 policies may land a hair outside [low, high]
 
 
-class MultiAgentMicrogrids(ParallelEnv):
+class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo ships no type information
     """Microgrids sharing one distribution feeder, as a PettingZoo ParallelEnv (both modes)."""
 
-    metadata = {"name": "multi_agent_microgrids_v0", "render_modes": [], "is_parallelizable": True}
+    metadata: ClassVar[dict[str, Any]] = {"name": "multi_agent_microgrids_v0", "render_modes": [],
+                                          "is_parallelizable": True}
 
     def __init__(self, config: EnvConfig | dict[str, Any] | None = None) -> None:
         self.config = parse_config(config)
@@ -49,7 +51,8 @@ class MultiAgentMicrogrids(ParallelEnv):
         self.plant = Plant(self.config.scenario)
         sc = self.plant.scenario
         try:
-            self.coordination = Coordination(sc, self.config.protocol, dict(self.config.protocol_options))
+            options: dict[str, Mapping[str, Any]] = {str(k): v for k, v in self.config.protocol_options.items()}
+            self.coordination = Coordination(sc, self.config.protocol, options)
         except (ValueError, TypeError) as exc:  # a protocol's own config validation
             raise ConfigError(f"invalid protocol configuration: {exc}") from exc
         k = self.coordination.n_features
@@ -59,7 +62,7 @@ class MultiAgentMicrogrids(ParallelEnv):
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
         self._scale = np.array([[m.battery.p_max_mw, m.generator.p_max_mw, 1.0, 1.0] for m in sc.microgrids])
         self.action_spaces = {a: gymnasium.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32) for a in self.possible_agents}
-        lows, highs = zip(*(ob.local_bounds(m.battery.p_max_mw, m.generator.p_max_mw, m.pv_mw, m.wind_mw) for m in sc.microgrids))
+        lows, highs = zip(*(ob.local_bounds(m.battery.p_max_mw, m.generator.p_max_mw, m.pv_mw, m.wind_mw) for m in sc.microgrids), strict=True)
         if self.config.centralized:
             low = np.concatenate([ob.CONTEXT_LOW, *lows, np.zeros(n), np.full(n * k, -np.inf)])
             high = np.concatenate([ob.CONTEXT_HIGH, *highs, np.ones(n), np.full(n * k, np.inf)])
@@ -69,7 +72,7 @@ class MultiAgentMicrogrids(ParallelEnv):
         else:
             from heron_edge.distributed import DistributedRunner
 
-            self._runner = DistributedRunner(self.plant, self.config, self.coordination, list(zip(lows, highs)))
+            self._runner = DistributedRunner(self.plant, self.config, self.coordination, list(zip(lows, highs, strict=True)))
             self.observation_spaces = self._runner.observation_spaces
         self._actions = np.zeros((n, 4))
         self._one_hot = np.eye(n, dtype=np.float32)
@@ -88,7 +91,8 @@ class MultiAgentMicrogrids(ParallelEnv):
         return self.action_spaces[agent]
 
     # ------------------------------------------------------------------ episode
-    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    def reset(self, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
         """Start an episode; ``options={"start_step": k}`` pins the first step of the year (else by train/test rule)."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
@@ -124,7 +128,8 @@ class MultiAgentMicrogrids(ParallelEnv):
         self._episode = (self._episode + 1) % days
         return self._episode * per_day
 
-    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+    def step(self, actions: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, float], dict[str, bool],
+                                                     dict[str, bool], dict[str, dict[str, Any]]]:
         """Apply every live agent's action for one step; returns (obs, rewards, terminations, truncations, infos)."""
         if not self.agents:
             raise UsageError("the episode is over: call reset()")
@@ -133,8 +138,9 @@ class MultiAgentMicrogrids(ParallelEnv):
             last, signals, clearing, obs = self._runner.step(self._actions)
             settlement = self.coordination.settle(last, signals, clearing)
         else:
+            if self._signals is None:
+                raise UsageError("step() before reset(): call reset() first")
             signals = self._signals
-            assert signals is not None
             clearing = self.coordination.clear(self._local, self._actions, signals.price.total_usd_per_mwh)
             last = self.plant.step(Setpoints(*(self._actions * self._scale).T))
             settlement = self.coordination.settle(last, signals, clearing)
@@ -233,7 +239,7 @@ class MultiAgentMicrogrids(ParallelEnv):
 
     def render(self) -> None:
         """No rendering: use ``heron-edge simulate --out DIR`` for plots."""
-        return None
+        return
 
     def close(self) -> None:
         if self._runner is not None:

@@ -26,7 +26,7 @@ import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Final, Literal, NamedTuple, Union, get_args
+from typing import Annotated, Final, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,28 +34,28 @@ from heron_edge.counters import RejectSource
 from heron_edge.errors import ConfigError, MessageError
 
 __all__ = [
+    "BODY_TYPES",
+    "DECODE_REASONS",
+    "LIMITS",
+    "MAX_STEP",
+    "ROOT",
+    "TOPICS",
+    "TOPIC_KINDS",
     "ActionBody",
     "AnyBody",
-    "BODY_TYPES",
     "Body",
     "BodyKind",
     "ClearingBody",
     "ClockBody",
     "ConsensusBody",
-    "DECODE_REASONS",
     "DecodeError",
     "DecodeReason",
     "Envelope",
-    "LIMITS",
     "Limits",
-    "MAX_STEP",
-    "TOPIC_KINDS",
     "OrderBody",
     "PriceBody",
-    "ROOT",
     "SetpointBody",
     "StatusBody",
-    "TOPICS",
     "TelemetryBody",
     "TopicParts",
     "TopicSpec",
@@ -218,17 +218,17 @@ class ClockBody(BaseModel):
     done: bool = False
 
 
-AnyBody = Union[
-    SetpointBody,
-    PriceBody,
-    OrderBody,
-    ClearingBody,
-    ConsensusBody,
-    TelemetryBody,
-    ActionBody,
-    StatusBody,
-    ClockBody,
-]
+AnyBody = (
+    SetpointBody
+    | PriceBody
+    | OrderBody
+    | ClearingBody
+    | ConsensusBody
+    | TelemetryBody
+    | ActionBody
+    | StatusBody
+    | ClockBody
+)
 """Any message body (for type hints)."""
 
 Body = Annotated[AnyBody, Field(discriminator="kind")]
@@ -290,7 +290,7 @@ class Envelope(BaseModel):
     @property
     def kind(self) -> BodyKind:
         """The body's kind (``"setpoint"``, ``"price"``, ...)."""
-        return self.body.kind  # type: ignore[return-value]
+        return self.body.kind
 
     def is_expired(self, now: float | None = None) -> bool:
         """True when ``expires`` is set and lies before ``now`` (default: the current time)."""

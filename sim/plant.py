@@ -7,6 +7,7 @@ the environment (centralized) and the SIL rig (behind emulated devices) drive th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandapower as pp
@@ -93,7 +94,7 @@ def build_network(scenario: Scenario) -> BuiltNetwork:
 class Plant:
     """Apply setpoints, advance one step, measure: the simulated physical system of a scenario."""
 
-    def __init__(self, scenario: Scenario | str = "ieee34_3x13") -> None:
+    def __init__(self, scenario: Scenario | str | Path = "ieee34_3x13") -> None:
         self.scenario = load_scenario(scenario)
         sc = self.scenario
         self.names = [m.name for m in sc.microgrids]

@@ -226,4 +226,4 @@ def test_the_shared_decode_cache_is_bounded_in_bytes() -> None:
         values = {f"k{j}_{i}": float(j) for j in range(500)}
         cache(topic, encode(make_envelope("mg2", TelemetryBody(values=values), step=i)))
         assert cache.bytes <= _DECODED_BYTES
-    assert 0 < cache.bytes and len(cache._envelopes) < 400
+    assert cache.bytes > 0 and len(cache._envelopes) < 400

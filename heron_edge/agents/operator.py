@@ -95,7 +95,7 @@ class SystemOperator:
             if delivery is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    missing = [n for n, ok in zip(self.coordination.names, fresh) if not ok]
+                    missing = [n for n, ok in zip(self.coordination.names, fresh, strict=True) if not ok]
                     self.stats.late += 1
                     self.stats.late_by_agent.update(missing)
                     log.warning("%s: telemetry of step %d missing from %s after %.2f s; using their last needs",
@@ -122,7 +122,7 @@ class SystemOperator:
             if any(abs(p) > limit for p in powers):
                 self._reject("bounds", delivery.topic, f"powers {powers} MW beyond +/-{limit:g} MW")
                 continue
-            self._needs[i] = self.coordination.needs_mw(*powers)
+            self._needs[i] = float(self.coordination.needs_mw(*(np.array([p]) for p in powers))[0])
             fresh[i] = True
         return self._needs.copy()
 

@@ -13,7 +13,6 @@ arrive within ``step_timeout_s`` is replaced by the last value received (counted
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -226,7 +225,7 @@ class ProxyAgent:
             await self.start()
         self.next_step = step
         self._local = await self.actual_agent.observe_local()
-        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, self._local.tolist())))
+        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, self._local.tolist(), strict=True)))
         await self.broker.publish(self._telemetry_topic, encode(make_envelope(self.agent_id, body, step=step)))
 
     async def collect(self, step: int) -> np.ndarray:
@@ -269,7 +268,7 @@ class ProxyAgent:
                 return
             try:  # wait on whichever is still missing, then take everything that came
                 delivery = await (price if self._price_step != step else telemetry).get(timeout=remaining)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
             self._handle(delivery.topic, delivery.payload, step)
             self.take_queued(step)

@@ -17,15 +17,15 @@ from heron_edge.errors import BrokerError, ConfigError
 from heron_edge.messages import Envelope, encode
 
 __all__ = [
-    "BrokerWrapper",
     "DEFAULT_GET_TIMEOUT_S",
     "DEFAULT_MAXSIZE",
     "MAX_PACKET_BYTES",
-    "get_any",
     "Broker",
+    "BrokerWrapper",
     "Delivery",
     "Payload",
     "Subscription",
+    "get_any",
     "payload_bytes",
     "topic_matches",
     "validate_filter",
@@ -139,7 +139,7 @@ class Subscription:
     iteration stops and :meth:`get` raises BrokerError.
     """
 
-    __slots__ = ("topic_filter", "qos", "maxsize", "dropped", "_queue", "_waiters", "_error", "_ended")
+    __slots__ = ("_ended", "_error", "_queue", "_waiters", "dropped", "maxsize", "qos", "topic_filter")
 
     def __init__(self, topic_filter: str, *, qos: int = 1, maxsize: int = DEFAULT_MAXSIZE) -> None:
         if maxsize < 1:

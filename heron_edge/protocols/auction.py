@@ -190,4 +190,4 @@ def orders_from_net(agent_ids: Sequence[str], net_mw: np.ndarray,
     if net.shape[0] != len(agent_ids):
         raise ActionError(f"net_mw has {net.shape[0]} entries for {len(agent_ids)} agents")
     return [Order(agent_id=a, side="ask" if q < 0 else "bid", quantity_mw=float(abs(q)),
-                  limit_price_usd_per_mwh=float(p)) for a, q, p in zip(agent_ids, net, limit)]
+                  limit_price_usd_per_mwh=float(p)) for a, q, p in zip(agent_ids, net, limit, strict=True)]

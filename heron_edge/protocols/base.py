@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from heron_edge.brokers import Broker, Delivery, Subscription
 from heron_edge.brokers.base import get_any
 from heron_edge.errors import ConfigError
-from heron_edge.messages import DecodeError, Envelope, decode_on, make_envelope
+from heron_edge.messages import AnyBody, DecodeError, Envelope, decode_on, make_envelope
 
 __all__ = ["STEP_WINDOW", "Link", "LinkStats", "ProtocolConfig", "load_config"]
 
@@ -150,7 +150,7 @@ class Link:
             await self.broker.unsubscribe(box.sub)
 
     # -- sending ----------------------------------------------------------------------------------
-    async def send(self, topic: str, body: BaseModel, *, recipient: str | None = None,
+    async def send(self, topic: str, body: AnyBody, *, recipient: str | None = None,
                    ttl_s: float | None = None) -> Envelope:
         """Publish ``body`` in an envelope stamped with this agent and step (QoS 1)."""
         env = make_envelope(self.agent_id, body, step=self.step, recipient=recipient, ttl_s=ttl_s)
@@ -224,9 +224,10 @@ class Link:
         subs = [box.sub for box in boxes]
         loop = asyncio.get_running_loop()
         while True:
-            index, delivery = next(((i, d) for i, sub in enumerate(subs) if (d := sub.get_nowait()) is not None),
-                                   (-1, None))
-            if delivery is None:
+            found = next(((i, d) for i, sub in enumerate(subs) if (d := sub.get_nowait()) is not None), None)
+            if found is not None:
+                index, delivery = found
+            else:
                 remaining = deadline - loop.time()
                 if remaining <= 0.0:
                     return None
@@ -234,17 +235,17 @@ class Link:
                     index, delivery = await get_any(subs, remaining)
                 except TimeoutError:
                     return None
-            env = self._accept(delivery)
-            if env is None:
+            accepted = self._accept(delivery)
+            if accepted is None:
                 continue
-            if not isinstance(env.body, body_type) or (senders is not None and env.sender not in senders):
+            if not isinstance(accepted.body, body_type) or (senders is not None and accepted.sender not in senders):
                 self.stats.ignored += 1  # valid, but for another role on this topic
                 continue
-            if wanted(env):
+            if wanted(accepted):
                 self.stats.received += 1
-                return env
+                return accepted
             box = boxes[index]
             if len(box.stash) >= _STASH_MAX:
                 box.stash.popleft()
                 self.stats.overflow += 1
-            box.stash.append(env)
+            box.stash.append(accepted)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -61,7 +61,7 @@ class ConsensusConfig(ProtocolConfig):
     """Parameters of :class:`ConsensusProtocol`."""
 
     nodes: tuple[str, ...] = Field(min_length=1, description="Participating agent ids, in array order.")
-    topology: Union[TopologyName, dict[str, list[str]]] = Field(
+    topology: TopologyName | dict[str, list[str]] = Field(
         default="ring", description="ring, complete, path, star (centre = first node) or an adjacency list.")
     tol: float = Field(default=1e-6, gt=0.0, description="Max |x_i - average| at stop, in the values' units.")
     max_rounds: int = Field(default=1000, ge=1, description="Round limit of one averaging run.")
@@ -249,7 +249,7 @@ class ConsensusProtocol:
         prev_abs_m = math.inf
         converged = False
         iterations = 0
-        for iterations in range(1, self.config.max_iterations + 1):
+        for iterations in range(1, self.config.max_iterations + 1):  # noqa: B007 - the count is reported after
             p = generator.output_mw(lam)
             local = np.array([p - demand_mw, generator.slope_mw_per_usd(lam),
                               generator.p_min_mw - demand_mw, generator.p_max_mw - demand_mw])

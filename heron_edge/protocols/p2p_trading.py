@@ -132,8 +132,8 @@ class P2PTradingProtocol:
                             f"order of {body.quantity_mw} MW at {body.limit_price_usd_per_mwh} $/MWh")
                 continue
             waiting.discard(env.sender)
-            orders.append(Order(agent_id=env.sender, side=env.body.side, quantity_mw=env.body.quantity_mw,
-                                limit_price_usd_per_mwh=env.body.limit_price_usd_per_mwh))
+            orders.append(Order(agent_id=env.sender, side=body.side, quantity_mw=body.quantity_mw,
+                                limit_price_usd_per_mwh=body.limit_price_usd_per_mwh))
         result = self.clear(orders)
         await link.send(agent_topic(link.site, link.agent_id, "clearing"), _to_body(result), ttl_s=self.config.ttl_s)
         excluded = tuple(sorted(waiting))

@@ -65,7 +65,8 @@ def tracking_error(setpoint_mw: np.ndarray, actual_mw: np.ndarray) -> np.ndarray
     act = np.asarray(actual_mw, dtype=float)
     if sp.shape != act.shape:
         raise ActionError(f"setpoint shape {sp.shape} != actual shape {act.shape}")
-    return act - sp
+    error: np.ndarray = act - sp
+    return error
 
 
 class SetpointProtocol:
@@ -110,7 +111,7 @@ class SetpointProtocol:
         await asyncio.gather(*(
             link.send(command_topic(link.site, mg, "setpoint"), SetpointBody(p_mw=-float(sp)),
                       recipient=mg, ttl_s=self.config.ttl_s)
-            for mg, sp in zip(agent_ids, setpoints)))
+            for mg, sp in zip(agent_ids, setpoints, strict=True)))
         return setpoints
 
     async def receive(self, link: Link) -> SetpointResult:

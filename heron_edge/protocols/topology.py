@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from heron_edge.errors import ConfigError
 __all__ = ["Graph", "TopologyName", "TopologySpec", "build_graph"]
 
 TopologyName = Literal["complete", "ring", "path", "star"]
-TopologySpec = Union[TopologyName, Mapping[str, Sequence[str]]]
+TopologySpec = TopologyName | Mapping[str, Sequence[str]]
 
 
 @dataclass(frozen=True)

@@ -178,10 +178,10 @@ class Gateway:
         self.inbox = CommandInbox(config.agent_id, config.upstream_id, key=config.command_key())
         roles = None
         if self.coordination is not None:  # commands reach the protocols only through the inbox's guard
-            link = Link(GuardedBroker(self.broker, self.inbox, site=config.site),  # type: ignore[arg-type]
+            link = Link(GuardedBroker(self.broker, self.inbox, site=config.site),
                         site=config.site, agent_id=config.agent_id, timeout_s=config.cycle.step_timeout_s)
             roles = MicrogridRoles(self.coordination, link, agents.index(config.agent_id))
-        self.proxy = ProxyAgent(config.agent_id, self.agent, self.broker, config.upstream_id,  # type: ignore[arg-type]
+        self.proxy = ProxyAgent(config.agent_id, self.agent, self.broker, config.upstream_id,
                                 site=config.site, peers=agents, steps_per_day=config.cycle.steps_per_day,
                                 step_timeout_s=config.cycle.step_timeout_s, roles=roles)
         self._setpoint_protocol = self.coordination is not None and self.coordination.setpoint is not None
@@ -199,6 +199,7 @@ class Gateway:
         self._clock_sub: Subscription | None = None
         self._cmd_sub: Subscription | None = None
         self._started = False
+        self._link_up = False  # the broker connection as last seen by _ensure_connected: its changes are logged
         self._stop = asyncio.Event()
         self._status_topic = agent_topic(config.site, config.agent_id, "status")
         self._clock_topic = agent_topic(config.site, config.cycle.clock_sender, "clock")
@@ -208,7 +209,14 @@ class Gateway:
     async def _ensure_connected(self) -> bool:
         """Connect (first time) and subscribe; True when the broker is usable now."""
         if self._started:
-            return self.raw_broker.connected
+            connected = self.raw_broker.connected
+            if connected != self._link_up:  # changed since the last cycle: lost, or back after a reconnect
+                self._link_up = connected
+                if connected:
+                    log.info("%s: reconnected to %s", self.agent_id, self.config.broker.url)
+                else:
+                    log.warning("%s: disconnected from %s; reconnecting", self.agent_id, self.config.broker.url)
+            return connected
         try:
             await self.raw_broker.connect()
             if self.config.cycle.clock == "bus":
@@ -220,6 +228,8 @@ class Gateway:
             log.warning("%s: broker not reachable: %s", self.agent_id, exc)
             return False
         self._started = True
+        self._link_up = True
+        log.info("%s: connected to %s", self.agent_id, self.config.broker.url)
         return True
 
     def stop(self) -> None:
@@ -240,6 +250,8 @@ class Gateway:
         if not self._closing:
             self._closing = True
             said_final = await self._publish_final_status()
+            log.info("%s: stopped at step %d; final status %s", self.agent_id, self.step,
+                     "published" if said_final else "not published (the broker's will says offline)")
         await self.raw_broker.close(will=not said_final)  # the will would overwrite our final status
         await self.devices.close()
         await self._status_writer.drain()
@@ -279,6 +291,14 @@ class Gateway:
     # ------------------------------------------------------------------ main loops
     async def run(self) -> None:
         """Cycle until :meth:`stop`: on each bus clock announcement, or every ``period_s`` with a timer clock."""
+        devices: list[str] = []  # for the start-up line: what this gateway talks to
+        for role in ("battery", "generator", "pv", "wind", "meter"):
+            device = getattr(self.config.devices, role)
+            if device is not None:
+                where = device.serial_port if device.transport == "rtu" else f"{device.host}:{device.port}"
+                devices.append(f"{role} {where} unit {device.unit_id}")
+        log.info("%s: starting on site %s: broker %s, %s clock every %g s, devices %s", self.agent_id, self.site,
+                 self.config.broker.url, self.config.cycle.clock, self.config.cycle.period_s, ", ".join(devices))
         await self.devices.open()
         if self.config.cycle.clock == "timer":
             await self._run_timer()
@@ -288,7 +308,7 @@ class Gateway:
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stop.wait(), max(0.0, seconds))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _run_timer(self) -> None:
@@ -325,7 +345,7 @@ class Gateway:
                 return None
             try:
                 delivery = await self._clock_sub.get(timeout=remaining)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return None
             for d in [delivery, *self._clock_sub.drain()]:
                 step = self._clock_step(d.topic, d.payload)

@@ -94,16 +94,21 @@ class ModbusDeviceIO:
         """The 8 local features; DeviceError when any device's values are stale (``stale`` says which)."""
         start = time.perf_counter()
         roles = list(self.devices)
-        results = await asyncio.gather(self._read_meter(), *(self.devices[r].read_telemetry() for r in roles))
+        meter, *readings = await asyncio.gather(self._read_meter(),
+                                                *(self.devices[r].read_telemetry() for r in roles))
         self.timing.read_s += time.perf_counter() - start
         self.timing.reads += 1
-        meter, telemetry = results[0], dict(zip(roles, results[1:]))
+        telemetry: dict[str, Telemetry] = {}
+        for role, reading in zip(roles, readings, strict=True):
+            if not isinstance(reading, Telemetry):
+                raise DeviceError(f"{role}: unexpected reading {reading!r}")
+            telemetry[role] = reading
         stale: dict[str, str] = {}
         if isinstance(meter, MeterReading):
             self.meter, self.meter_fresh = meter, True
         else:
             self.meter_fresh = False
-            stale["meter"] = meter
+            stale["meter"] = str(meter)
         for role, t in telemetry.items():
             if t.stale or t.p_w is None or (role == "battery" and t.soc_pct is None):
                 stale[role] = t.error or "no value"
@@ -148,7 +153,7 @@ class ModbusDeviceIO:
         self.timing.write_s += time.perf_counter() - start
         self.timing.writes += 1
         failed = {}
-        for role, result in zip(roles, results):
+        for role, result in zip(roles, results, strict=True):
             if isinstance(result, BridgeDeviceError):
                 failed[role] = str(result)
                 self.timing.write_failures[role] = self.timing.write_failures.get(role, 0) + 1

@@ -125,7 +125,7 @@ class FeederMeter:
                 return None
             try:
                 delivery = await self._sub.get(timeout=remaining)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
             self._take(delivery.topic, delivery.payload)
         return self._readings[step]
@@ -143,6 +143,12 @@ def ledger_row(step: int, price: PriceSignal, setpoints: Sequence[float] | None,
             "trades": [[t.buyer, t.seller, t.quantity_mw, t.price_usd_per_mwh] for t in clearing.trades],
             "excluded": list(clearing.excluded)},
     }
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one line (one write call, so a reader never sees half of it)."""
+    with open(path, "a") as file:
+        file.write(line + "\n")
 
 
 class CoordinationService:
@@ -177,15 +183,17 @@ class CoordinationService:
     async def on_step(self, step: int) -> None:
         if self._last_step is not None and step < self._last_step:  # the clock went back: a new episode (SIL days)
             self.operator.reset(step)  # as the gateways do: no protocol state or kept message carries over
+        if self._last_step is None or step < self._last_step:
+            log.info("operator %s: episode starts at step %d", self.operator.agent_id, step)
         self._last_step = step
         loading = await self._head_loading(step)
         self._loading = {step: loading}
         price, setpoints = await self.operator.before_decision(step, self.price_of(step), loading)
         clearing = await self.operator.market(step)
-        if self.ledger is not None:
-            with open(self.ledger, "a") as f:
-                f.write(json.dumps(ledger_row(step, price, None if setpoints is None else setpoints.tolist(),
-                                              clearing, loading)) + "\n")
+        if self.ledger is not None:  # serialised now, appended off the event loop
+            line = json.dumps(ledger_row(step, price, None if setpoints is None else setpoints.tolist(), clearing,
+                                         loading))
+            await asyncio.to_thread(_append_line, self.ledger, line)
 
     def counters(self) -> dict[str, int]:
         meter = {} if self.meter is None else {"meter_late": self.meter.late}
@@ -281,6 +289,8 @@ class OperatorRuntime:
             await service.start()
         sub = await self.broker.subscribe(self._clock_topic) if self.clock == "bus" else None
         await self._status("online")
+        log.info("operator %s: online on site %s, %s", self.operator_id, self.site,
+                 f"timer clock every {self.period_s:g} s" if sub is None else f"bus clock from {self.clock_sender}")
         try:
             steps = timer_steps(self.period_s, self._stop) if sub is None else self._announced_steps(sub)
             async for step in steps:
@@ -292,13 +302,14 @@ class OperatorRuntime:
                     await self.broker.unsubscribe(sub)
             except BrokerError:
                 pass
+            log.info("operator %s: stopped (last step done: %d)", self.operator_id, self.done_step)
 
     async def _announced_steps(self, sub: Subscription) -> AsyncIterator[int]:
         """Each step the clock sender announces on the bus clock, until :meth:`stop`."""
         while not self._stop.is_set():
             try:
                 delivery = await sub.get(timeout=0.5)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
             try:
                 envelope = decode_on(delivery.topic, delivery.payload)
@@ -331,7 +342,7 @@ class OperatorRuntime:
         except BrokerError as exc:
             self.stats.step_failed += 1
             log.warning("operator: step %d not completed: %s", step, exc)
-        except Exception:  # noqa: BLE001 - no step may end the operator: count, log with the traceback, go on
+        except Exception:
             self.stats.step_failed += 1
             log.exception("operator: step %d failed", step)
         if (self.counters(), self.rejections()) != self._published:

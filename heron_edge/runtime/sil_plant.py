@@ -22,6 +22,7 @@ Before the first step it waits until every participant's retained status says on
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -49,7 +50,7 @@ from heron_edge.runtime.meter import MeterServer
 from heron_edge.runtime.sil_devices import PlantDevices
 from sim.plant import Measurements, Plant
 
-__all__ = ["ClockMode", "DeviceEndpoint", "PlantResult", "PlantRuntime", "measurement_row", "PLANT_ID"]
+__all__ = ["PLANT_ID", "ClockMode", "DeviceEndpoint", "PlantResult", "PlantRuntime", "measurement_row"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class PlantRuntime:
                 mg.emulators["pv"] = Emulator(d.renewable(i, "pv"), host=self.host)
             if self.plant.wind_rating[i] > 0:
                 mg.emulators["wind"] = Emulator(d.renewable(i, "wind"), host=self.host)
-            mg.meter = MeterServer(lambda i=i: d.meter(i), host=self.host)
+            mg.meter = MeterServer(functools.partial(d.meter, i), host=self.host)
             for emulator in mg.emulators.values():
                 await emulator.start()
             await mg.meter.start()
@@ -181,7 +182,7 @@ class PlantRuntime:
                     return
                 try:
                     delivery = await sub.get(timeout=remaining)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     continue
                 try:
                     env = decode_on(delivery.topic, delivery.payload)
@@ -228,7 +229,7 @@ class PlantRuntime:
                 next_repeat = now + self.repeat_s
             try:
                 delivery = await sub.get(timeout=max(0.001, next_repeat - time.monotonic()))
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 continue
             for d in [delivery, *sub.drain()]:
                 try:

@@ -37,13 +37,13 @@ from heron_edge.messages import DecodeError, DecodeReason, Envelope, decode, enc
 
 __all__ = [
     "COMMAND_KINDS",
+    "MAC_CONTEXT",
+    "MIN_KEY_BYTES",
+    "REJECT_REASONS",
     "CommandGuard",
     "CommandRejected",
     "CommandSigner",
     "GuardStats",
-    "MAC_CONTEXT",
-    "MIN_KEY_BYTES",
-    "REJECT_REASONS",
     "RejectReason",
     "compute_mac",
     "new_key",
@@ -189,7 +189,7 @@ class CommandGuard:
     @property
     def rejected(self) -> int:
         """Total rejections, all reasons."""
-        return self.stats.rejected.total
+        return self.stats.rejected.total()
 
     def check_payload(self, payload: bytes | bytearray | memoryview | str, *, topic: str | None = None) -> Envelope:
         """Decode a wire payload and :meth:`check` it; returns the envelope to apply.

@@ -57,7 +57,7 @@ class CertificateAuthority:
         self.days = days
         self._key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self._cert = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -111,7 +111,7 @@ class CertificateAuthority:
     def _issue(self, common_name: str, extensions: list[tuple[x509.ExtensionType, bool]], cert_file: Path,
                key_file: Path) -> IssuedCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))

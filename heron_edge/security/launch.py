@@ -42,5 +42,6 @@ class SiteMosquitto(MosquittoProcess):
 @contextmanager
 def running_site_mosquitto(conf: Path, *, port: int) -> Iterator[SiteMosquitto]:
     """A started :class:`SiteMosquitto`, stopped (and its log dir removed) on exit."""
-    with SiteMosquitto(conf, port=port) as process:
+    process = SiteMosquitto(conf, port=port)
+    with process:
         yield process

@@ -148,7 +148,7 @@ def test_auction_balances_and_respects_every_limit_and_quantity(book: tuple[list
     received = cash[cash > 0].sum()
     assert paid == pytest.approx(received + result.fees_usd(1.0), rel=1e-12, abs=1e-9)
     half = fee / 2.0
-    traded: dict[str, float] = {a: 0.0 for a in ids}
+    traded: dict[str, float] = dict.fromkeys(ids, 0.0)
     for t in result.trades:
         buyer, seller = by_id[t.buyer], by_id[t.seller]
         assert buyer.side == "bid" and seller.side == "ask" and t.quantity_mw >= MIN_TRADE_MW

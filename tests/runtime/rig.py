@@ -55,7 +55,7 @@ class Rig:
         self.op_runtime = OperatorRuntime(self.op_broker, site=SITE, operator_id=OPERATOR, services=[service],
                                           clock_sender=PLANT_ID, clock=clock, period_s=period_s)  # type: ignore[arg-type]
         self.gateways: dict[str, Gateway] = {}
-        self._timing = dict(period_s=period_s, step_timeout_s=step_timeout_s, upstream_timeout_s=upstream_timeout_s)
+        self._timing = {"period_s": period_s, "step_timeout_s": step_timeout_s, "upstream_timeout_s": upstream_timeout_s}
         self._overrides = overrides
         self._tasks: list[asyncio.Task[None]] = []
         self.done: asyncio.Task[None] | None = None

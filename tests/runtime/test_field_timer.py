@@ -3,6 +3,7 @@ emulated Modbus devices, a real Mosquitto. They must meet on every step: fresh p
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -43,7 +44,7 @@ def test_gateways_and_operator_meet_on_the_timer_clock(mosquitto: MosquittoProce
             for name, g in rig.gateways.items():
                 rows = _rows(journals[name])
                 steps = [r["step"] for r in rows]
-                assert all(b > a for a, b in zip(steps, steps[1:])), f"{name}: steps must increase"
+                assert all(b > a for a, b in itertools.pairwise(steps)), f"{name}: steps must increase"
                 assert now - 20 <= steps[0] and steps[-1] <= now  # wall-clock steps, not the plant's
                 settled = rows[4:]  # the first cycles may run before everybody is subscribed
                 assert not any(r["failsafe"] for r in settled), f"{name}: failsafe on the timer clock"

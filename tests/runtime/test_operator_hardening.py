@@ -61,7 +61,7 @@ class Site:
         await self._until(lambda: self.operator._started, "the operator subscribed")
         return task
 
-    async def _until(self, condition, what: str, timeout: float = 10.0) -> None:  # noqa: ANN001
+    async def _until(self, condition, what: str, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:

@@ -68,9 +68,10 @@ def test_plant_user_has_exactly_the_clock_rights(tmp_path: Path) -> None:
     require_mosquitto()
     site = SecureSite.generate(tmp_path / "site", site="s", agents=["mg1", "mg2"], operator="op", plant="plant")
     acl = (tmp_path / "site" / "acl").read_text()
+    assert "user plant\ntopic write heron/s/plant/+\ntopic deny heron/s/plant/cmd\n" in acl  # its own topics only
     assert site.users["plant"]["command_key"] is None and not site.users["plant"]["command_keys"]
 
-    def broker(user: str):  # noqa: ANN202
+    def broker(user: str):
         from heron_edge.security import load_credentials
 
         return load_credentials(tmp_path / "site" / "credentials.json").broker(user, site.url, request_timeout_s=5.0)

@@ -19,7 +19,7 @@ from tests.conftest import run_async
 
 
 def _utc(*args: int) -> float:
-    return dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp()
+    return dt.datetime(*args, tzinfo=dt.UTC).timestamp()
 
 
 def test_steps_are_wall_clock_periods() -> None:

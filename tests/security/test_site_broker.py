@@ -2,7 +2,6 @@
 client id = username, certificate CN = username, and the packet size limit."""
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import pwd
