@@ -210,7 +210,7 @@ class Coordination:
         assert plant.last is not None
         price = self.price.price(plant.price(), self.head_loading_pu(plant.last))
         forecast = plant.forecast()
-        needs = self.needs_mw(forecast["load_mw"], forecast["pv_mw"], forecast["wind_mw"])
+        needs = self.needs_mw(forecast.load_mw, forecast.pv_mw, forecast.wind_mw)
         signals = Signals(price=price)
         if self.setpoint:
             signals.setpoint_mw = self.setpoint.allocate(needs)

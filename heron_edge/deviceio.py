@@ -43,7 +43,7 @@ class PlantDeviceIO:
             raise RuntimeError("the plant has not been reset")
         i, forecast = self._index, self._plant.forecast()
         # its own row only, layout of ``observations.LOCAL_NAMES``: every agent reads every step
-        return np.array((forecast["load_mw"][i], forecast["pv_mw"][i], forecast["wind_mw"][i], last.soc[i],
+        return np.array((forecast.load_mw[i], forecast.pv_mw[i], forecast.wind_mw[i], last.soc[i],
                          last.applied.generator_mw[i], last.applied.battery_mw[i], last.exchange_mw[i],
                          last.violation_v_pu[i]))
 

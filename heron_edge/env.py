@@ -18,6 +18,7 @@ environments can share one broker.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ from heron_edge import observations as ob
 from heron_edge.config import EnvConfig, default_site, parse_config
 from heron_edge.coordination import Coordination, Settlement, Signals
 from heron_edge.errors import ActionError, ConfigError, UsageError
+from heron_edge.infos import CLAMPED_FIELDS, StepInfo
 from heron_edge.protocols import Clearing, tracking_error
 from sim.plant import Measurements, Plant, Setpoints
 
@@ -108,7 +110,7 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
             obs = self._runner.reset()
         else:
             obs = self._observe(last)
-        infos = {a: {"step_in_year": start} for a in self.agents}
+        infos = {a: StepInfo(step_in_year=start).as_dict() for a in self.agents}
         return obs, infos
 
     def _start_step(self, options: dict[str, Any]) -> int:
@@ -200,31 +202,33 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
         return {a: float(reward[self._index[a]]) for a in self.possible_agents}
 
     def _infos(self, last: Measurements, signals: Signals, settlement: Settlement) -> dict[str, dict[str, Any]]:
+        """Each agent's :class:`~heron_edge.infos.StepInfo` as a dict (the same keys every step)."""
         infos: dict[str, dict[str, Any]] = {}
         clearing: Clearing | None = settlement.clearing
-        errors = None if signals.setpoint_mw is None else tracking_error(signals.setpoint_mw, last.exchange_mw)
+        setpoint, dispatch = signals.setpoint_mw, signals.dispatch_mw
+        errors = None if setpoint is None else tracking_error(setpoint, last.exchange_mw)
+        p2p = self.coordination.p2p is not None
         for a, i in self._index.items():
-            info: dict[str, Any] = {
-                "converged": last.converged, "step_in_year": last.step, "price_usd_per_mwh": signals.price.total_usd_per_mwh,
-                "congestion_adder_usd_per_mwh": signals.price.congestion_adder_usd_per_mwh,
-                "fuel_cost_usd": float(last.fuel_cost_usd[i]), "energy_cost_usd": float(settlement.energy_cost_usd[i]),
-                "penalty_usd": float(last.penalty_usd[i]), "violation_v_pu": float(last.violation_v_pu[i]),
-                "overload_percent": float(last.overload_percent[i]), "exchange_mw": float(last.exchange_mw[i]),
-                "soc": float(last.soc[i]), "clamped": [f for f, mask in last.clamped.items() if mask[i]],
-            }
-            if signals.setpoint_mw is not None:
-                assert errors is not None
-                info["setpoint_mw"] = float(signals.setpoint_mw[i])
-                info["tracking_error_mw"] = float(errors[i])
-            if signals.dispatch_mw is not None:
-                info["dispatch_mw"] = float(signals.dispatch_mw[i])
-                info["consensus_rounds"] = signals.consensus_rounds
-            if self.coordination.p2p:
-                info["traded_mw"] = float(settlement.traded_mw[i])
-                info["trade_cash_usd"] = float(settlement.trade_cash_usd[i])
-                info["clearing_price_usd_per_mwh"] = clearing.price_usd_per_mwh if clearing else None
-                info["trades"] = len(clearing.trades_of(a)) if clearing else 0
-            infos[a] = info
+            info = StepInfo(
+                step_in_year=last.step, converged=bool(last.converged),
+                price_usd_per_mwh=signals.price.total_usd_per_mwh,
+                congestion_adder_usd_per_mwh=signals.price.congestion_adder_usd_per_mwh,
+                fuel_cost_usd=float(last.fuel_cost_usd[i]), energy_cost_usd=float(settlement.energy_cost_usd[i]),
+                penalty_usd=float(last.penalty_usd[i]), violation_v_pu=float(last.violation_v_pu[i]),
+                overload_percent=float(last.overload_percent[i]), exchange_mw=float(last.exchange_mw[i]),
+                soc=float(last.soc[i]),
+                **{CLAMPED_FIELDS[f]: float(mask[i]) for f, mask in last.clamped.items() if f in CLAMPED_FIELDS},
+                setpoint_mw=math.nan if setpoint is None else float(setpoint[i]),
+                tracking_error_mw=math.nan if errors is None else float(errors[i]),
+                dispatch_mw=math.nan if dispatch is None else float(dispatch[i]),
+                consensus_rounds=math.nan if dispatch is None else float(signals.consensus_rounds),
+                traded_mw=float(settlement.traded_mw[i]) if p2p else math.nan,
+                trade_cash_usd=float(settlement.trade_cash_usd[i]) if p2p else math.nan,
+                clearing_price_usd_per_mwh=math.nan if clearing is None or clearing.price_usd_per_mwh is None
+                else clearing.price_usd_per_mwh,
+                trades=(float(len(clearing.trades_of(a))) if clearing else 0.0) if p2p else math.nan,
+            )
+            infos[a] = info.as_dict()
         return infos
 
     def state(self) -> np.ndarray:

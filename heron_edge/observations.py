@@ -21,12 +21,14 @@ Distributed observation (local state plus messages):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:  # the simulator is an extra: a gateway imports the layouts without it
-    from sim.plant import Measurements
+    from sim.plant import Forecast, Measurements
 
 N_LOCAL = 8
 N_CONTEXT = 3
@@ -34,11 +36,37 @@ LOCAL_NAMES = ("load_mw", "pv_mw", "wind_mw", "soc", "generator_mw", "battery_mw
 PRICE_SCALE = 100.0
 
 
-def local_features(last: Measurements, forecast: dict[str, np.ndarray], out: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class LocalTelemetry:
+    """A microgrid's telemetry as its peers and the operator read it (MW; ``soc`` a fraction, ``violation_pu``
+    p.u.): the wire carries it as ``TelemetryBody.values`` named by :data:`LOCAL_NAMES`; a name the sender
+    left out is None here (the reader keeps its last value or its default)."""
+
+    load_mw: float | None = None
+    pv_mw: float | None = None
+    wind_mw: float | None = None
+    soc: float | None = None
+    generator_mw: float | None = None
+    battery_mw: float | None = None
+    exchange_mw: float | None = None
+    violation_pu: float | None = None
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, float]) -> LocalTelemetry:
+        """From a telemetry body's values (other names are ignored)."""
+        return cls(**{name: values[name] for name in LOCAL_NAMES if name in values})
+
+    @staticmethod
+    def values_of(local: np.ndarray) -> dict[str, float]:
+        """The wire values of a local feature row (``local_features`` layout)."""
+        return dict(zip(LOCAL_NAMES, local.tolist(), strict=True))
+
+
+def local_features(last: Measurements, forecast: Forecast, out: np.ndarray) -> np.ndarray:
     """Fill ``out`` (n x 8) with every microgrid's local features and return it."""
-    out[:, 0] = forecast["load_mw"]
-    out[:, 1] = forecast["pv_mw"]
-    out[:, 2] = forecast["wind_mw"]
+    out[:, 0] = forecast.load_mw
+    out[:, 1] = forecast.pv_mw
+    out[:, 2] = forecast.wind_mw
     out[:, 3] = last.soc
     out[:, 4] = last.applied.generator_mw
     out[:, 5] = last.applied.battery_mw

@@ -22,6 +22,15 @@ from sim.scenario import Ieee34Network, Scenario, load_scenario
 SETPOINT_FIELDS = ("battery_mw", "generator_mw", "pv_curtailment", "wind_curtailment")
 
 
+@dataclass(frozen=True)
+class Forecast:
+    """Per-microgrid load and available PV and wind of one step, MW (read-only arrays, one entry per microgrid)."""
+
+    load_mw: np.ndarray
+    pv_mw: np.ndarray
+    wind_mw: np.ndarray
+
+
 @dataclass
 class Setpoints:
     """What the microgrids ask of their devices, one entry per microgrid.
@@ -150,7 +159,7 @@ class Plant:
         self._matrix: np.ndarray | None = None  # profile rows x steps of the current year
         self._profiles: Profiles | None = None
         self._forecast_key: tuple[int, int] | None = None
-        self._forecast: dict[str, np.ndarray] = {}
+        self._forecast: Forecast | None = None
 
     # ------------------------------------------------------------------ clock
     @property
@@ -205,7 +214,7 @@ class Plant:
         """Hourly price (USD/MWh) at ``step`` of the year (default: the step about to be simulated)."""
         return float(self._year_matrix()[self._price_row, self.t if step is None else step])
 
-    def forecast(self, step: int | None = None) -> dict[str, np.ndarray]:
+    def forecast(self, step: int | None = None) -> Forecast:
         """Per-microgrid load and available PV / wind (MW) at ``step`` (default: the step about to be simulated).
 
         Read-only arrays, computed once per step and year (every agent of a step asks for the same).
@@ -215,11 +224,14 @@ class Plant:
         step = self.t if step is None else step
         if self._forecast_key != (self.year, step):
             col = matrix[:, step]
-            self._forecast = {"load_mw": self._load_to_mg @ (self._base_p * col[self._load_row]),
-                              "pv_mw": self.pv_rating * col[self._solar_row], "wind_mw": self.wind_rating * col[self._wind_row]}
-            for values in self._forecast.values():
+            self._forecast = Forecast(load_mw=self._load_to_mg @ (self._base_p * col[self._load_row]),
+                                      pv_mw=self.pv_rating * col[self._solar_row],
+                                      wind_mw=self.wind_rating * col[self._wind_row])
+            for values in (self._forecast.load_mw, self._forecast.pv_mw, self._forecast.wind_mw):
                 values.setflags(write=False)
             self._forecast_key = (self.year, step)
+        if self._forecast is None:
+            raise PlantStateError("no forecast: call reset() (or load_year()) first")
         return self._forecast
 
     # ------------------------------------------------------------------ step
@@ -250,7 +262,7 @@ class Plant:
         load_p = self._base_p * factor
         load_q = self._base_q * factor
         available = self.forecast(t)  # the same arithmetic as here, cached per step (read-only arrays)
-        mg_load, pv_avail, wind_avail = available["load_mw"], available["pv_mw"], available["wind_mw"]
+        mg_load, pv_avail, wind_avail = available.load_mw, available.pv_mw, available.wind_mw
         applied, clamped = self.clamp(request)
         pv = pv_avail * (1.0 - applied.pv_curtailment)
         wind = wind_avail * (1.0 - applied.wind_curtailment)

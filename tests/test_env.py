@@ -107,3 +107,16 @@ def test_bad_config_is_named() -> None:
         MultiAgentMicrogrids({"max_episode_steps": 0})
     with pytest.raises(ConfigError, match="only used when centralized is False"):
         MultiAgentMicrogrids({"centralized": True, "message_broker": object()})
+
+
+@pytest.mark.parametrize("protocols", [None, ["setpoint", "p2p_trading"], ["price_signal", "consensus"]])
+def test_infos_have_the_same_numeric_keys_at_reset_and_every_step(protocols: list[str] | None) -> None:
+    env = MultiAgentMicrogrids({"max_episode_steps": 3, "protocol": protocols})
+    _, infos = env.reset(seed=0)
+    keys = {a: set(info) for a, info in infos.items()}
+    while env.agents:
+        _, _, _, _, infos = env.step({a: env.action_spaces[a].sample() for a in env.agents})
+        for a, info in infos.items():
+            assert set(info) == keys[a]
+            assert all(isinstance(v, (int, float, bool)) for v in info.values()), info
+    env.close()

@@ -23,6 +23,7 @@ from heron_edge.coordination import Coordination, OperatorRoles
 from heron_edge.counters import Rejections, RejectSource, int_fields
 from heron_edge.errors import UsageError
 from heron_edge.messages import DecodeError, TelemetryBody, agent_filter, decode_on
+from heron_edge.observations import LocalTelemetry
 from heron_edge.protocols import Clearing, Link, PriceSignal
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,8 @@ class SystemOperator:
             if envelope.step != step:
                 self.stats.stale += 1
                 continue
-            values = envelope.body.values
-            powers = [values.get(k, 0.0) for k in ("load_mw", "pv_mw", "wind_mw")]
+            reported = LocalTelemetry.from_values(envelope.body.values)
+            powers = [p or 0.0 for p in (reported.load_mw, reported.pv_mw, reported.wind_mw)]
             if any(abs(p) > limit for p in powers):
                 self._reject("bounds", delivery.topic, f"powers {powers} MW beyond +/-{limit:g} MW")
                 continue

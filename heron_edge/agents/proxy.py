@@ -225,7 +225,7 @@ class ProxyAgent:
             await self.start()
         self.next_step = step
         self._local = await self.actual_agent.observe_local()
-        body = TelemetryBody(values=dict(zip(ob.LOCAL_NAMES, self._local.tolist(), strict=True)))
+        body = TelemetryBody(values=ob.LocalTelemetry.values_of(self._local))
         await self.broker.publish(self._telemetry_topic, encode(make_envelope(self.agent_id, body, step=step)))
 
     async def collect(self, step: int) -> np.ndarray:
@@ -300,7 +300,8 @@ class ProxyAgent:
             if envelope.step != step:
                 self.stats.stale += 1
                 return
-            exchange = body.values.get("exchange_mw", self._peer_exchange[i])
+            reported = ob.LocalTelemetry.from_values(body.values).exchange_mw
+            exchange = self._peer_exchange[i] if reported is None else reported
             if abs(exchange) > self._power_limit_mw:
                 self._reject("bounds", topic, f"exchange {exchange} MW beyond +/-{self._power_limit_mw:g} MW")
                 return

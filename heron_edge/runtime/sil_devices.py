@@ -60,15 +60,15 @@ class PlantDevices:
         plant = self.plant
         last = plant.latest()  # sim's PlantStateError before the plant's first reset()
         forecast = plant.forecast()
-        return MeterReading(step=plant.t, load_mw=float(forecast["load_mw"][i]), pv_available_mw=float(forecast["pv_mw"][i]),
-                            wind_available_mw=float(forecast["wind_mw"][i]), exchange_mw=float(last.exchange_mw[i]),
+        return MeterReading(step=plant.t, load_mw=float(forecast.load_mw[i]), pv_available_mw=float(forecast.pv_mw[i]),
+                            wind_available_mw=float(forecast.wind_mw[i]), exchange_mw=float(last.exchange_mw[i]),
                             violation_pu=float(last.violation_v_pu[i]))
 
     def request_for_step(self) -> Setpoints:
         """The request to apply to the step about to be simulated: caps become curtailment fractions of its availability."""
         forecast = self.plant.forecast()
-        for caps, available, out in ((self.pv_cap_w, forecast["pv_mw"], self.request.pv_curtailment),
-                                     (self.wind_cap_w, forecast["wind_mw"], self.request.wind_curtailment)):
+        for caps, available, out in ((self.pv_cap_w, forecast.pv_mw, self.request.pv_curtailment),
+                                     (self.wind_cap_w, forecast.wind_mw, self.request.wind_curtailment)):
             for i, cap in enumerate(caps):
                 avail_w = float(available[i]) * _W
                 if cap is None or cap >= avail_w or avail_w <= 0.0:

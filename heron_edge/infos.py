@@ -1,0 +1,61 @@
+"""What the environment reports about each agent's step: one typed record, the same numeric keys every time.
+
+``reset`` and ``step`` both give each agent a :class:`StepInfo` as a plain ``dict[str, float | bool]``
+(PettingZoo's infos are dictionaries): every key is always present, so vectorising wrappers (SuperSuit,
+TorchRL) see one schema. A value a step cannot have (no protocol running, nothing settled yet at reset)
+is NaN; the clamped devices are 0/1 flags, one per device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Final
+
+__all__ = ["CLAMPED_FIELDS", "StepInfo"]
+
+NAN: Final = math.nan
+
+CLAMPED_FIELDS: Final = {"battery_mw": "clamped_battery", "generator_mw": "clamped_generator",
+                         "pv_curtailment": "clamped_pv", "wind_curtailment": "clamped_wind"}
+"""Setpoint field the plant may limit -> the info flag that says it did (1.0) this step."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """One agent's step: plant, money (USD per step), coordination. NaN where not applicable."""
+
+    step_in_year: int
+    converged: bool = True
+    price_usd_per_mwh: float = NAN
+    """The signalled price (hourly + congestion adder) of the step."""
+    congestion_adder_usd_per_mwh: float = NAN
+    fuel_cost_usd: float = NAN
+    energy_cost_usd: float = NAN
+    """Energy bought at the signalled price minus exports credited, with the trades settled."""
+    penalty_usd: float = NAN
+    violation_v_pu: float = NAN
+    overload_percent: float = NAN
+    exchange_mw: float = NAN
+    """Measured exchange with the feeder, MW (+ import)."""
+    soc: float = NAN
+    clamped_battery: float = 0.0
+    clamped_generator: float = 0.0
+    clamped_pv: float = 0.0
+    clamped_wind: float = 0.0
+    setpoint_mw: float = NAN
+    """setpoint: the exchange setpoint of the step (MW, + import)."""
+    tracking_error_mw: float = NAN
+    dispatch_mw: float = NAN
+    """consensus: the agreed generator output (MW)."""
+    consensus_rounds: float = NAN
+    traded_mw: float = NAN
+    """p2p_trading: net MW bought through trades (+ bought)."""
+    trade_cash_usd: float = NAN
+    clearing_price_usd_per_mwh: float = NAN
+    trades: float = NAN
+    """p2p_trading: how many trades this agent was part of."""
+
+    def as_dict(self) -> dict[str, float | bool]:
+        """The info dictionary the environment returns."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
