@@ -96,7 +96,7 @@ class CommandInbox:
 class _GuardedSubscription(Subscription):
     """A command subscription seen through a CommandInbox: only accepted commands come out (the rest is counted)."""
 
-    __slots__ = ("inner", "_inbox")
+    __slots__ = ("_inbox", "inner")
 
     def __init__(self, inner: Subscription, inbox: CommandInbox) -> None:
         super().__init__(inner.topic_filter, qos=inner.qos, maxsize=inner.maxsize)

@@ -31,8 +31,8 @@ def seconds_to_next(period_s: float, now: float | None = None) -> float:
 def hour_of_year_index(unix_s: float, step_hours: float, n_steps: int) -> int:
     """Index into a profile of ``n_steps`` steps of ``step_hours`` for the UTC time ``unix_s``: the same
     position in the profile's year (a leap day or a short profile wraps around)."""
-    moment = dt.datetime.fromtimestamp(unix_s, tz=dt.timezone.utc)
-    start = dt.datetime(moment.year, 1, 1, tzinfo=dt.timezone.utc)
+    moment = dt.datetime.fromtimestamp(unix_s, tz=dt.UTC)
+    start = dt.datetime(moment.year, 1, 1, tzinfo=dt.UTC)
     return int((moment - start).total_seconds() // (step_hours * 3600.0)) % n_steps
 
 
@@ -49,7 +49,7 @@ async def timer_steps(period_s: float, stop: asyncio.Event,
         if step == last:  # still inside the last step (or woke a hair early)
             try:
                 await asyncio.wait_for(stop.wait(), seconds_to_next(period_s, now) + 1e-4)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             continue
         if last is not None and step < last:
