@@ -20,15 +20,16 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from _stats import summary_ms
 
 from heron_edge.brokers import Broker, InMemoryBroker, MqttBroker
 from heron_edge.messages import ClockBody, encode, make_envelope
 from heron_edge.runtime.mosquitto import find_mosquitto, running_mosquitto
-
-from _stats import summary_ms
 
 PAYLOAD = encode(make_envelope("coordinator", ClockBody(step=1), step=1))
 
@@ -55,7 +56,7 @@ async def fan_out(publisher: Broker, subscribers: list[Broker], rounds: int) -> 
         await asyncio.gather(*(s.get(timeout=5.0) for s in subs))
         if i >= 20:
             samples.append(time.perf_counter() - start)
-    for broker, sub in zip(subscribers, subs):
+    for broker, sub in zip(subscribers, subs, strict=True):
         await broker.unsubscribe(sub)
     return summary_ms(samples)
 

@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {
         "benchmark": "env",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine(),
         "scenario": SCENARIO,
         "buses": len(env.plant.net.bus),

@@ -23,12 +23,12 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import pymodbus  # noqa: E402
-from pymodbus.client import AsyncModbusTcpClient  # noqa: E402
-from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext  # noqa: E402
-from pymodbus.server import ModbusTcpServer  # noqa: E402
+import pymodbus
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, ModbusServerContext
+from pymodbus.server import ModbusTcpServer
 
-from firmware_bridge import BatteryModel, Emulator, ModbusDevice, ModbusDeviceConfig, battery_nameplate  # noqa: E402
+from firmware_bridge import BatteryModel, Emulator, ModbusDevice, ModbusDeviceConfig, battery_nameplate
 
 RESULTS = Path(__file__).parent / "results" / "modbus.json"
 TARGET_RATIO = 1.5

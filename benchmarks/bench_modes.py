@@ -13,19 +13,19 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import statistics
+import time
+import warnings
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from heron_edge import MultiAgentMicrogrids  # noqa: E402
-from heron_edge.brokers import InMemoryBroker, MqttBroker  # noqa: E402
-from heron_edge.runtime.mosquitto import running_mosquitto  # noqa: E402
+from heron_edge import MultiAgentMicrogrids
+from heron_edge.brokers import InMemoryBroker, MqttBroker
+from heron_edge.runtime.mosquitto import running_mosquitto
 
 warnings.filterwarnings("ignore")
 OUT = Path(__file__).parent / "results" / "modes.json"
@@ -81,9 +81,9 @@ def main() -> None:
         "steps_per_second_all_rounds": rates,
         # paired: each round's modes ran back to back, so the per-round ratio cancels most machine noise
         "ratio_memory_to_centralized": statistics.median(
-            m / c for m, c in zip(rates["distributed_memory"], rates["centralized"])),
+            m / c for m, c in zip(rates["distributed_memory"], rates["centralized"], strict=True)),
         "ratio_mosquitto_to_centralized": statistics.median(
-            m / c for m, c in zip(rates["distributed_mosquitto"], rates["centralized"])),
+            m / c for m, c in zip(rates["distributed_mosquitto"], rates["centralized"], strict=True)),
         "per_step_distributed_memory": per_step["memory"], "per_step_distributed_mosquitto": per_step["mosquitto"],
         "targets": {"distributed_mosquitto_steps_per_second": 500, "ratio_memory_to_centralized": 0.5},
     }

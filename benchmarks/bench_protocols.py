@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _stats import summary_ms
 
 from heron_edge.brokers import Broker, InMemoryBroker, MqttBroker
 from heron_edge.protocols import (
@@ -48,8 +49,6 @@ from heron_edge.protocols import (
     SetpointProtocol,
 )
 from heron_edge.runtime.mosquitto import find_mosquitto, running_mosquitto
-
-from _stats import summary_ms
 
 MGS = ("mg1", "mg2", "mg3")
 GENS = [GeneratorCost(0.10, 20.0, 0.0, 5.0), GeneratorCost(0.05, 25.0, 0.5, 4.0), GeneratorCost(0.20, 15.0, 0.0, 3.0)]
@@ -163,7 +162,7 @@ def scenarios() -> list[Scenario]:
 
         async def d_round(links: dict[str, Link], demand: np.ndarray, cons: ConsensusProtocol = cons) -> Any:
             return await asyncio.gather(*(cons.dispatch_node(links[m], g, float(d))
-                                          for m, g, d in zip(MGS, GENS, demand)))
+                                          for m, g, d in zip(MGS, GENS, demand, strict=True)))
 
         def d_check(demand: np.ndarray, res: Any, cons: ConsensusProtocol = cons) -> int:
             opt = cons.dispatch(GENS, float(demand.sum()))

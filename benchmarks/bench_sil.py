@@ -16,15 +16,15 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
 
-from heron_edge.commands.sil import run_rig  # noqa: E402
-from heron_edge.runtime.sil import compare, load_trajectory, settle, tolerances  # noqa: E402
+from heron_edge.commands.sil import run_rig
+from heron_edge.runtime.sil import compare, load_trajectory, settle, tolerances
 
 OUT = Path(__file__).parent / "results" / "sil.json"
 

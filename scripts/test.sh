@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the test suite needs (Debian: mosquitto, openssl, and python3-venv where venv cannot
-# bootstrap pip; a venv with the package and its test extras) and runs the whole suite. Used by the
+# bootstrap pip; a venv with the package and its test extras, the newest versions its requirements admit),
+# runs the quality gates (ruff, mypy --strict) and the whole suite; any failure fails the script. Used by the
 # README and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,4 +22,8 @@ VENV="${HERON_VENV:-.venv}"
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null
 "$VENV/bin/pip" install -q -e '.[sim,test]'
 export OPENBLAS_NUM_THREADS=1 PATH="$PATH:/usr/sbin"
+echo "ruff: $("$VENV/bin/ruff" --version)"
+"$VENV/bin/ruff" check heron_edge firmware_bridge sim tests benchmarks
+echo "mypy --strict: $("$VENV/bin/mypy" --version)"
+"$VENV/bin/mypy"
 exec "$VENV/bin/python" -m pytest -q "$@"
