@@ -44,8 +44,8 @@ def main() -> None:
     per_day = scenario.steps_per_day
     starts = [int(central.columns["step_in_year"][d * per_day, 0]) for d in range(cli.days)]
     workdir = Path(tempfile.mkdtemp(prefix="heron-bench-sil-"))
-    args = argparse.Namespace(scenario="ieee34_3x13", broker=None, site="bench", mode="lockstep", period=1.0,
-                              test_year=False, timeout=600.0, protocol=cli.protocol, secure=cli.secure)
+    args = argparse.Namespace(scenario="ieee34_3x13", broker=None, site="bench", mode="lockstep", period_s=1.0,
+                              test_year=False, timeout_s=600.0, protocol=cli.protocol, secure=cli.secure)
     started = time.perf_counter()
     stats = run_rig(args, scenario, starts, workdir)
     wall = time.perf_counter() - started

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from heron_edge.cli import main
 from heron_edge.commands.simulate import (
     COLUMNS,

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 import pytest
+
 from heron_edge.cli import main
 from heron_edge.protocols.auction import MIN_TRADE_MW
 

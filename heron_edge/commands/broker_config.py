@@ -12,11 +12,11 @@ prints the ``chown`` to run.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from heron_edge.commands import tcp_port, validation_summary
 from heron_edge.errors import ConfigError
 
 
@@ -25,40 +25,47 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--site", required=True, help="site name (heron/{site}/...)")
-    parser.add_argument("--agents", required=True, type=_names, help="comma-separated agent ids, e.g. mg1,mg2,mg3")
-    parser.add_argument("--operator", default="system_operator", help="the upstream that commands the agents")
-    parser.add_argument("--monitor", default="monitor",
-                        help="the read-only user: reads heron/{site}/#, writes nothing (default monitor)")
+    """Options of ``heron-edge broker-config``."""
+    parser.add_argument("--site", required=True, metavar="NAME", help="site name (heron/{site}/...)")
+    parser.add_argument("--agents", required=True, type=_names, metavar="NAME,NAME,...",
+                        help="comma-separated agent ids, e.g. mg1,mg2,mg3")
+    parser.add_argument("--operator-id", default="system_operator", metavar="NAME",
+                        help="the upstream that commands the agents (default: %(default)s)")
+    parser.add_argument("--monitor", default="monitor", metavar="NAME",
+                        help="the read-only user: reads heron/{site}/#, writes nothing (default: %(default)s)")
     parser.add_argument("--no-monitor", dest="monitor", action="store_const", const=None,
                         help="no read-only user")
-    parser.add_argument("--run-as-user", default=None,
+    parser.add_argument("--run-as-user", default=None, metavar="USER",
                         help="the user mosquitto runs as when started by root (its 'user' option; default: "
                              "mosquitto's own default, user 'mosquitto'); run as root, passwd, acl and server.key "
                              "are given to it")
-    parser.add_argument("--out", required=True, type=Path, help="output directory")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory, made if missing")
     parser.add_argument("--self-signed-ca", action="store_true",
                         help="also generate a CA, a server certificate and client certificates (tests, SIL)")
-    parser.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
-    parser.add_argument("--bind", default=None, help="listen on this address only (default: all)")
-    parser.add_argument("--server-name", action="append", dest="server_names", default=None,
-                        help="DNS name or IP in the server certificate (repeatable; default localhost, 127.0.0.1)")
+    parser.add_argument("--port", type=tcp_port, default=8883, metavar="PORT",
+                        help="TLS listener port (default: %(default)s)")
+    parser.add_argument("--bind", default=None, metavar="HOST", help="listen on this address only (default: all)")
+    parser.add_argument("--server-name", action="append", dest="server_names", default=None, metavar="NAME",
+                        help="DNS name or IP in the server certificate (repeatable; default: localhost, 127.0.0.1)")
     parser.add_argument("--require-certificate", action=argparse.BooleanOptionalAction, default=None,
                         help="clients must present a certificate whose CN is their username, which then decides "
                              "the identity (default: yes with --self-signed-ca, no otherwise)")
-    parser.add_argument("--config-dir", type=Path, default=None,
-                        help="where the files will live on the broker host (paths in mosquitto.conf; default --out)")
+    parser.add_argument("--config-dir", type=Path, default=None, metavar="DIR",
+                        help="where the files will live on the broker host (paths in mosquitto.conf; default: --out)")
     parser.add_argument("--force", action="store_true", help="replace existing credentials in --out")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Validate the site, write its files to ``--out`` and say what to do with them; 0 on success. A bad value,
+    an ``--out`` that is a file, or existing credentials without ``--force`` raise a ConfigError: ``heron_edge.cli``
+    says it in one line, exit 2."""
     from heron_edge.security.broker_config import BrokerSiteConfig, broker_user, write_broker_config
 
     try:
         config = BrokerSiteConfig(
             site=args.site,
             agents=args.agents,
-            operator=args.operator,
+            operator=args.operator_id,
             monitor=args.monitor,
             run_as_user=args.run_as_user,
             port=args.port,
@@ -68,14 +75,17 @@ def run(args: argparse.Namespace) -> int:
                                  else args.require_certificate),
             config_dir=args.config_dir,
         )
-        files = write_broker_config(config, args.out, self_signed_ca=args.self_signed_ca, overwrite=args.force)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        print(f"broker-config: {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
-        return 2
-    except (ConfigError, ImportError) as exc:
-        print(f"broker-config: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(validation_summary(exc)) from None
+    if args.out.exists() and not args.out.is_dir():  # not made here: made by the writer, it is given to mosquitto
+        raise ConfigError(f"--out {args.out}: exists and is not a directory")
+    try:
+        files = write_broker_config(config, args.out, self_signed_ca=args.self_signed_ca, overwrite=args.force)
+    except ImportError as exc:  # --self-signed-ca without the [security] extra (cryptography)
+        raise ConfigError(str(exc)) from exc
+    except OSError as exc:  # a full disk, a file in the way
+        where = f" {exc.filename}" if exc.filename else ""
+        raise ConfigError(f"--out {args.out}: cannot write{where}: {exc.strerror or exc}") from exc
     monitor = f", read-only {config.monitor}" if config.monitor else ""
     print(f"site {config.site!r}: users {', '.join(config.users)} (operator {config.operator}{monitor})")
     for path in sorted(files.directory.iterdir()):

@@ -3,17 +3,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
-import sys
+import socket
+
+from heron_edge.commands import add_log_level, fail, integer, setup_logging, tcp_port
+from heron_edge.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heron-edge emulate``."""
     parser.add_argument("--device", choices=("battery", "inverter"), required=True, help="what to emulate")
-    parser.add_argument("--port", type=int, required=True, help="TCP port (0 picks a free one)")
-    parser.add_argument("--unit-id", type=int, default=1, help="Modbus unit id to answer (default 1)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=tcp_port, required=True, metavar="PORT", help="TCP port (0 picks a free one)")
+    parser.add_argument("--unit-id", type=_unit_id, default=1, metavar="N",
+                        help="Modbus unit id to answer, 1..247 (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to listen on (default: %(default)s)")
+    add_log_level(parser, default="INFO")
+
+
+def _unit_id(text: str) -> int:
+    """argparse type of ``--unit-id``: a Modbus unit id, 1..247."""
+    value = integer(text)
+    if not 1 <= value <= 247:
+        raise argparse.ArgumentTypeError(f"must be 1..247, not {value}")
+    return value
+
+
+def _check_listen(host: str, port: int) -> None:
+    """Say a host that does not resolve, or a port already taken, before the server starts (its own error names
+    neither); a ConfigError naming the option. Port 0 (any free port) is not tried."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve it: {exc.strerror}") from None
+    if port == 0:
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -30,16 +60,17 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 when the port cannot be opened."""
+    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 when the address cannot be listened on (one error line,
+    said here rather than by ``heron_edge.cli``: tests and scripts call this ``run`` without the dispatcher)."""
     from firmware_bridge import EmulatorError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not 1 <= args.unit_id <= 247 or not 0 <= args.port <= 65535:
-        print("error: --unit-id must be 1..247 and --port 0..65535", file=sys.stderr)
-        return 2
+    try:
+        _check_listen(args.host, args.port)
+    except ConfigError as exc:
+        return fail("emulate", exc)
+    setup_logging(getattr(args, "log_level", "INFO"))
     try:
         asyncio.run(_serve(args))
     except EmulatorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("emulate", exc, code=2)
     return 0

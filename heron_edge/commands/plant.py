@@ -3,81 +3,115 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import contextlib
 import json
-import logging
 import signal
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from heron_edge.commands import (
+    add_log_level,
+    add_scenario,
+    non_negative_int,
+    output_file,
+    positive_int,
+    seconds,
+    setup_logging,
+)
+from heron_edge.errors import ConfigError, ScenarioError
+
+if TYPE_CHECKING:
+    from sim.plant import Plant
+    from sim.scenario import Scenario
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heron-edge plant``."""
-    parser.add_argument("--scenario", default="ieee34_3x13", metavar="NAME_OR_TOML", help="(default: %(default)s)")
-    parser.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port")
-    parser.add_argument("--site", default="sil", help="topic namespace (default: %(default)s)")
-    parser.add_argument("--operator-id", default="system_operator", help="waited for in lock-step (default: %(default)s)")
-    parser.add_argument("--days", type=int, default=1, help="episodes of one day (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="picks the days as the environment does (default: %(default)s)")
+    add_scenario(parser)
+    parser.add_argument("--broker", required=True, metavar="URL", help="mqtt://host:port or mqtts://host:port")
+    parser.add_argument("--site", default="sil", metavar="NAME", help="topic namespace (default: %(default)s)")
+    parser.add_argument("--operator-id", default="system_operator", metavar="NAME",
+                        help="the operator, waited for in lock-step (default: %(default)s)")
+    parser.add_argument("--days", type=positive_int, default=1, metavar="N", help="one-day episodes (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                        help="picks the days, as in simulate (default: %(default)s)")
     parser.add_argument("--test-year", action="store_true", help="walk 2024 day by day instead of random days of 2023")
-    parser.add_argument("--start-steps", default=None, metavar="K,K,...",
-                        help="first step of the year of each episode (overrides --days/--seed)")
+    parser.add_argument("--start-steps", type=_steps, default=None, metavar="N,N,...",
+                        help="the first step of the year of each episode (instead of --days and --seed)")
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep", help="(default: %(default)s)")
-    parser.add_argument("--period", type=float, default=1.0, metavar="S", help="real time: seconds per step (default: %(default)s)")
+    parser.add_argument("--period-s", type=seconds(), default=1.0, metavar="S",
+                        help="realtime mode: seconds per step (default: %(default)s)")
     parser.add_argument("--endpoints", type=Path, default=None, metavar="FILE",
                         help="write the devices' host/port per microgrid and role here (JSON) once listening")
-    parser.add_argument("--trajectory", type=Path, default=None, metavar="FILE.npz", help="write the trajectory here at the end")
-    parser.add_argument("--result", type=Path, default=None, metavar="FILE.json",
-                        help="once the last step ran: write the trajectory, then this (counters, finish time); "
+    parser.add_argument("--trajectory", type=Path, default=None, metavar="FILE",
+                        help="write the trajectory here (.npz) at the end")
+    parser.add_argument("--result", type=Path, default=None, metavar="FILE",
+                        help="once the last step ran: write the trajectory, then this (JSON: counters, finish time); "
                              "its appearance means the run is complete")
     parser.add_argument("--hold", action="store_true",
                         help="after the last step keep serving the devices until SIGTERM / SIGINT, so a supervisor "
                              "can stop the agents before their devices vanish (else the plant exits at the end)")
-    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     from heron_edge.runtime.secure import add_broker_arguments
 
     add_broker_arguments(parser)
+    add_log_level(parser, default="WARNING")
+
+
+def _steps(text: str) -> list[int]:
+    """argparse type of ``--start-steps``: comma-separated steps of the year, each 0 or more."""
+    try:
+        steps = [int(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated steps of the year expected, not {text!r}") from None
+    if any(k < 0 for k in steps):
+        raise argparse.ArgumentTypeError(f"steps of the year are 0 or more, not {text!r}")
+    return steps
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve and run the episodes; 0 when done, 2 on bad input."""
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from sim.scenario import load_scenario
-
+    """Serve and run the episodes; 0 when done. A bad scenario or option raises a ConfigError (exit 2), an
+    unreachable broker a BrokerError (exit 1): ``heron_edge.cli`` says them in one line."""
+    from heron_edge.commands.simulate import _load_scenario
     from heron_edge.runtime.sil import episode_starts
 
-    try:
-        scenario = load_scenario(args.scenario)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"heron-edge plant: error: {exc}", file=sys.stderr)
-        return 2
-    steps_per_day = scenario.steps_per_day
+    scenario = _load_scenario(args.scenario)
+    for flag in ("endpoints", "trajectory", "result"):
+        if getattr(args, flag) is not None:
+            output_file(f"--{flag}", getattr(args, flag))
+    year = 2024 if args.test_year else 2023
+    steps_in_year = (366 if calendar.isleap(year) else 365) * scenario.steps_per_day
     if args.start_steps:
-        starts = [int(k) for k in args.start_steps.split(",")]
+        starts = list(args.start_steps)
+        late = [k for k in starts if k >= steps_in_year]
+        if late:
+            raise ConfigError(f"--start-steps {late}: past the last step {steps_in_year - 1} of {year}")
     else:
         starts = episode_starts(scenario, days=args.days, seed=args.seed, test_year=args.test_year)
-    year = 2024 if args.test_year else 2023
-    from heron_edge.errors import ConfigError
-
-    try:
-        asyncio.run(_main(args, scenario, starts, steps_per_day, year))
-    except ConfigError as exc:
-        print(f"heron-edge plant: error: {exc}", file=sys.stderr)
-        return 2
+    plant = _build_plant(scenario)
+    setup_logging(args.log_level)  # after the checks: a bad option is one line on stderr, nothing before it
+    asyncio.run(_main(args, plant, starts, scenario.steps_per_day, year))
     return 0
 
 
-async def _main(args: argparse.Namespace, scenario: object, starts: list[int], steps_per_day: int, year: int) -> None:
+def _build_plant(scenario: Scenario) -> Plant:
+    """The simulated plant; a ScenarioError when its network or profiles cannot be built (as simulate says it)."""
     from sim.plant import Plant
 
+    try:
+        return Plant(scenario)
+    except (KeyError, ValueError) as exc:
+        raise ScenarioError(f"scenario {scenario.name} cannot be run: {exc}") from exc
+
+
+async def _main(args: argparse.Namespace, plant: Plant, starts: list[int], steps_per_day: int, year: int) -> None:
     from heron_edge.runtime.secure import broker_from_args
     from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
 
-    plant = Plant(scenario)  # type: ignore[arg-type]
     broker = broker_from_args(args, client_id=f"heron-{args.site}-{PLANT_ID}", reconnect_max_delay_s=1.0)
     runtime = PlantRuntime(plant, broker, site=args.site, participants=[*plant.names, args.operator_id],
                            start_steps=starts, steps_per_episode=steps_per_day, year=year, mode=args.mode,
-                           period_s=args.period)
+                           period_s=args.period_s)
     await runtime.start()
     if args.endpoints is not None:
         runtime.write_endpoints(args.endpoints)

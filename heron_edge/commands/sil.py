@@ -18,45 +18,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from heron_edge.commands.simulate import PROTOCOLS
+from heron_edge.commands import (
+    add_protocol,
+    add_scenario,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    seconds,
+)
+from heron_edge.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
-    from sim.scenario import Scenario
-
     from heron_edge.runtime.sil import FileMarks, ManagedProcess, RunHealth, SilFiles
     from heron_edge.runtime.sil_plant import PlantResult
+    from sim.scenario import Scenario
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heron-edge sil``."""
-    parser.add_argument("--scenario", default="ieee34_3x13", metavar="NAME_OR_TOML", help="(default: %(default)s)")
-    parser.add_argument("--days", type=int, default=1, metavar="N", help="one-day episodes (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="picks the days, as in simulate (default: %(default)s)")
+    add_scenario(parser)
+    parser.add_argument("--days", type=positive_int, default=1, metavar="N", help="one-day episodes (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                        help="picks the days, as in simulate (default: %(default)s)")
     parser.add_argument("--test-year", action="store_true", help="walk 2024 day by day instead of random days of 2023")
     parser.add_argument("--broker", default=None, metavar="URL",
                         help="use this MQTT broker instead of starting Mosquitto on a free loopback port")
-    parser.add_argument("--site", default="sil", help="topic namespace (default: %(default)s)")
+    parser.add_argument("--site", default="sil", metavar="NAME", help="topic namespace (default: %(default)s)")
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep", help="(default: %(default)s)")
-    parser.add_argument("--period", type=float, default=1.0, metavar="S", help="real time: seconds per step (default: %(default)s)")
+    parser.add_argument("--period-s", type=seconds(), default=1.0, metavar="S",
+                        help="realtime mode: seconds per step (default: %(default)s)")
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="configs, logs, outboxes, status files and trajectory.npz (default: a temporary directory)")
-    parser.add_argument("--timeout", type=float, default=600.0, metavar="S", help="give up after this long (default: %(default)s)")
-    parser.add_argument("--stop-delay", type=float, default=0.0, metavar="S",
-                        help="leave every process running S s after the last step before stopping them (the agents "
-                             "go failsafe once the operator is silent); nothing after the last step is counted "
-                             "(default: %(default)s)")
+    parser.add_argument("--timeout-s", type=seconds(), default=600.0, metavar="S",
+                                  help="give up after this long (default: %(default)s)")
+    parser.add_argument(
+        "--stop-delay-s", type=seconds(zero=True, below=3600.0), default=0.0, metavar="S",
+        help="leave every process running S s after the last step before stopping them (the agents go failsafe once "
+             "the operator is silent); nothing after the last step is counted (default: %(default)s)")
     parser.add_argument("--secure", action="store_true",
                         help="generate a site config + self-signed PKI in the workdir and run over TLS: every process "
                              "its own user, password and client certificate, per-agent ACLs, HMAC-signed commands")
-    parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, metavar="NAME",
-                        help="coordination protocol, as in simulate: setpoint, price_signal, p2p_trading or consensus; "
-                             "give it twice for one vertical plus one horizontal")
+    add_protocol(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """0: the run finished (and, in lock-step, matched the centralized run); 1: mismatch or failure; 2: bad input."""
+    """0: the run finished (and, in lock-step, matched the centralized run); 1: mismatch or failure. Bad input
+    (scenario, options, ``--workdir``) raises a ConfigError and an unreachable ``--broker`` a BrokerError before
+    anything starts: ``heron_edge.cli`` says them in one line (exit 2, 1)."""
     from heron_edge.commands.simulate import (
-        ScenarioError,
         _load_scenario,
         protocol_summary,
         simulate,
@@ -64,43 +73,24 @@ def run(args: argparse.Namespace) -> int:
         summary_table,
     )
     from heron_edge.coordination import parse_protocols
-    from heron_edge.errors import ConfigError
     from heron_edge.runtime.sil import compare, load_trajectory, settle, tolerances
 
-    try:
-        scenario = _load_scenario(args.scenario)
-    except ValueError as exc:
-        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
-        return 2
-    if args.days < 1:
-        print("heron-edge sil: error: --days must be at least 1", file=sys.stderr)
-        return 2
-    if not 0 <= args.stop_delay < 3600:
-        print("heron-edge sil: error: --stop-delay must be in [0, 3600) s", file=sys.stderr)
-        return 2
+    scenario = _load_scenario(args.scenario)
     if args.secure and args.broker:
-        print("heron-edge sil: error: --secure starts its own broker; do not give --broker", file=sys.stderr)
-        return 2
-    try:
-        parse_protocols(args.protocol)
-    except ConfigError as exc:
-        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
-        return 2
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="heron-sil-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        central = simulate(scenario, days=args.days, policy="rule", seed=args.seed, test_year=args.test_year,
-                           progress=False, protocol=args.protocol)
-    except ScenarioError as exc:
-        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError("--secure starts its own broker; do not give --broker")
+    parse_protocols(args.protocol)
+    workdir = output_dir("--workdir", args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="heron-sil-"))
+    if args.broker:
+        _probe_broker(args.broker)
+    central = simulate(scenario, days=args.days, policy="rule", seed=args.seed, test_year=args.test_year,
+                       progress=False, protocol=args.protocol)
     steps_per_day = scenario.steps_per_day
     starts = [int(central.columns["step_in_year"][d * steps_per_day, 0]) for d in range(args.days)]
     names = [mg.name for mg in scenario.microgrids]
     try:
         rig = execute_rig(args, scenario, starts, workdir)
-    except RuntimeError as exc:
-        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
+    except RuntimeError as exc:  # RunError: a process failed; MosquittoError: no broker to start
+        _say_failure(exc)
         partial = _partial_health(workdir, names)
         if partial is not None:
             print(partial.report(), file=sys.stderr)
@@ -108,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         sil = settle(load_trajectory(rig.files.trajectory), scenario, args.protocol, None, rig.files.ledger,
                      rig.files.journals(names), marks=rig.marks)
-    except RuntimeError as exc:
-        print(f"heron-edge sil: error: {exc}", file=sys.stderr)
+    except RuntimeError as exc:  # RunError: a ledger or journal missing or short
+        _say_failure(exc)
         print(rig.health.report(), file=sys.stderr)
         return 1
     print(summary_table(summarize(sil)))
@@ -124,6 +114,32 @@ def run(args: argparse.Namespace) -> int:
     if not comparison.ok or rig.health.degraded:
         print(rig.health.report())
     return 0 if comparison.ok else 1
+
+
+def _probe_broker(url: str) -> None:
+    """Connect to ``--broker`` once before the (minutes long) centralized run and the processes: a wrong URL is a
+    ConfigError, an unreachable broker a BrokerError, said at once instead of as a child's failure."""
+    import asyncio
+    import os
+
+    from heron_edge.brokers import MqttBroker
+
+    async def probe() -> None:
+        broker = MqttBroker(url, client_id=f"heron-sil-probe-{os.getpid()}")
+        try:
+            await broker.connect()
+        finally:
+            await broker.close(will=False)
+
+    asyncio.run(probe())
+
+
+def _say_failure(exc: Exception) -> None:
+    """A failed run: its one error line, then what explains it (a process's last log lines), indented."""
+    first, _, details = str(exc).partition("\n")
+    print(f"heron-edge sil: error: {first.rstrip(':')}", file=sys.stderr)
+    for line in details.rstrip().splitlines():
+        print(f"  {line}", file=sys.stderr)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -255,7 +271,7 @@ def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int],
             operator_args, operator_env = secrets(operator_id)
             plant = ManagedProcess("plant", cli_argv(
                 "plant", "--scenario", str(args.scenario), "--broker", url, "--site", args.site, "--mode", args.mode,
-                "--period", str(args.period), "--start-steps", ",".join(map(str, starts)),
+                "--period-s", str(args.period_s), "--start-steps", ",".join(map(str, starts)),
                 *(["--test-year"] if args.test_year else []),
                 "--endpoints", str(files.endpoints), "--trajectory", str(files.trajectory),
                 "--result", str(files.plant_result), "--hold", *plant_args),
@@ -263,8 +279,8 @@ def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int],
             plants.append(plant)
             operator.append(ManagedProcess("operator", cli_argv(
                 "operator", "--broker", url, "--site", args.site, "--scenario", str(args.scenario),
-                "--year", str(year), *protocols, "--ledger", str(files.ledger), "--upstream-timeout",
-                str(UPSTREAM_TIMEOUT_S), "--id", operator_id, *operator_args), log_path=files.log("operator"),
+                "--year", str(year), *protocols, "--ledger", str(files.ledger), "--upstream-timeout-s",
+                str(UPSTREAM_TIMEOUT_S), "--operator-id", operator_id, *operator_args), log_path=files.log("operator"),
                 env=operator_env))
             wait_for_file(files.endpoints, timeout=60.0, process=plant)
             endpoints = json.loads(files.endpoints.read_text())
@@ -281,23 +297,23 @@ def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int],
                 agents.append(ManagedProcess(f"agent {mg.name}", cli_argv("agent", "--config", str(path), "--log-level", "WARNING"),
                                              log_path=files.log(f"agent-{mg.name}"), env=agent_env))
             ready = time.monotonic()
-            deadline = ready + args.timeout
+            deadline = ready + args.timeout_s
             while not files.plant_result.exists():
                 if not plant.alive():
                     if files.plant_result.exists():
                         break
-                    raise RuntimeError(f"the plant exited ({plant.proc.returncode}) before its last step:\n{plant.tail()}")
+                    raise RunError(f"the plant exited ({plant.proc.returncode}) before its last step:\n{plant.tail()}")
                 dead = [p for p in (*operator, *agents) if not p.alive()]
                 if dead:
-                    raise RuntimeError(f"{dead[0].name} exited ({dead[0].proc.returncode}):\n{dead[0].tail()}")
+                    raise RunError(f"{dead[0].name} exited ({dead[0].proc.returncode}):\n{dead[0].tail()}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the plant did not finish within {args.timeout} s")
+                    raise RunError(f"the plant did not finish within {args.timeout_s} s")
                 time.sleep(0.05)
             finished = time.monotonic()
             result = PlantResult.read(files.plant_result)
             _wait_for_rows([files.ledger, *(files.journal(n) for n in names)], result.last_step, timeout=5.0)
             marks = FileMarks.take(files.appended(names))  # the end of the run: later lines are shutdown
-            time.sleep(max(0.0, getattr(args, "stop_delay", 0.0)))
+            time.sleep(max(0.0, getattr(args, "stop_delay_s", 0.0)))
         finally:
             stop_in_order([agents, operator, plants])  # agents first, while their devices are still up
     steps = load_trajectory(files.trajectory).columns["step_in_year"][:, 0].astype(int).tolist()

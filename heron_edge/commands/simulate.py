@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from heron_edge.commands import PROTOCOLS as _PROTOCOLS
+from heron_edge.commands import add_protocol, add_scenario, non_negative_int, output_dir, positive_int
+from heron_edge.errors import ScenarioError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,38 +35,26 @@ Protocol columns are empty (nan) when their protocol does not run."""
 CSV_COLUMNS = ("step", "timestamp", *COLUMNS[1:])
 """The CSV's header: ``COLUMNS`` with ``timestamp`` after ``step``, the ISO 8601 UTC start of the step
 (e.g. 2023-01-05T13:00:00Z), so the rows can be joined with other time series without the profile year."""
-PROTOCOLS = ("setpoint", "price_signal", "p2p_trading", "consensus")
+PROTOCOLS = _PROTOCOLS
+"""The protocols simulate can run (``heron_edge.commands.PROTOCOLS``)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heron-edge simulate``."""
-    parser.add_argument("--scenario", default="ieee34_3x13", metavar="NAME_OR_TOML",
-                        help="a shipped scenario (ieee34_3x13, cigre_mv_der) or a path to a scenario TOML file (default: %(default)s)")
-    parser.add_argument("--days", type=_positive_int, default=1, metavar="N", help="number of one-day episodes (default: %(default)s)")
-    parser.add_argument("--policy", choices=("rule", "random"), default="rule", help="rule-based or uniform random actions (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, metavar="S",
-                        help="seeds the choice of training days and the random policy (default: %(default)s)")
+    add_scenario(parser)
+    parser.add_argument("--days", type=positive_int, default=1, metavar="N", help="one-day episodes (default: %(default)s)")
+    parser.add_argument("--policy", choices=("rule", "random"), default="rule",
+                        help="rule-based or uniform random actions (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
+                        help="picks the training days and seeds the random policy (default: %(default)s)")
     parser.add_argument("--test-year", action="store_true", help="walk 2024 day by day from 1 January instead of random days of 2023")
-    parser.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None, metavar="NAME",
-                        help="coordination protocol: setpoint, price_signal, p2p_trading or consensus; "
-                             "give it twice for one vertical plus one horizontal")
+    add_protocol(parser)
     parser.add_argument("--distributed", action="store_true",
                         help="run the agents distributed (local observations and messages) over an in-memory broker")
     parser.add_argument("--broker", metavar="URL", default=None,
                         help="run distributed over this MQTT broker, e.g. mqtt://127.0.0.1:1883 (implies --distributed)")
     parser.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
-                        help=f"directory for {CSV_NAME} and {PNG_NAME} (default: %(default)s)")
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-class ScenarioError(ValueError):
-    """The scenario cannot be loaded or run (unknown name, missing file, bad TOML, invalid field, unknown profile)."""
+                        help=f"directory for {CSV_NAME} and {PNG_NAME}, made if missing (default: %(default)s)")
 
 
 @dataclass
@@ -84,19 +75,16 @@ class Trajectory:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the scenario, simulate, print the summary, write the CSV and PNG; 0 on success, 2 on bad input."""
-    try:
-        scenario = _load_scenario(args.scenario)
-        trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year,
-                              protocol=args.protocol, distributed=args.distributed or args.broker is not None,
-                              broker_url=args.broker)
-    except ScenarioError as exc:
-        print(f"heron-edge simulate: error: {exc}", file=sys.stderr)
-        return 2
+    """Load the scenario, simulate, print the summary, write the CSV and PNG; 0 on success. A bad scenario or
+    ``--out`` is a ScenarioError / ConfigError (exit 2), an unreachable ``--broker`` a BrokerError (exit 1):
+    ``heron_edge.cli`` says them in one line. ``--out`` is made first, so a mistake there costs no run."""
+    scenario = _load_scenario(args.scenario)
+    out = output_dir("--out", Path(args.out))
+    trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year,
+                          protocol=args.protocol, distributed=args.distributed or args.broker is not None,
+                          broker_url=args.broker)
     print(summary_table(summarize(trajectory)))
     print(protocol_summary(trajectory))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = write_csv(trajectory, out / CSV_NAME)
     png_path = plot(trajectory, out / PNG_NAME, title=f"{scenario.name}, {args.policy} policy, {args.days} day(s), {trajectory.mode}"
                     + (f", {' + '.join(trajectory.protocols)}" if trajectory.protocols else ""))
@@ -105,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_scenario(name_or_path: str) -> Scenario:
-    """The scenario, or a ScenarioError that says what is wrong (unknown name, missing file, bad TOML, which field)."""
+    """The scenario, or a ScenarioError that says what is wrong (unknown name, missing or unreadable file, bad
+    TOML, which field); shared by every verb that takes ``--scenario``."""
     from pydantic import ValidationError
 
     from sim.scenario import load_scenario
@@ -114,6 +103,10 @@ def _load_scenario(name_or_path: str) -> Scenario:
         return load_scenario(name_or_path)
     except FileNotFoundError as exc:
         raise ScenarioError(str(exc)) from exc
+    except OSError as exc:  # a directory, no permission
+        raise ScenarioError(f"cannot read scenario file {name_or_path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"scenario file {name_or_path} is not UTF-8 text") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"scenario file {name_or_path} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
@@ -132,11 +125,10 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
     import numpy as np
     from tqdm import tqdm
 
-    from heron_edge.env import MultiAgentMicrogrids
-    from heron_edge.policies import RandomPolicy, RulePolicy
-
     from heron_edge.brokers import InMemoryBroker, MqttBroker
+    from heron_edge.env import MultiAgentMicrogrids
     from heron_edge.errors import ConfigError
+    from heron_edge.policies import RandomPolicy, RulePolicy
 
     steps_per_day = scenario.steps_per_day
     broker = (MqttBroker(broker_url) if broker_url else InMemoryBroker()) if distributed else None
@@ -153,7 +145,7 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
             raise ScenarioError(f"scenario {scenario.name} cannot be run: {exc}") from exc
         agents = list(env.possible_agents)
         policies: dict[str, Any]
-        layout = "distributed" if distributed else "centralized"
+        layout: Literal["centralized", "distributed"] = "distributed" if distributed else "centralized"
         if policy == "rule":
             features = env.coordination.feature_names
             policies = {a: RulePolicy.from_scenario(scenario, i, layout=layout, protocol_features=features)
@@ -177,8 +169,8 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
                     assert m is not None
                     energy = np.array([infos[a]["energy_cost_usd"] for a in agents])  # settled: signal price, trades
 
-                    def info(key: str) -> list[float]:
-                        return [np.nan if infos[a].get(key) is None else float(infos[a][key]) for a in agents]
+                    def info(key: str, infos: dict[str, dict[str, Any]] = infos) -> list[float]:
+                        return [float(infos[a][key]) for a in agents]  # NaN where the protocol does not run
 
                     row = {
                         "step": k, "day": day, "step_in_year": m.step, "hour": (m.step % steps_per_day) * scenario.step_hours,
@@ -267,7 +259,7 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
                      f"{s['penalty_usd']:.2f}", f"{s['v_violation_steps']:.0f}", f"{s['overload_steps']:.0f}",
                      f"{s['nonconverged_steps']:.0f}"))
     widths = [max(len(r[j]) for r in rows) for j in range(len(headers))]
-    lines = ["  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths))) for r in rows]
+    lines = ["  ".join(cell.ljust(w) if j == 0 else cell.rjust(w) for j, (cell, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,17 @@ from heron_edge.errors import ConfigError
 from heron_edge.messages import Envelope, parse_topic
 from heron_edge.security.auth import CommandSigner, parse_key
 
-__all__ = ["PASSWORD_ENV", "COMMAND_KEY_ENV", "COMMAND_KEYS_ENV", "SecureSite", "SigningBroker", "add_broker_arguments",
-           "broker_from_args", "signer_from_env"]
+__all__ = [
+    "COMMAND_KEYS_ENV",
+    "COMMAND_KEY_ENV",
+    "PASSWORD_ENV",
+    "SecureSite",
+    "SigningBroker",
+    "add_broker_arguments",
+    "broker_from_args",
+    "check_tls_files",
+    "signer_from_env",
+]
 
 PASSWORD_ENV = "HERON_BROKER_PASSWORD"
 COMMAND_KEY_ENV = "HERON_COMMAND_KEY"
@@ -59,16 +69,32 @@ class SigningBroker(BrokerWrapper):
 
 def add_broker_arguments(parser: argparse.ArgumentParser) -> None:
     """``--username``, ``--password-env``, ``--ca-file``, ``--cert-file``, ``--key-file`` (plant, operator)."""
-    parser.add_argument("--username", default=None, help="MQTT username (the password comes from --password-env)")
+    parser.add_argument("--username", default=None, metavar="USER",
+                        help="MQTT username (the password comes from --password-env)")
     parser.add_argument("--password-env", default=PASSWORD_ENV, metavar="VAR",
                         help="environment variable holding the password, used with --username (default: %(default)s)")
-    parser.add_argument("--ca-file", default=None, help="mqtts://: CA bundle of the broker's certificate")
-    parser.add_argument("--cert-file", default=None, help="mqtts://: client certificate (mutual TLS)")
-    parser.add_argument("--key-file", default=None, help="mqtts://: client key (mutual TLS)")
+    parser.add_argument("--ca-file", default=None, metavar="FILE", help="mqtts://: CA bundle of the broker's certificate")
+    parser.add_argument("--cert-file", default=None, metavar="FILE", help="mqtts://: client certificate (mutual TLS)")
+    parser.add_argument("--key-file", default=None, metavar="FILE", help="mqtts://: client key (mutual TLS)")
+
+
+def check_tls_files(files: Mapping[str, str | None]) -> None:
+    """Each TLS file given (option or config field -> path) is a readable file: a ConfigError naming the option
+    and the file, said at start (the TLS library's own error names neither)."""
+    for name, path in files.items():
+        if path is None:
+            continue
+        if not os.path.exists(path):
+            raise ConfigError(f"{name} {path}: no such file")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{name} {path}: not a file")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"{name} {path}: not readable (permissions)")
 
 
 def broker_from_args(args: argparse.Namespace, *, client_id: str, **options: Any) -> MqttBroker:
-    """The process's MqttBroker from :func:`add_broker_arguments` options; ConfigError naming the option."""
+    """The process's MqttBroker from :func:`add_broker_arguments` options and ``args.broker`` (not connected yet);
+    ConfigError naming the option, and the file for a TLS file that is missing or unreadable."""
     password = None
     if args.username is not None:
         password = os.environ.get(args.password_env)
@@ -77,8 +103,13 @@ def broker_from_args(args: argparse.Namespace, *, client_id: str, **options: Any
     tls = None
     if args.ca_file or args.cert_file or args.key_file:
         if not args.broker.startswith("mqtts://"):
-            raise ConfigError("--ca-file/--cert-file/--key-file need an mqtts:// --broker")
+            raise ConfigError(f"--ca-file/--cert-file/--key-file need an mqtts:// --broker, not {args.broker!r}")
+        check_tls_files({"--ca-file": args.ca_file, "--cert-file": args.cert_file, "--key-file": args.key_file})
         tls = TlsOptions(ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
+        try:
+            tls.context()  # a file that is not a certificate or key: say it now, not at the first connect
+        except ConfigError as exc:
+            raise ConfigError(f"--ca-file/--cert-file/--key-file: {exc}") from None
     return MqttBroker(args.broker, client_id=client_id, username=args.username, password=password, tls=tls, **options)
 
 

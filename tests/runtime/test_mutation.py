@@ -114,7 +114,7 @@ class Mutator:
 def test_mutated_messages_during_a_sil_run_are_rejected_and_the_run_still_matches(
         protocols: tuple[str, str], mosquitto: MosquittoProcess, tmp_path: Path) -> None:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "heron_edge.cli", "sil", "--days", "1", "--workdir", str(tmp_path), "--timeout", "240",
+    argv = [sys.executable, "-m", "heron_edge.cli", "sil", "--days", "1", "--workdir", str(tmp_path), "--timeout-s", "240",
             "--broker", mosquitto.url, "--site", SITE]
     for name in protocols:
         argv += ["--protocol", name]

@@ -39,7 +39,7 @@ def test_sil_secure_day_matches_centralized(tmp_path: Path) -> None:
     require_mosquitto()
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "heron_edge.cli", "sil", "--secure", "--days", "1", "--protocol",
-                             "setpoint", "--protocol", "p2p_trading", "--workdir", str(tmp_path), "--timeout", "90"],
+                             "setpoint", "--protocol", "p2p_trading", "--workdir", str(tmp_path), "--timeout-s", "90"],
                             capture_output=True, text=True, timeout=150, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SIL vs centralized (24 vs 24 steps): MATCH" in result.stdout

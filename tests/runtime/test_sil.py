@@ -35,7 +35,7 @@ def _sil(tmp_path: Path, *args: str) -> str:
     require_mosquitto()
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "heron_edge.cli", "sil", "--days", "1", "--workdir", str(tmp_path),
-                             "--timeout", "90", *args], capture_output=True, text=True, timeout=150, env=env)
+                             "--timeout-s", "90", *args], capture_output=True, text=True, timeout=150, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SIL vs centralized (24 vs 24 steps): MATCH" in result.stdout
     assert "total" in result.stdout and "cost USD" in result.stdout  # the simulate summary table
@@ -92,7 +92,7 @@ def _stats(out: str) -> dict:
 def test_sil_shutdown_is_never_counted(tmp_path: Path) -> None:
     """Everything stays up 5 s after the last step: the agents' watchdog sees the operator silent (2 s) and goes
     failsafe. That is shutdown: not counted, not reported; and the devices were still there (no device reason)."""
-    out = _sil(tmp_path, "--stop-delay", "5")
+    out = _sil(tmp_path, "--stop-delay-s", "5")
     finished_at = PlantResult.read(tmp_path / "plant-result.json").finished_at
     assert finished_at is not None
     late_entries = []
