@@ -47,16 +47,18 @@ def run_eagerly(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -
     once it suspends it continues inside ``loop.run_until_complete``. Like that call, it refuses to
     run inside another running loop.
     """
-    if asyncio.events._get_running_loop() is not None:
+    # asyncio._get_running_loop / _set_running_loop: the loop implementers' API (in asyncio.__all__); Python 3.11
+    # has no public way to make a loop current without running it (3.12's eager_task_factory needs 3.12)
+    if asyncio._get_running_loop() is not None:
         coro.close()
         raise RuntimeError("Cannot run the event loop while another loop is running")
-    asyncio.events._set_running_loop(loop)
+    asyncio._set_running_loop(loop)
     try:
         yielded = coro.send(None)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
     finally:
-        asyncio.events._set_running_loop(None)
+        asyncio._set_running_loop(None)
     return loop.run_until_complete(_resume(coro, yielded))
 
 

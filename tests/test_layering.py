@@ -21,3 +21,20 @@ def test_gateway_side_does_not_import_the_simulator() -> None:
 def test_sim_imports_nothing_of_ours_but_itself() -> None:
     modules = imported_after("import sim.plant")
     assert not {m for m in modules if m.split(".")[0] in {"heron_edge", "firmware_bridge"}}
+
+
+def test_library_code_never_imports_the_cli_verbs() -> None:
+    """``heron_edge.commands`` sits on top: agents, protocols, runtime and the env never import it (not even lazily)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "heron_edge"
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.parts[-2] == "commands" or path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("heron_edge.commands")]
+    assert not offenders, offenders

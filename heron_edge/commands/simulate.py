@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import argparse
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from heron_edge.commands import PROTOCOLS as _PROTOCOLS
 from heron_edge.commands import add_protocol, add_scenario, non_negative_int, output_dir, positive_int
 from heron_edge.errors import ScenarioError
+from heron_edge.trajectory import COLUMNS, Trajectory
 
 if TYPE_CHECKING:
     import numpy as np
@@ -20,18 +20,6 @@ if TYPE_CHECKING:
 
 CSV_NAME = "trajectory.csv"
 PNG_NAME = "trajectory.png"
-COLUMNS = (
-    "step", "day", "step_in_year", "hour", "microgrid", "price_usd_per_mwh", "load_mw", "pv_available_mw", "pv_mw",
-    "wind_available_mw", "wind_mw", "battery_mw", "generator_mw", "soc", "exchange_mw", "fuel_cost_usd",
-    "energy_cost_usd", "cost_usd", "penalty_usd", "violation_v_pu", "overload_percent", "vm_min_pu", "vm_max_pu",
-    "converged", "congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw", "dispatch_mw", "consensus_rounds",
-    "traded_mw", "trade_cash_usd", "clearing_price_usd_per_mwh",
-)
-"""Recorded columns (``Trajectory.columns``, plus the microgrid's name), one row per step and microgrid: MW, USD,
-p.u.; battery + discharge, exchange + import; price = the signalled price (hourly price + congestion adder);
-cost = fuel + energy (bought - sold, net of trades, trade cash included); vm_min/max over the microgrid's buses
-(nan when the power flow did not converge); step counts from 0 over the run, step_in_year indexes the profile year.
-Protocol columns are empty (nan) when their protocol does not run."""
 CSV_COLUMNS = ("step", "timestamp", *COLUMNS[1:])
 """The CSV's header: ``COLUMNS`` with ``timestamp`` after ``step``, the ISO 8601 UTC start of the step
 (e.g. 2023-01-05T13:00:00Z), so the rows can be joined with other time series without the profile year."""
@@ -55,23 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run distributed over this MQTT broker, e.g. mqtt://127.0.0.1:1883 (implies --distributed)")
     parser.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
                         help=f"directory for {CSV_NAME} and {PNG_NAME}, made if missing (default: %(default)s)")
-
-
-@dataclass
-class Trajectory:
-    """Per-step, per-microgrid records of a run: ``columns[name]`` is an array of (steps x microgrids) values."""
-
-    names: list[str]
-    columns: dict[str, np.ndarray]
-    step_hours: float
-    protocols: tuple[str, ...] = ()
-    mode: str = "centralized"
-    messages: int = 0  # published over the broker (distributed runs)
-    year: int | None = None  # the profile year step_in_year counts in (None: unknown, no timestamps)
-
-    @property
-    def n_steps(self) -> int:
-        return int(self.columns["price_usd_per_mwh"].shape[0])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,7 +41,7 @@ from heron_edge.counters import RejectSource
 from heron_edge.errors import RunError
 
 if TYPE_CHECKING:
-    from heron_edge.commands.simulate import Trajectory
+    from heron_edge.trajectory import Trajectory
     from sim.scenario import Scenario
 
 __all__ = ["COMPARED", "CONSENSUS_COMPARED", "PROTOCOL_COMPARED", "AgentCounters", "AgentHealth", "Comparison",
@@ -328,7 +328,7 @@ class FileMarks:
 
 def load_trajectory(path: Path) -> Trajectory:
     """A trajectory written by ``PlantRuntime.save_trajectory``."""
-    from heron_edge.commands.simulate import COLUMNS, Trajectory
+    from heron_edge.trajectory import COLUMNS, Trajectory
 
     with np.load(path) as data:
         names = [str(n) for n in data["names"]]
@@ -472,10 +472,10 @@ def settle(sil: Trajectory, scenario: Scenario, protocols: list[str] | None, opt
     cleared (its ledger): the price with its congestion adder, the trades, the export credit. The protocol
     columns come from the ledger (setpoints, clearing) and the agents' journals (consensus dispatch, rounds).
     """
-    from heron_edge.commands.simulate import Trajectory
     from heron_edge.coordination import Coordination, Signals
     from heron_edge.protocols import Clearing, PriceSignal
     from heron_edge.protocols.auction import Trade
+    from heron_edge.trajectory import Trajectory
 
     coordination = Coordination(scenario, protocols, dict(options or {}))
     names, c = sil.names, {k: v.copy() for k, v in sil.columns.items()}
