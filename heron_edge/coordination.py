@@ -207,8 +207,7 @@ class Coordination:
     # ------------------------------------------------------------------ centralized forms
     def signals(self, plant: Plant) -> Signals:
         """The centralized form of everything sent before the agents decide."""
-        assert plant.last is not None
-        price = self.price.price(plant.price(), self.head_loading_pu(plant.last))
+        price = self.price.price(plant.price(), self.head_loading_pu(plant.latest()))
         forecast = plant.forecast()
         needs = self.needs_mw(forecast.load_mw, forecast.pv_mw, forecast.wind_mw)
         signals = Signals(price=price)

@@ -85,12 +85,12 @@ class DistributedRunner:
 
     async def _observe_all(self) -> dict[str, np.ndarray]:
         plant, step = self.plant, self.plant.t
-        assert plant.last is not None
+        last = plant.latest()  # PlantStateError before the plant's reset()
         # Every agent reports and the operator sends the price (and setpoints, from the reported
         # needs), then the protocols' pre-decision roles run, then each agent collects. Eagerly
         # gathered, in that order: over MQTT the PUBACK waits and the protocol rounds overlap, in
         # memory the operator finds every report already delivered, nothing suspends and no task is made.
-        operator = self.operator.before_decision(step, plant.price(), self.coordination.head_loading_pu(plant.last))
+        operator = self.operator.before_decision(step, plant.price(), self.coordination.head_loading_pu(last))
         results: list[object] = await gather_eagerly(*(proxy.report(step) for proxy in self.proxies), operator)
         price, setpoints = cast(tuple[PriceSignal, "np.ndarray | None"], results[-1])
         await gather_eagerly(*(proxy.coordinate(step) for proxy in self.proxies))

@@ -241,7 +241,8 @@ BODY_TYPES: Final[dict[str, type[BaseModel]]] = {
 }
 """kind -> body model."""
 
-assert set(BODY_TYPES) == set(get_args(BodyKind)), "BodyKind and the Body union disagree"
+if set(BODY_TYPES) != set(get_args(BodyKind)):  # checked at import, also under python -O
+    raise TypeError("BodyKind and the Body union disagree")
 
 # --------------------------------------------------------------------------------------------
 # Envelope

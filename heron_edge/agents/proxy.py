@@ -27,7 +27,7 @@ from heron_edge.agents.microgrid import MicrogridAgent
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import MicrogridRoles
 from heron_edge.counters import Rejections, int_fields
-from heron_edge.errors import BrokerError
+from heron_edge.errors import BrokerError, UsageError
 from heron_edge.messages import (
     LIMITS,
     DecodeError,
@@ -247,16 +247,19 @@ class ProxyAgent:
     def _complete(self, step: int) -> bool:
         return self._price_step == step and self._peer_step.count(step) == len(self._peer_step)
 
+    def _started_streams(self) -> tuple[Subscription, Subscription]:
+        if self._streams is None:
+            raise UsageError(f"{self.agent_id}: the ProxyAgent was not started: await start() (or report()) first")
+        return self._streams
+
     def take_queued(self, step: int) -> None:
         """Handle whatever has arrived for ``step`` without waiting (e.g. a price re-sent on a repeated step)."""
-        assert self._streams is not None
-        for stream in self._streams:
+        for stream in self._started_streams():
             for delivery in stream.drain():
                 self._handle(delivery.topic, delivery.payload, step)
 
     async def _receive(self, step: int) -> None:
-        assert self._streams is not None
-        price, telemetry = self._streams
+        price, telemetry = self._started_streams()
         deadline = time.monotonic() + self.step_timeout_s
         self.take_queued(step)
         while not self._complete(step):

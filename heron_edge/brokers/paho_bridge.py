@@ -26,7 +26,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from heron_edge.brokers.base import payload_bytes
-from heron_edge.errors import BrokerError
+from heron_edge.errors import BrokerError, UsageError
 
 __all__ = ["PahoBridge", "new_client"]
 
@@ -132,7 +132,8 @@ class PahoBridge:
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
         """The loop bound by :meth:`bind`."""
-        assert self._loop is not None, "PahoBridge used before bind()"
+        if self._loop is None:
+            raise UsageError("PahoBridge used before bind()")
         return self._loop
 
     def bind(self) -> None:
