@@ -7,7 +7,6 @@ is NaN; the clamped devices are 0/1 flags, one per device.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Final
@@ -21,7 +20,7 @@ CLAMPED_FIELDS: Final = {"battery_mw": "clamped_battery", "generator_mw": "clamp
 """Setpoint field the plant may limit -> the info flag that says it did (1.0) this step."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class StepInfo:
     """One agent's step: plant, money (USD per step), coordination. NaN where not applicable."""
 
@@ -55,7 +54,10 @@ class StepInfo:
     clearing_price_usd_per_mwh: float = NAN
     trades: float = NAN
     """p2p_trading: how many trades this agent was part of."""
+    terminal_value_usd: float = 0.0
+    """With ``terminal_energy_value``: at the episode's last step, the value of the change of stored energy added
+    to the reward (USD, + stored more than at the start); 0 on every other step."""
 
     def as_dict(self) -> dict[str, float | bool]:
-        """The info dictionary the environment returns."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """The info dictionary the environment returns (a copy of the fields; this runs every step)."""
+        return dict(vars(self))
