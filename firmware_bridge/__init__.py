@@ -1,11 +1,15 @@
-"""firmware_bridge: SunSpec Modbus register images, a Modbus device client and emulated devices. Knows nothing of agents, MQTT or the simulator."""
+"""firmware_bridge: SunSpec Modbus register images (model definitions from pysunspec2's JSON), a Modbus device
+client that resolves what a device can do in its role, and emulated devices of several profiles. Knows nothing of
+agents, MQTT or the simulator."""
 from __future__ import annotations
 
-from firmware_bridge.client import DeviceInfo, ModbusDevice, PowerLimits, SetpointResult, Telemetry
+from firmware_bridge.capabilities import ROLES, Capability, PowerLimits, Role, RoleResolution
+from firmware_bridge.client import DeviceInfo, DeviceStats, ModbusDevice, SetpointResult, Telemetry
 from firmware_bridge.config import ModbusDeviceConfig
 from firmware_bridge.device import DeviceKind, DeviceModel, Measurement, Nameplate
-from firmware_bridge.emulator import Emulator, EmulatorError, make_model
+from firmware_bridge.emulator import QUIRKS, Emulator, EmulatorError, Quirks, make_model, parse_quirks
 from firmware_bridge.errors import (
+    CapabilityError,
     ConfigurationError,
     DeviceClosedError,
     DeviceConnectionError,
@@ -15,19 +19,27 @@ from firmware_bridge.errors import (
     FirmwareBridgeError,
     ModelMissingError,
     NotSunSpecError,
+    SetpointError,
 )
 from firmware_bridge.link import LinkStats, ModbusLink
 from firmware_bridge.models import (
     BatteryModel,
     PVInverterModel,
+    SiteMeterModel,
     battery_nameplate,
     daily_irradiance,
     inverter_nameplate,
+    meter_nameplate,
 )
-from firmware_bridge.sunspec_device import SunSpecDevice
+from firmware_bridge.sunspec_device import PROFILES, Profile, SunSpecDevice
 
 __all__ = [
+    "PROFILES",
+    "QUIRKS",
+    "ROLES",
     "BatteryModel",
+    "Capability",
+    "CapabilityError",
     "ConfigurationError",
     "DeviceClosedError",
     "DeviceConnectionError",
@@ -36,6 +48,7 @@ __all__ = [
     "DeviceInfo",
     "DeviceKind",
     "DeviceModel",
+    "DeviceStats",
     "DeviceTimeoutError",
     "Emulator",
     "EmulatorError",
@@ -50,11 +63,19 @@ __all__ = [
     "NotSunSpecError",
     "PVInverterModel",
     "PowerLimits",
+    "Profile",
+    "Quirks",
+    "Role",
+    "RoleResolution",
+    "SetpointError",
     "SetpointResult",
+    "SiteMeterModel",
     "SunSpecDevice",
     "Telemetry",
     "battery_nameplate",
     "daily_irradiance",
     "inverter_nameplate",
     "make_model",
+    "meter_nameplate",
+    "parse_quirks",
 ]

@@ -17,8 +17,15 @@ class ModbusDeviceConfig(BaseModel):
     socket://host:port). timeout_s bounds each request; a failed request is retried ``retries``
     times after backoff_s, 2*backoff_s, ... (capped at backoff_max_s), reconnecting first when the
     link dropped. min_gap_s is the least idle time between two requests on one link (RTU buses and
-    some TCP gateways need a few ms). setpoint_revert_s is written with every setpoint: the device
-    drops the setpoint if it is not rewritten within that many seconds (0 = never).
+    some TCP gateways need a few ms). unit_id: 0-255 over TCP (devices answer at 1, 126, 240, 0 or 255:
+    see docs/edge.md), 1-247 on RTU. base_address: where the 'SunS' marker sits (40000, 0 or 50000).
+
+    setpoint_revert_s is written with every setpoint: the device drops the setpoint if it is not rewritten
+    within that many seconds (0 = never). keepalive: re-write an active setpoint every half revert time,
+    so the device keeps it between cycles longer than its timer (and still drops it within
+    setpoint_revert_s when the gateway stops). ramp_w_per_s: the largest change of the commanded power
+    per second (None: no ramp). min_limit_pct: the lowest output limit written to a PV / wind inverter
+    (% of WMax); 0 allows a 0 % limit, which some inverters treat as a stop or a disconnect.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -30,7 +37,7 @@ class ModbusDeviceConfig(BaseModel):
     baudrate: int = Field(9600, gt=0)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
-    unit_id: int = Field(1, ge=1, le=247)
+    unit_id: int = Field(1, ge=0, le=255)
     timeout_s: float = Field(1.0, gt=0, le=60)
     retries: int = Field(2, ge=0, le=10)
     backoff_s: float = Field(0.05, ge=0, le=10)
@@ -38,11 +45,16 @@ class ModbusDeviceConfig(BaseModel):
     min_gap_s: float = Field(0.0, ge=0, le=5)
     base_address: int = Field(BASE_ADDRESS, ge=0, le=65535)
     setpoint_revert_s: int = Field(60, ge=0, le=0xFFFF_FFFE)
+    keepalive: bool = False
+    ramp_w_per_s: float | None = Field(None, gt=0, le=1e10, allow_inf_nan=False)
+    min_limit_pct: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _rtu_needs_a_port(self) -> ModbusDeviceConfig:
         if self.transport == "rtu" and not self.serial_port:
             raise ValueError("transport 'rtu' needs serial_port")
+        if self.transport == "rtu" and not 1 <= self.unit_id <= 247:
+            raise ValueError(f"an RTU unit_id is 1..247, not {self.unit_id}")
         return self
 
     @property

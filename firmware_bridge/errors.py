@@ -6,6 +6,7 @@ the runtime that wires the two together translates again at its own boundary.
 from __future__ import annotations
 
 __all__ = [
+    "CapabilityError",
     "ConfigurationError",
     "DeviceClosedError",
     "DeviceConnectionError",
@@ -15,6 +16,7 @@ __all__ = [
     "FirmwareBridgeError",
     "ModelMissingError",
     "NotSunSpecError",
+    "SetpointError",
 ]
 
 
@@ -54,6 +56,16 @@ class NotSunSpecError(DeviceError):
 
 class ModelMissingError(DeviceError):
     """The device's SunSpec map lacks a model we need (e.g. no 704, so no active-power setpoint)."""
+
+
+class CapabilityError(ModelMissingError):
+    """The device cannot fill its role: the message names the device, the models it has, the capability that is
+    missing and what would provide it (e.g. a battery without model 704 WSet or 124 StorCtl_Mod)."""
+
+
+class SetpointError(DeviceError):
+    """A setpoint that cannot be written as asked: not finite, or not representable in the device's points at
+    its scale factors. Nothing was written."""
 
 
 class DeviceClosedError(FirmwareBridgeError, RuntimeError):

@@ -32,7 +32,8 @@ __all__ = ["LinkStats", "ModbusLink"]
 
 log = logging.getLogger(__name__)
 
-_TRANSIENT_CODES = frozenset({5, 6})  # acknowledge, device busy: worth another try
+_TRANSIENT_CODES = frozenset({4, 5, 6})
+"""Server device failure, acknowledge, device busy: worth another try (devices answer bursts of 04 while busy)."""
 _EXCEPTION_NAMES = {
     1: "illegal function",
     2: "illegal data address",
@@ -125,10 +126,11 @@ class ModbusLink:
         return client
 
     async def _once(self, what: str, call: Callable[[_Client], Awaitable[ModbusPDU]]) -> ModbusPDU:
-        client = await self._connect()
-        gap = self._last_end + self.config.min_gap_s - asyncio.get_running_loop().time()
-        if gap > 0:
-            await asyncio.sleep(gap)
+        client = self._client if self._client is not None and self._client.connected else await self._connect()
+        if self.config.min_gap_s > 0:
+            gap = self._last_end + self.config.min_gap_s - asyncio.get_running_loop().time()
+            if gap > 0:
+                await asyncio.sleep(gap)
         self.stats.requests += 1
         try:
             response = await call(client)
@@ -154,7 +156,8 @@ class ModbusLink:
             self._drop()
             raise DeviceConnectionError(f"{self.config.link_name}: {what}: {exc}") from exc
         finally:
-            self._last_end = asyncio.get_running_loop().time()
+            if self.config.min_gap_s > 0:
+                self._last_end = asyncio.get_running_loop().time()
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             name = _EXCEPTION_NAMES.get(code, "unknown exception")

@@ -12,7 +12,8 @@ from collections.abc import Callable
 
 from firmware_bridge.device import Measurement, Nameplate
 
-__all__ = ["BatteryModel", "PVInverterModel", "battery_nameplate", "daily_irradiance", "inverter_nameplate"]
+__all__ = ["BatteryModel", "PVInverterModel", "SiteMeterModel", "battery_nameplate", "daily_irradiance", "inverter_nameplate",
+           "meter_nameplate"]
 
 _SECONDS_PER_HOUR = 3600.0
 
@@ -193,6 +194,61 @@ class PVInverterModel:
         self._p_w = self._output(self.available_w())
 
 
+class SiteMeterModel:
+    """A site meter at the point of connection: the site's load (a base with a daily swing) minus its PV (the
+    irradiance curve), so ``p_w`` > 0 is imported and < 0 exported. Integrates the import and export energy."""
+
+    def __init__(
+        self,
+        nameplate: Nameplate,
+        *,
+        base_load_w: float | None = None,
+        pv_peak_w: float | None = None,
+        irradiance: Callable[[float], float] = daily_irradiance,
+        time_of_day: Callable[[], float] = _seconds_of_local_day,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if nameplate.kind != "meter":
+            raise ValueError("SiteMeterModel needs a meter nameplate")
+        self._nameplate = nameplate
+        self.base_load_w = 0.3 * nameplate.p_max_w if base_load_w is None else base_load_w
+        self.pv_peak_w = 0.5 * nameplate.p_max_w if pv_peak_w is None else pv_peak_w
+        self._irradiance = irradiance
+        self._time_of_day = time_of_day
+        self._clock = clock
+        self._last = clock()
+        self._p_w = self._exchange()
+        self.energy_imported_wh = 0.0
+        self.energy_exported_wh = 0.0
+
+    @property
+    def nameplate(self) -> Nameplate:
+        """Static ratings."""
+        return self._nameplate
+
+    def _exchange(self) -> float:
+        hour = (self._time_of_day() / _SECONDS_PER_HOUR) % 24.0
+        load = self.base_load_w * (1.0 + 0.3 * math.sin(math.pi * (hour - 6.0) / 12.0))
+        p = load - self.pv_peak_w * min(max(self._irradiance(self._time_of_day()), 0.0), 1.0)
+        return min(max(p, -self._nameplate.p_max_w), self._nameplate.p_max_w)
+
+    def measure(self) -> Measurement:
+        """The exchange now (+ import), with the energy counters advanced to ``clock()``."""
+        now = self._clock()
+        hours = max(0.0, now - self._last) / _SECONDS_PER_HOUR
+        self._last = now
+        if self._p_w > 0:
+            self.energy_imported_wh += self._p_w * hours
+        else:
+            self.energy_exported_wh += -self._p_w * hours
+        self._p_w = self._exchange()
+        return Measurement(p_w=self._p_w, v_v=self._nameplate.v_nom_v, hz=self._nameplate.f_nom_hz,
+                           energy_injected_wh=self.energy_exported_wh, energy_absorbed_wh=self.energy_imported_wh)
+
+    def apply_setpoint(self, p_w: float | None) -> None:
+        """A meter takes no setpoint (its map has no control): ignored."""
+
+
 def battery_nameplate(
     *, p_max_w: float = 5000.0, energy_wh: float = 10000.0, serial: str = "BAT-0001"
 ) -> Nameplate:
@@ -211,3 +267,8 @@ def battery_nameplate(
 def inverter_nameplate(*, p_max_w: float = 10000.0, serial: str = "PV-0001") -> Nameplate:
     """A default PV inverter: apparent power 10 % above the active-power rating."""
     return Nameplate(kind="inverter", p_max_w=p_max_w, s_max_va=1.1 * p_max_w, model="emulated PV inverter", serial=serial)
+
+
+def meter_nameplate(*, p_max_w: float = 30000.0, serial: str = "MTR-0001") -> Nameplate:
+    """A default site meter rated 30 kW (the largest exchange it reports)."""
+    return Nameplate(kind="meter", p_max_w=p_max_w, s_max_va=p_max_w, model="emulated site meter", serial=serial)

@@ -18,6 +18,7 @@ from typing import Literal, Protocol, Self
 
 from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
@@ -62,16 +63,19 @@ class HoldingRegisters(Protocol):
         ...
 
 
-def _forward_to(registers: HoldingRegisters) -> SimAction:
+def _forward_to(registers: HoldingRegisters, delay_s: float = 0.0) -> SimAction:
     """The pymodbus ``SimDevice.action`` that hands every access to ``registers``.
 
     pymodbus calls it with the device block (``block``, starting at protocol address ``start``) once
     the request lies inside the block. A read copies the map's answer into the block, which pymodbus
     then answers from; a write goes to the map, and its exception code (if any) refuses the request.
+    ``delay_s``: every answer waits this long first (a slow device).
     """
 
     async def action(func_code: int, start: int, address: int, count: int, block: list[int],
                      values: list[int] | list[bool] | None) -> ExcCodes | None:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
         if func_code not in _HOLDING_FUNCTIONS:
             return ExcCodes.ILLEGAL_FUNCTION
         if values is not None:
@@ -109,13 +113,19 @@ def _block(span: tuple[int, int]) -> list[SimData]:
 class ModbusServer:
     """Serves ``_registers()`` as unit ``unit_id`` on ``host:port`` (port 0 picks a free one; a restart keeps it).
 
-    Other unit ids get exception 0x0B. Subclasses implement ``_registers`` (called at every start)
-    and may extend ``start``/``stop``.
+    Other unit ids get exception 0x0B, or (``other_units="silent"``, a device that answers only at its own
+    unit id) no answer at all. ``reply_delay_s`` delays every answer (a slow device). Subclasses implement
+    ``_registers`` (called at every start) and may extend ``start``/``stop``.
     """
 
-    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, unit_id: int = 1, framing: Framing = "socket") -> None:
-        if not 1 <= unit_id <= 247:
-            raise ValueError(f"unit_id {unit_id} outside 1..247")
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, unit_id: int = 1, framing: Framing = "socket",
+                 other_units: Literal["refuse", "silent"] = "refuse", reply_delay_s: float = 0.0) -> None:
+        if not 1 <= unit_id <= 255:
+            raise ValueError(f"unit_id {unit_id} outside 1..255")
+        if other_units not in ("refuse", "silent"):
+            raise ValueError(f"other_units {other_units!r} is not 'refuse' or 'silent'")
+        if not 0.0 <= reply_delay_s <= 60.0:
+            raise ValueError(f"reply_delay_s {reply_delay_s} outside 0..60")
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} outside 0..65535")
         if framing not in _FRAMERS:
@@ -123,6 +133,8 @@ class ModbusServer:
         self.host = host
         self.unit_id = unit_id
         self.framing = framing
+        self.other_units = other_units
+        self.reply_delay_s = reply_delay_s
         self._requested_port = port
         self._port: int | None = None
         self._server: ModbusTcpServer | None = None
@@ -145,15 +157,23 @@ class ModbusServer:
 
     def _devices(self) -> list[SimDevice]:
         registers = self._registers()
-        return [SimDevice(self.unit_id, simdata=_block(registers.span), action=_forward_to(registers)),
+        return [SimDevice(self.unit_id, simdata=_block(registers.span), action=_forward_to(registers, self.reply_delay_s)),
                 SimDevice(_ANY_UNIT, simdata=_block(registers.span), action=_other_unit)]
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        """pymodbus's PDU hook: with ``other_units="silent"`` a request for another unit id is dropped here, so it
+        is never handled and never answered (pymodbus handles a request only when this returns it)."""
+        if not sending and self.other_units == "silent" and pdu.dev_id != self.unit_id:
+            return None  # type: ignore[return-value]  # pymodbus then skips the request
+        return pdu
 
     async def start(self) -> None:
         """Listen on host:port. Starting a running server is an error; restarting a stopped one is fine."""
         if self._server is not None:
             raise RuntimeError(f"{type(self).__name__} already running")
         port = self._port if self._port is not None else self._requested_port  # a restart keeps its port
-        server = ModbusTcpServer(self._devices(), framer=_FRAMERS[self.framing], address=(self.host, port))
+        server = ModbusTcpServer(self._devices(), framer=_FRAMERS[self.framing], address=(self.host, port),
+                                 trace_pdu=self._trace_pdu)
         try:
             await server.serve_forever(background=True)
         except (RuntimeError, OSError) as exc:

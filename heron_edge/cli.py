@@ -35,6 +35,9 @@ GROUPS: tuple[tuple[str, tuple[Verb, ...]], ...] = (
         Verb("simulate", "heron_edge.commands.simulate",
              "run days of a scenario (centralized or distributed): summary, CSV and plot",
              "heron-edge simulate --days 2 --protocol price_signal --out out/"),
+        Verb("train", "heron_edge.commands.train",
+             "train one policy shared by every microgrid (PPO); write a policy bundle for simulate, sil, gateways",
+             "heron-edge train --out policy/ --steps 200000"),
     )),
     ("Software in the loop (SIL: the field's processes on one machine, the plant simulated)", (
         Verb("sil", "heron_edge.commands.sil",
@@ -44,10 +47,13 @@ GROUPS: tuple[tuple[str, tuple[Verb, ...]], ...] = (
              "the simulated microgrids as Modbus devices, stepped on an MQTT clock",
              "heron-edge plant --broker mqtt://127.0.0.1:1883 --endpoints endpoints.json"),
         Verb("emulate", "heron_edge.commands.emulate",
-             "one emulated SunSpec battery or PV inverter on a Modbus TCP port",
-             "heron-edge emulate --device battery --port 1502"),
+             "one emulated SunSpec battery, PV inverter or meter (legacy or IEEE 1547 models) on a Modbus TCP port",
+             "heron-edge emulate --device battery --profile legacy --port 1502"),
     )),
     ("In the field (edge gateways, the site's operator and its broker)", (
+        Verb("probe", "heron_edge.commands.probe",
+             "commissioning: a device's SunSpec models, the roles it can fill and how, its readings; test a write",
+             "heron-edge probe --host 192.168.10.21 --port 502 --write battery_w=-2000"),
         Verb("agent", "heron_edge.commands.agent",
              "one microgrid's agent on its gateway: Modbus devices, MQTT, failsafe, outbox",
              "heron-edge agent --config /etc/heron-edge/gateway.toml"),
@@ -131,7 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         from heron_edge import SIM_EXTRA_HINT
 
-        print(f"heron-edge {verb}: error: {exc.name} is not installed; {SIM_EXTRA_HINT}", file=sys.stderr)
+        hint = SIM_EXTRA_HINT
+        if exc.name.split(".")[0] in ("torch", "stable_baselines3", "onnx", "onnxscript", "onnxruntime"):
+            hint = "install the training extra: pip install 'heron-edge[train]' (torch: its CPU build first)"
+        print(f"heron-edge {verb}: error: {exc.name} is not installed; {hint}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C in a verb without its own handler (simulate, sil): no traceback
         print(f"heron-edge {verb}: interrupted", file=sys.stderr)

@@ -1,9 +1,10 @@
 """Validated configuration of the ``MultiAgentMicrogrids`` environment (a dict or this pydantic model)."""
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -38,12 +39,35 @@ class EnvConfig(BaseModel):
         None, description="coordination: one of, or one vertical plus one horizontal of, setpoint, price_signal, p2p_trading, consensus")
     protocol_options: dict[ProtocolName, dict[str, Any]] = Field(
         default_factory=dict, description="per protocol, its configuration (see heron_edge.protocols)")
+    observation: Literal["global", "local"] | None = Field(
+        None, description="global: the full state and a one-hot (centralized only); local: exactly what a distributed "
+        "agent sees, in either mode; None: global when centralized, local when distributed")
+    normalize: bool = Field(False, description="divide every observation entry by its microgrid's rating "
+                            "(heron_edge.observations.feature_scales), so one policy fits microgrids of different sizes")
+    initial_soc: Literal["scenario", "random"] = Field(
+        "scenario", description="each episode's starting state of charge: the scenario's soc_init, or uniform in "
+        "[soc_min, soc_max] per battery from the seeded generator (training); reset(options={'soc': ...}) overrides")
+    terminal_energy_value: float | Literal["mean_price"] | None = Field(
+        None, description="at the episode's last step each agent's reward gains the change of its battery's "
+        "deliverable energy (MWh, from the first step to the last) times this value (USD/MWh; 'mean_price': the "
+        "mean hourly price of the episode's steps), so draining is not free; None: no terminal value")
 
     @model_validator(mode="after")
     def _broker_only_when_distributed(self) -> EnvConfig:
         if self.centralized and self.message_broker is not None:
             raise ValueError("message_broker is only used when centralized is False")
+        if not self.centralized and self.observation == "global":
+            raise ValueError("observation 'global' needs centralized True: a distributed agent sees local observations")
+        if isinstance(self.terminal_energy_value, float) and not math.isfinite(self.terminal_energy_value):
+            raise ValueError("terminal_energy_value must be finite")
         return self
+
+    @property
+    def observation_kind(self) -> Literal["global", "local"]:
+        """The observation actually given: ``observation``, or by mode when it is None."""
+        if self.observation is not None:
+            return self.observation
+        return "global" if self.centralized else "local"
 
 
 def default_site() -> str:

@@ -51,6 +51,9 @@ if TYPE_CHECKING:  # the gateway side runs these roles without the simulator ins
     from sim.scenario import Scenario
 
 ProtocolName = Literal["setpoint", "price_signal", "p2p_trading", "consensus"]
+ConsensusForm = Literal["closed", "lockstep"]
+"""How the centralized loop computes the consensus dispatch: ``closed``, the exact optimum at once; ``lockstep``,
+the distributed nodes' own iteration run in one process (bit for bit what they agree on; rounds counted)."""
 VERTICAL = ("setpoint", "price_signal")
 HORIZONTAL = ("p2p_trading", "consensus")
 UPSTREAM_ID = "system_operator"
@@ -101,8 +104,9 @@ class Coordination:
     """The configured protocols of one environment, their centralized forms and the settlement."""
 
     def __init__(self, scenario: Scenario, protocol: str | Sequence[str] | None,
-                 options: Mapping[str, Mapping[str, Any]]) -> None:
+                 options: Mapping[str, Mapping[str, Any]], *, consensus_form: ConsensusForm = "closed") -> None:
         self.names = [m.name for m in scenario.microgrids]
+        self.consensus_form: ConsensusForm = consensus_form
         self.protocols = parse_protocols(protocol)
         unknown = sorted(set(options) - set(self.protocols))
         if unknown:
@@ -214,8 +218,13 @@ class Coordination:
         if self.setpoint:
             signals.setpoint_mw = self.setpoint.allocate(needs)
         if self.consensus:
-            # above total capacity every unit runs at p_max; at or below zero every unit at p_min
-            signals.dispatch_mw = self.consensus.dispatch(self.generators, float(self.demand_shares_mw(needs).sum())).p_mw
+            shares = self.demand_shares_mw(needs)
+            if self.consensus_form == "lockstep":  # what the distributed nodes compute, bit for bit
+                nodes = self.consensus.dispatch_lockstep(self.generators, shares.tolist())
+                signals.dispatch_mw = np.array([node.p_mw for node in nodes])
+                signals.consensus_rounds = max(node.rounds for node in nodes)
+            else:  # above total capacity every unit runs at p_max; at or below zero every unit at p_min
+                signals.dispatch_mw = self.consensus.dispatch(self.generators, float(shares.sum())).p_mw
         return signals
 
     def clear(self, locals_: np.ndarray, actions: np.ndarray, price: float) -> Clearing | None:

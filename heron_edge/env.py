@@ -10,7 +10,13 @@ Reward (USD, per agent, per step): -(fuel cost + energy bought at the signalled 
 at the export credit, net of peer-to-peer trades) minus penalties for its buses outside 0.95-1.05
 p.u., its branches over 100 % and a non-converged power flow; with ``share_reward`` every agent gets
 the mean. Observations: see ``heron_edge.observations``, plus the protocol features of
-``heron_edge.coordination`` when ``protocol`` is set. Episodes are ``max_episode_steps`` long;
+``heron_edge.coordination`` when ``protocol`` is set. ``"observation": "local"`` gives each agent, in the
+centralized loop too, exactly what its distributed twin sees (bit for bit: with consensus the centralized
+loop then runs the nodes' own iteration in lock step); ``"normalize": True`` divides each entry by its
+microgrid's rating; ``env.layout`` names the entries, ``state()`` / ``state_space`` are the critic's view.
+Training aids (see ``EnvConfig``): ``initial_soc="random"`` and ``terminal_energy_value``, which adds
+the value of the stored energy gained (or lost) over the episode to the last step's reward, so a
+policy does not learn to drain the battery for free. Episodes are ``max_episode_steps`` long;
 ``train`` picks a random day of 2023 per episode (seeded by ``reset(seed=)``), otherwise 2024 is
 walked day by day. In distributed mode the messages go on ``heron/{site}/...``: without a ``site``
 each instance takes its own (``sim-`` + 8 random hex digits, in ``env.config.site``), so several
@@ -45,6 +51,7 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
 
     metadata: ClassVar[dict[str, Any]] = {"name": "multi_agent_microgrids_v0", "render_modes": [],
                                           "is_parallelizable": True}
+    render_mode: str | None = None
 
     def __init__(self, config: EnvConfig | dict[str, Any] | None = None) -> None:
         self.config = parse_config(config)
@@ -52,38 +59,72 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
             self.config = self.config.model_copy(update={"site": default_site()})
         self.plant = Plant(self.config.scenario)
         sc = self.plant.scenario
+        local = self.config.observation_kind == "local"
         try:
             options: dict[str, Mapping[str, Any]] = {str(k): v for k, v in self.config.protocol_options.items()}
-            self.coordination = Coordination(sc, self.config.protocol, options)
+            self.coordination = Coordination(sc, self.config.protocol, options,
+                                             consensus_form="lockstep" if local else "closed")
         except (ValueError, TypeError) as exc:  # a protocol's own config validation
             raise ConfigError(f"invalid protocol configuration: {exc}") from exc
         k = self.coordination.n_features
+        features = self.coordination.feature_names
         self.possible_agents: list[str] = list(self.plant.names)
         self.agents: list[str] = []
         n = self.plant.n
         self._index = {a: i for i, a in enumerate(self.possible_agents)}
         self._scale = np.array([[m.battery.p_max_mw, m.generator.p_max_mw, 1.0, 1.0] for m in sc.microgrids])
+        self.ratings = {m.name: ob.Ratings(m.battery.p_max_mw, m.generator.p_max_mw) for m in sc.microgrids}
+        """Each microgrid's ratings: they scale its actions and, with ``normalize``, its observation."""
         self.action_spaces = {a: gymnasium.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32) for a in self.possible_agents}
         lows, highs = zip(*(ob.local_bounds(m.battery.p_max_mw, m.generator.p_max_mw, m.pv_mw, m.wind_mw) for m in sc.microgrids), strict=True)
-        if self.config.centralized:
+        self.layout = ob.local_layout(n, features) if local else ob.global_layout(self.possible_agents, features)
+        """Names and order of every agent's observation (the same for all agents)."""
+        self.state_layout = ob.state_layout(self.possible_agents, features)
+        self._scales = np.stack([ob.feature_scales(self.layout, self.ratings[a], self.ratings) for a in self.possible_agents])
+        self._state_scales = ob.feature_scales(self.state_layout, self.ratings[self.possible_agents[0]], self.ratings)
+        if local:
+            bounds = [(np.concatenate([ob.CONTEXT_LOW, lo, np.full(n - 1 + k, -np.inf)]),
+                       np.concatenate([ob.CONTEXT_HIGH, hi, np.full(n - 1 + k, np.inf)])) for lo, hi in zip(lows, highs, strict=True)]
+        else:
             low = np.concatenate([ob.CONTEXT_LOW, *lows, np.zeros(n), np.full(n * k, -np.inf)])
             high = np.concatenate([ob.CONTEXT_HIGH, *highs, np.ones(n), np.full(n * k, np.inf)])
-            self.observation_spaces = {a: gymnasium.spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
-                                       for a in self.possible_agents}
+            bounds = [(low, high)] * n
+        self.observation_spaces = self._spaces(bounds)
+        state_low = np.concatenate([ob.CONTEXT_LOW, *lows, np.full(n * k, -np.inf)])
+        state_high = np.concatenate([ob.CONTEXT_HIGH, *highs, np.full(n * k, np.inf)])
+        if self.config.normalize:
+            state_low, state_high = state_low / self._state_scales, state_high / self._state_scales
+        self.state_space = gymnasium.spaces.Box(state_low.astype(np.float32), state_high.astype(np.float32), dtype=np.float32)
+        """The space of :meth:`state` (``state_layout``)."""
+        if self.config.centralized:
             self._runner = None
         else:
             from heron_edge.distributed import DistributedRunner
 
             self._runner = DistributedRunner(self.plant, self.config, self.coordination, list(zip(lows, highs, strict=True)))
-            self.observation_spaces = self._runner.observation_spaces
         self._actions = np.zeros((n, 4))
         self._one_hot = np.eye(n, dtype=np.float32)
+        self._peers = np.array([[j for j in range(n) if j != i] for i in range(n)], dtype=np.intp).reshape(n, n - 1)
         self._local = np.zeros((n, ob.N_LOCAL))
         self._context = np.zeros(ob.N_CONTEXT)
         self._signals: Signals | None = None
         self._rng = np.random.default_rng()
         self._episode = -1  # test-year episodes walk day by day
         self._steps = 0
+        self._start_energy = np.zeros(n)
+        self._energy_value = 0.0
+
+    def _spaces(self, bounds: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, gymnasium.spaces.Box]:
+        """Each agent's observation space; normalised, one Box shared by every agent (the union of their bounds),
+        so one policy can be shared."""
+        if not self.config.normalize:
+            return {a: gymnasium.spaces.Box(lo.astype(np.float32), hi.astype(np.float32), dtype=np.float32)
+                    for a, (lo, hi) in zip(self.possible_agents, bounds, strict=True)}
+        lows = np.stack([lo / s for (lo, _), s in zip(bounds, self._scales, strict=True)])
+        highs = np.stack([hi / s for (_, hi), s in zip(bounds, self._scales, strict=True)])
+        shared = gymnasium.spaces.Box(lows.min(axis=0).astype(np.float32), highs.max(axis=0).astype(np.float32),
+                                      dtype=np.float32)
+        return dict.fromkeys(self.possible_agents, shared)
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, agent: str) -> gymnasium.spaces.Box:
@@ -95,23 +136,60 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int | None = None,
               options: dict[str, Any] | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
-        """Start an episode; ``options={"start_step": k}`` pins the first step of the year (else by train/test rule)."""
+        """Start an episode. ``options``: ``{"start_step": k}`` pins the first step of the year (else by the
+        train/test rule); ``{"soc": x}`` the initial state of charge (a fraction, one for every battery, a
+        sequence in agent order or a mapping agent -> fraction; clipped to each battery's limits), else by
+        ``initial_soc``."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
             self._episode = -1
+        options = options or {}  # other keys are left to wrappers, as Gymnasium does
         year = 2023 if self.config.train else 2024
         self.plant.load_year(year)  # the year's length decides the start step
-        start = self._start_step(options or {})
-        last = self.plant.reset(year=year, start_step=start)
+        start = self._start_step(options)
+        last = self.plant.reset(year=year, start_step=start, soc=self._initial_soc(options.get("soc")))
         self.agents = list(self.possible_agents)
         self._steps = 0
+        self._start_energy = self._stored_energy_mwh()
+        value = self.config.terminal_energy_value
+        if value == "mean_price":
+            value = float(np.mean([self.plant.price(start + k) for k in range(self.config.max_episode_steps)]))
+        self._energy_value = float(value or 0.0)
         self.coordination.reset()
         if self._runner is not None:
-            obs = self._runner.reset()
+            obs = self._normalized(self._runner.reset())
         else:
             obs = self._observe(last)
         infos = {a: StepInfo(step_in_year=start).as_dict() for a in self.agents}
         return obs, infos
+
+    def _initial_soc(self, soc: Any) -> np.ndarray | None:
+        """The batteries' initial state of charge: the option, else random (``initial_soc``) or the scenario's."""
+        batteries = self.plant.batteries
+        if soc is None:
+            if self.config.initial_soc == "random":
+                return self._rng.uniform(batteries.soc_min, batteries.soc_max)
+            return None
+        if isinstance(soc, Mapping):
+            unknown = sorted(set(map(str, soc)) - set(self._index))
+            if unknown:
+                raise ConfigError(f"reset option soc names unknown agents {unknown}")
+            values = batteries.soc_init.copy()
+            for agent, x in soc.items():
+                values[self._index[str(agent)]] = x
+        elif np.ndim(soc) == 0 or np.shape(soc) == (self.plant.n,):
+            values = np.broadcast_to(np.asarray(soc, dtype=np.float64), (self.plant.n,)).copy()
+        else:
+            raise ConfigError(f"reset option soc must be a fraction, {self.plant.n} fractions or a mapping agent -> fraction")
+        if not (np.isfinite(values).all() and ((values >= 0.0) & (values <= 1.0)).all()):
+            raise ConfigError(f"reset option soc must be fractions in [0, 1], got {values.tolist()}")
+        return values
+
+    def _stored_energy_mwh(self) -> np.ndarray:
+        """Each battery's deliverable energy above its minimum (MWh, after the discharge efficiency)."""
+        b = self.plant.batteries
+        energy: np.ndarray = (b.soc - b.soc_min) * b.capacity_mwh * b.efficiency
+        return energy
 
     def _start_step(self, options: dict[str, Any]) -> int:
         n_steps = self.plant.n_steps_in_year
@@ -147,12 +225,17 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
             last = self.plant.step(Setpoints(*(self._actions * self._scale).T))
             settlement = self.coordination.settle(last, signals, clearing)
             obs = self._observe(last)
+        if self._runner is not None:
+            obs = self._normalized(obs)
         self._steps += 1
-        rewards = self._rewards(last, settlement)
         done = self._steps >= self.config.max_episode_steps
+        terminal = np.zeros(self.plant.n)
+        if done and self._energy_value:
+            terminal = self._energy_value * (self._stored_energy_mwh() - self._start_energy)
+        rewards = self._rewards(last, settlement, terminal)
         terminations = dict.fromkeys(self.agents, False)
         truncations = dict.fromkeys(self.agents, done)
-        infos = self._infos(last, signals, settlement)
+        infos = self._infos(last, signals, settlement, terminal)
         if done:
             self.agents = []
         return obs, rewards, terminations, truncations, infos
@@ -186,22 +269,38 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
         ob.local_features(last, plant.forecast(), self._local)
         ob.context(plant.t, plant.profiles.steps_per_day, signals.price.total_usd_per_mwh, self._context)
         n = plant.n
-        one_hot = ob.N_CONTEXT + ob.N_LOCAL * n
-        rows = np.empty((n, one_hot + n + n * coordination.n_features), dtype=np.float32)
+        rows = np.empty((n, self.layout.size), dtype=np.float32)
         rows[:, : ob.N_CONTEXT] = self._context
-        rows[:, ob.N_CONTEXT : one_hot] = self._local.reshape(-1)
-        rows[:, one_hot : one_hot + n] = self._one_hot
-        if coordination.n_features:
-            rows[:, one_hot + n :] = coordination.features(signals).reshape(-1)
+        if self.layout.kind == "local":  # what each ProxyAgent.collect builds from its devices and messages
+            own = ob.N_CONTEXT + ob.N_LOCAL
+            rows[:, ob.N_CONTEXT : own] = self._local
+            rows[:, own : own + n - 1] = self._local[self._peers, 6]  # the peers' exchange_mw, in agent order
+            if coordination.n_features:
+                rows[:, own + n - 1 :] = coordination.features(signals)
+        else:
+            one_hot = ob.N_CONTEXT + ob.N_LOCAL * n
+            rows[:, ob.N_CONTEXT : one_hot] = self._local.reshape(-1)
+            rows[:, one_hot : one_hot + n] = self._one_hot
+            if coordination.n_features:
+                rows[:, one_hot + n :] = coordination.features(signals).reshape(-1)
+        if self.config.normalize:
+            rows = ob.normalize(rows, self._scales)
         return {a: rows[i] for i, a in enumerate(self.possible_agents)}
 
-    def _rewards(self, last: Measurements, settlement: Settlement) -> dict[str, float]:
-        reward = -(last.fuel_cost_usd + settlement.energy_cost_usd + last.penalty_usd)
+    def _normalized(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The distributed agents' observations, normalised when configured."""
+        if not self.config.normalize:
+            return obs
+        return {a: ob.normalize(o, self._scales[self._index[a]]) for a, o in obs.items()}
+
+    def _rewards(self, last: Measurements, settlement: Settlement, terminal: np.ndarray) -> dict[str, float]:
+        reward = -(last.fuel_cost_usd + settlement.energy_cost_usd + last.penalty_usd) + terminal
         if self.config.share_reward:
             reward = np.full(self.plant.n, reward.mean())
         return {a: float(reward[self._index[a]]) for a in self.possible_agents}
 
-    def _infos(self, last: Measurements, signals: Signals, settlement: Settlement) -> dict[str, dict[str, Any]]:
+    def _infos(self, last: Measurements, signals: Signals, settlement: Settlement,
+               terminal: np.ndarray) -> dict[str, dict[str, Any]]:
         """Each agent's :class:`~heron_edge.infos.StepInfo` as a dict (the same keys every step)."""
         infos: dict[str, dict[str, Any]] = {}
         clearing: Clearing | None = settlement.clearing
@@ -227,19 +326,26 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
                 clearing_price_usd_per_mwh=math.nan if clearing is None or clearing.price_usd_per_mwh is None
                 else clearing.price_usd_per_mwh,
                 trades=(float(len(clearing.trades_of(a))) if clearing else 0.0) if p2p else math.nan,
+                terminal_value_usd=float(terminal[i]),
             )
             infos[a] = info.as_dict()
         return infos
 
     def state(self) -> np.ndarray:
-        """The global state vector (context with the signalled price, every microgrid's local features), whatever the mode."""
+        """The global state vector, whatever the mode (``state_layout``, in ``state_space``): context with the
+        signalled price, every microgrid's local features, every microgrid's protocol features; normalised
+        per rating with ``normalize``. A centralized critic's input."""
         plant = self.plant
         signals = self._signals if self._runner is None else self._runner.signals
         if plant.last is None or signals is None:
             raise UsageError("state() before reset(): call reset() first")
-        ob.local_features(plant.last, plant.forecast(), self._local)
-        ob.context(plant.t, plant.profiles.steps_per_day, signals.price.total_usd_per_mwh, self._context)
-        return np.concatenate([self._context, self._local.reshape(-1)]).astype(np.float32)
+        local = ob.local_features(plant.last, plant.forecast(), np.empty((plant.n, ob.N_LOCAL)))
+        context = ob.context(plant.t, plant.profiles.steps_per_day, signals.price.total_usd_per_mwh, np.empty(ob.N_CONTEXT))
+        parts = [context, local.reshape(-1)]
+        if self.coordination.n_features:
+            parts.append(self.coordination.features(signals).reshape(-1))
+        state = np.concatenate(parts).astype(np.float32)
+        return ob.normalize(state, self._state_scales) if self.config.normalize else state
 
     def render(self) -> None:
         """No rendering: use ``heron-edge simulate --out DIR`` for plots."""
@@ -248,3 +354,23 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
     def close(self) -> None:
         if self._runner is not None:
             self._runner.close()
+
+    # ------------------------------------------------------------------ copies
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as its configuration and random generator (for vectorising wrappers that start workers): a copy is
+        built anew and must be ``reset()`` before stepping. A distributed environment on an in-memory broker gets a
+        fresh one; one on an MQTT broker cannot be pickled (its connection cannot move to another process)."""
+        config = self.config
+        if config.message_broker is not None:
+            from heron_edge.brokers import InMemoryBroker
+
+            if not isinstance(config.message_broker, InMemoryBroker):
+                raise TypeError(f"a distributed MultiAgentMicrogrids on {type(config.message_broker).__name__} cannot "
+                                "be pickled: build one per process from its config instead")
+            config = config.model_copy(update={"message_broker": None})
+        return {"config": config, "rng": self._rng.bit_generator.state, "episode": self._episode}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["config"])  # type: ignore[misc]  # a copy is a new environment of the same config
+        self._rng.bit_generator.state = state["rng"]
+        self._episode = state["episode"]

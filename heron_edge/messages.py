@@ -523,7 +523,7 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
     TopicSpec("heron/{site}/{agent}/cmd/setpoint", ("setpoint",), "its upstream (the operator) only", "the agent", 1,
               False, "carries an expiry; a stale setpoint is never applied"),
     TopicSpec("heron/{site}/{agent}/cmd/action", ("action",), "its upstream (the operator) only", "the agent", 1,
-              False, "an externally chosen action for this step"),
+              False, "an external policy service's action for the envelope's step (with an expiry): applied when fresh, else the agent's own policy decides"),
     TopicSpec("heron/{site}/{operator}/price", ("price",), "the system operator", "all agents", 1, False,
               "price signal for the step"),
     TopicSpec("heron/{site}/{agent}/market", ("order",), "each trader", "the market (the operator)", 1, False,

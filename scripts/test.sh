@@ -20,7 +20,10 @@ fi
 VENV="${HERON_VENV:-.venv}"
 [ -x "$VENV/bin/pip" ] || python3 -m venv --clear "$VENV"  # --clear: a half-made venv is made again
 "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-"$VENV/bin/pip" install -q -e '.[sim,test]'
+# torch first, pinned to the CPU build this machine's index holds: an unpinned requirement would pull the CUDA
+# build (gigabytes); then the package with every extra the tests use (policy bundles, the trainers).
+"$VENV/bin/pip" install -q 'torch==2.13.0'
+"$VENV/bin/pip" install -q -e '.[sim,test,policy,train,rllib,torchrl]'
 export OPENBLAS_NUM_THREADS=1 PATH="$PATH:/usr/sbin"
 echo "ruff: $("$VENV/bin/ruff" --version)"
 "$VENV/bin/ruff" check heron_edge firmware_bridge sim tests benchmarks

@@ -65,11 +65,11 @@ def test_help_says_what_the_tool_is_and_groups_the_verbs_by_who_runs_them() -> N
         section = sections[title].split(f"{after}:")[0] if after else sections[title]
         for verb in verbs:
             assert f"\n  {verb.name} " in section and f"e.g. heron-edge {verb.name} " in section, (title, verb.name)
-    assert {v.name for _, verbs in GROUPS for v in verbs} == {"simulate", "sil", "plant", "emulate", "agent",
-                                                              "operator", "broker-config"}
-    assert [v.name for v in GROUPS[0][1]] == ["simulate"]
+    assert {v.name for _, verbs in GROUPS for v in verbs} == {"simulate", "train", "sil", "plant", "emulate", "probe",
+                                                              "agent", "operator", "broker-config"}
+    assert [v.name for v in GROUPS[0][1]] == ["simulate", "train"]
     assert {v.name for v in GROUPS[1][1]} == {"sil", "plant", "emulate"}
-    assert {v.name for v in GROUPS[2][1]} == {"agent", "operator", "broker-config"}
+    assert {v.name for v in GROUPS[2][1]} == {"probe", "agent", "operator", "broker-config"}
 
 
 def test_each_verb_help_is_short_and_starts_with_its_summary_and_an_example() -> None:

@@ -5,19 +5,26 @@ action space) into device setpoints. It knows nothing of messages: ProxyAgent ad
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from heron_edge.deviceio import DeviceIO
 from heron_edge.errors import UsageError
+from heron_edge.observations import Ratings
+
+__all__ = ["ExternalPolicy", "MicrogridAgent", "Policy", "Ratings"]
 
 
 class Policy(Protocol):
-    """Anything that maps an observation vector to a normalised action (Box(4), see the env)."""
+    """Anything that maps an observation vector to a normalised action (Box(4), see the env).
+
+    ``reset`` forgets what the policy carried between steps (a rule's price history); a stateless policy (a
+    bundle) does nothing. Rule, random and ONNX bundle policies: ``heron_edge.policies``."""
 
     def act(self, observation: np.ndarray) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
 
 
 class ExternalPolicy:
@@ -26,19 +33,15 @@ class ExternalPolicy:
     def __init__(self) -> None:
         self.next_action: np.ndarray | None = None
 
+    def reset(self) -> None:
+        """Drop an action set but not taken."""
+        self.next_action = None
+
     def act(self, observation: np.ndarray) -> np.ndarray:
         if self.next_action is None:
             raise UsageError("no action was set for this step: set next_action before act()")
         action, self.next_action = self.next_action, None
         return action
-
-
-@dataclass(frozen=True)
-class Ratings:
-    """Device ratings that scale a normalised action to MW."""
-
-    battery_p_max_mw: float
-    generator_p_max_mw: float
 
 
 class MicrogridAgent:

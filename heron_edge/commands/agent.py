@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise ConfigError(f"gateway config {args.config}: {exc}") from exc
     if args.check_config:
-        devices = len(config.devices.model_dump(exclude_none=True))
+        devices = sum(getattr(config.devices, role) is not None for role in ("battery", "meter", "generator", "pv", "wind"))
         print(f"{args.config}: ok (agent {config.agent_id}, site {config.site}, {devices} devices)")
         return 0
     asyncio.run(_main(config, args))
@@ -47,10 +47,15 @@ def run(args: argparse.Namespace) -> int:
 
 def check_runtime_settings(config: GatewayConfig, *, secrets: bool = True) -> None:
     """What the file's validation cannot see and the gateway needs at start: the TLS files exist and are
-    certificates and keys (each named when not), the broker URL against the insecure-connection rule and, with
-    ``secrets``, the secrets read from the environment (broker password, command key). ``--check-config`` runs it
-    without ``secrets``: it is run from a shell, where the service's environment file is not loaded."""
-    from heron_edge.runtime.gateway import make_broker
+    certificates and keys (each named when not), the broker URL against the insecure-connection rule, a policy
+    bundle against this gateway (``make_policy``) and, with ``secrets``, the secrets read from the environment
+    (broker password, command key). ``--check-config`` runs it without ``secrets``: it is run from a shell, where
+    the service's environment file is not loaded."""
+    from heron_edge.runtime.config import OnnxPolicySettings
+    from heron_edge.runtime.gateway import make_broker, make_policy
+
+    if isinstance(config.policy, OnnxPolicySettings):
+        make_policy(config)
     from heron_edge.runtime.secure import check_tls_files
 
     tls = config.broker.tls

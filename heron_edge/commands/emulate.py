@@ -1,4 +1,7 @@
-"""Run an emulated SunSpec battery or PV inverter on a Modbus TCP port until interrupted (Ctrl-C)."""
+"""Run an emulated SunSpec battery, PV inverter or site meter on a Modbus TCP port until interrupted (Ctrl-C).
+
+``--profile`` picks the SunSpec models it exposes (``ieee1547``: 7xx; ``legacy``: 1xx as SMA, Fronius, SolarEdge
+ship them, see ``firmware_bridge.sunspec_device``); ``--quirk`` makes it misbehave as real devices do."""
 from __future__ import annotations
 
 import argparse
@@ -9,22 +12,43 @@ import socket
 from heron_edge.commands import add_log_level, fail, integer, setup_logging, tcp_port
 from heron_edge.errors import ConfigError
 
+_PROFILES = ("ieee1547", "legacy")  # firmware_bridge.PROFILES, said here so that --help imports nothing heavy
+_QUIRKS = ("ignore-writes", "busy", "slow", "own-unit-only")  # firmware_bridge.QUIRKS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heron-edge emulate``."""
-    parser.add_argument("--device", choices=("battery", "inverter"), required=True, help="what to emulate")
+    parser.add_argument("--device", choices=("battery", "inverter", "meter"), required=True, help="what to emulate")
     parser.add_argument("--port", type=tcp_port, required=True, metavar="PORT", help="TCP port (0 picks a free one)")
+    parser.add_argument("--profile", choices=_PROFILES, default="ieee1547",
+                        help="the SunSpec models it exposes: ieee1547 (battery 1+701+702+704+713, inverter 1+701+702+704, "
+                             "meter 1+213) or legacy (battery 1+103+120+121+124+802, inverter 1+103+120-123+160, meter "
+                             "1+203) (default: %(default)s)")
+    parser.add_argument("--quirk", action="append", choices=_QUIRKS, default=None,
+                        help="misbehave as real devices do (repeatable): ignore-writes (acknowledge a write, apply "
+                             "nothing), busy (bursts of exception 04), slow (answers after 0.2 s), own-unit-only (no "
+                             "answer at all for another unit id)")
+    parser.add_argument("--base-address", type=_base_address, default=40000, metavar="N",
+                        help="where the 'SunS' marker sits: 40000, 0 or 50000 (default: %(default)s)")
     parser.add_argument("--unit-id", type=_unit_id, default=1, metavar="N",
-                        help="Modbus unit id to answer, 1..247 (default: %(default)s)")
+                        help="Modbus unit id to answer, 1..255 (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", metavar="HOST", help="address to listen on (default: %(default)s)")
     add_log_level(parser, default="INFO")
 
 
 def _unit_id(text: str) -> int:
-    """argparse type of ``--unit-id``: a Modbus unit id, 1..247."""
+    """argparse type of ``--unit-id``: a Modbus unit id a server answers, 1..255 (0 is every unit's)."""
     value = integer(text)
-    if not 1 <= value <= 247:
-        raise argparse.ArgumentTypeError(f"must be 1..247, not {value}")
+    if not 1 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"must be 1..255, not {value}")
+    return value
+
+
+def _base_address(text: str) -> int:
+    """argparse type of ``--base-address``: one of the SunSpec base addresses."""
+    value = integer(text)
+    if value not in (40000, 0, 50000):
+        raise argparse.ArgumentTypeError(f"must be 40000, 0 or 50000, not {value}")
     return value
 
 
@@ -47,14 +71,20 @@ def _check_listen(host: str, port: int) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    from firmware_bridge import Emulator, make_model
+    from firmware_bridge import Emulator, Profile, make_model, parse_quirks
 
+    quirks = list(getattr(args, "quirk", None) or [])
+    profile: Profile = getattr(args, "profile", "ieee1547")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Emulator(make_model(args.device), host=args.host, port=args.port, unit_id=args.unit_id) as emu:
-        print(f"emulated {args.device} listening on {args.host}:{emu.port} unit {args.unit_id}", flush=True)
+    async with Emulator(make_model(args.device), host=args.host, port=args.port, unit_id=args.unit_id,
+                        profile=profile, quirks=parse_quirks(quirks),
+                        base=getattr(args, "base_address", 40000)) as emu:
+        models = "+".join(str(loc.model_id) for loc in emu.device.image.locations)
+        print(f"emulated {args.device} ({profile}: models {models}{'; quirks ' + ', '.join(quirks) if quirks else ''}) "
+              f"listening on {args.host}:{emu.port} unit {args.unit_id}", flush=True)
         await stop.wait()
     print("stopped", flush=True)
 

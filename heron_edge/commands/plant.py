@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--result", type=Path, default=None, metavar="FILE",
                         help="once the last step ran: write the trajectory, then this (JSON: counters, finish time); "
                              "its appearance means the run is complete")
+    parser.add_argument("--device-profile", choices=("ieee1547", "legacy", "mixed"), default="ieee1547",
+                        help="the SunSpec models every emulated device exposes: ieee1547 (7xx), legacy (1xx as SMA, "
+                             "Fronius, SolarEdge ship them) or mixed (alternating per microgrid, legacy first) "
+                             "(default: %(default)s)")
     parser.add_argument("--hold", action="store_true",
                         help="after the last step keep serving the devices until SIGTERM / SIGINT, so a supervisor "
                              "can stop the agents before their devices vanish (else the plant exits at the end)")
@@ -111,7 +115,7 @@ async def _main(args: argparse.Namespace, plant: Plant, starts: list[int], steps
     broker = broker_from_args(args, client_id=f"heron-{args.site}-{PLANT_ID}", reconnect_max_delay_s=1.0)
     runtime = PlantRuntime(plant, broker, site=args.site, participants=[*plant.names, args.operator_id],
                            start_steps=starts, steps_per_episode=steps_per_day, year=year, mode=args.mode,
-                           period_s=args.period_s)
+                           period_s=args.period_s, device_profile=getattr(args, "device_profile", "ieee1547"))
     await runtime.start()
     if args.endpoints is not None:
         runtime.write_endpoints(args.endpoints)

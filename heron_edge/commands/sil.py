@@ -59,12 +59,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="generate a site config + self-signed PKI in the workdir and run over TLS: every process "
                              "its own user, password and client certificate, per-agent ACLs, HMAC-signed commands")
     add_protocol(parser)
+    parser.add_argument("--device-profile", choices=("ieee1547", "legacy", "mixed"), default="ieee1547",
+                        help="the SunSpec models the plant's devices expose: ieee1547 (7xx), legacy (1xx: 124 / 123 "
+                             "percentages, compared within their resolution) or mixed (alternating per microgrid) "
+                             "(default: %(default)s)")
+    parser.add_argument("--policy", type=sil_policy, default="rule", metavar="POLICY",
+                        help="rule, or the directory of a policy bundle (heron-edge train --out DIR) for every agent; "
+                             "compared with simulate's centralized run of the same policy (default: %(default)s)")
+
+
+def sil_policy(text: str) -> str:
+    """argparse type of ``sil --policy``: ``rule`` or an existing directory (a bundle, checked before the run)."""
+    if text == "rule" or Path(text).is_dir():
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither rule nor a policy bundle directory")
 
 
 def run(args: argparse.Namespace) -> int:
     """0: the run finished (and, in lock-step, matched the centralized run); 1: mismatch or failure. Bad input
     (scenario, options, ``--workdir``) raises a ConfigError and an unreachable ``--broker`` a BrokerError before
     anything starts: ``heron_edge.cli`` says them in one line (exit 2, 1)."""
+    import numpy as np
+
     from heron_edge.commands.simulate import (
         _load_scenario,
         protocol_summary,
@@ -73,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         summary_table,
     )
     from heron_edge.coordination import parse_protocols
-    from heron_edge.runtime.sil import compare, load_trajectory, settle, tolerances
+    from heron_edge.runtime.sil import compare, load_trajectory, profile_tolerances, settle, tolerances
 
     scenario = _load_scenario(args.scenario)
     if args.secure and args.broker:
@@ -82,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
     workdir = output_dir("--workdir", args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="heron-sil-"))
     if args.broker:
         _probe_broker(args.broker)
-    central = simulate(scenario, days=args.days, policy="rule", seed=args.seed, test_year=args.test_year,
-                       progress=False, protocol=args.protocol)
+    policy = getattr(args, "policy", "rule")
+    central = simulate(scenario, days=args.days, policy=policy, seed=args.seed, test_year=args.test_year,
+                       progress=False, protocol=args.protocol)  # a bundle that does not fit: ConfigError here
     steps_per_day = scenario.steps_per_day
     starts = [int(central.columns["step_in_year"][d * steps_per_day, 0]) for d in range(args.days)]
     names = [mg.name for mg in scenario.microgrids]
@@ -109,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
     if args.mode != "lockstep":
         print(rig.health.report())
         return 0
-    comparison = compare(sil, central, tolerances(args.protocol))
+    tol = profile_tolerances(  # legacy devices: within the resolution of their 124 / 123 percentages
+        tolerances(args.protocol, learned=policy != "rule"), scenario, getattr(args, "device_profile", "ieee1547"),
+        max_price_usd_per_mwh=float(np.nanmax(np.abs(central.columns["price_usd_per_mwh"]))),
+        max_exchange_mw=float(np.nanmax(np.abs(central.columns["exchange_mw"]))), protocols=args.protocol or ())
+    comparison = compare(sil, central, tol)
     print(comparison.report())
     if not comparison.ok or rig.health.degraded:
         print(rig.health.report())
@@ -274,7 +295,8 @@ def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int],
                 "--period-s", str(args.period_s), "--start-steps", ",".join(map(str, starts)),
                 *(["--test-year"] if args.test_year else []),
                 "--endpoints", str(files.endpoints), "--trajectory", str(files.trajectory),
-                "--result", str(files.plant_result), "--hold", *plant_args),
+                "--result", str(files.plant_result), "--hold",
+                "--device-profile", getattr(args, "device_profile", "ieee1547"), *plant_args),
                 log_path=files.log("plant"), env=plant_env)
             plants.append(plant)
             operator.append(ManagedProcess("operator", cli_argv(
@@ -285,8 +307,10 @@ def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int],
             wait_for_file(files.endpoints, timeout=60.0, process=plant)
             endpoints = json.loads(files.endpoints.read_text())
             for i, mg in enumerate(scenario.microgrids):
+                policy = getattr(args, "policy", "rule")
                 config = agent_config(scenario, i, site=args.site, broker_url=url, endpoints=endpoints, workdir=workdir,
-                                      protocols=args.protocol, max_step=last_step)
+                                      protocols=args.protocol, max_step=last_step,
+                                      policy=None if policy == "rule" else policy)
                 if secure is not None:  # TLS + own user; password and command key from its environment only
                     config["broker"].update(secure.gateway_broker(mg.name))
                     config["command_key_env"] = COMMAND_KEY_ENV

@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``heron-edge simulate``."""
     add_scenario(parser)
     parser.add_argument("--days", type=positive_int, default=1, metavar="N", help="one-day episodes (default: %(default)s)")
-    parser.add_argument("--policy", choices=("rule", "random"), default="rule",
-                        help="rule-based or uniform random actions (default: %(default)s)")
+    parser.add_argument("--policy", type=policy_spec, default="rule", metavar="POLICY",
+                        help="rule, random, idle, or the directory of a policy bundle (heron-edge "
+                             "train --out DIR) (default: %(default)s)")
     parser.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
                         help="picks the training days and seeds the random policy (default: %(default)s)")
     parser.add_argument("--test-year", action="store_true", help="walk 2024 day by day from 1 January instead of random days of 2023")
@@ -85,13 +86,24 @@ def _load_scenario(name_or_path: str) -> Scenario:
         raise ScenarioError(f"scenario {name_or_path} does not validate: {problems}") from exc
 
 
+def policy_spec(text: str) -> str:
+    """argparse type of ``--policy``: a baseline's name or an existing directory (a policy bundle, checked later)."""
+    from heron_edge.policies import BASELINES
+
+    if text in BASELINES or Path(text).is_dir():
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither {', '.join(BASELINES)} nor a policy bundle directory")
+
+
 def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year: bool = False,
              progress: bool = True, protocol: list[str] | None = None, distributed: bool = False,
              broker_url: str | None = None) -> Trajectory:
-    """Run ``days`` one-day episodes with ``policy`` ("rule" or "random") and record every step.
+    """Run ``days`` one-day episodes with ``policy`` ("rule", "random", "idle" or a policy bundle directory) and
+    record every step.
 
     Centralized by default; ``distributed`` runs the same agents behind ProxyAgents over an in-memory
-    broker, or over MQTT at ``broker_url``.
+    broker, or over MQTT at ``broker_url``. A bundle reads the observation layout its manifest names (a ``local``
+    one in the centralized loop too); the rule reads the global one when centralized.
     """
     import numpy as np
     from tqdm import tqdm
@@ -99,12 +111,20 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
     from heron_edge.brokers import InMemoryBroker, MqttBroker
     from heron_edge.env import MultiAgentMicrogrids
     from heron_edge.errors import ConfigError
-    from heron_edge.policies import RandomPolicy, RulePolicy
+    from heron_edge.policies import BASELINES, make_policies
 
     steps_per_day = scenario.steps_per_day
+    observation = None
+    if policy not in BASELINES:
+        from heron_edge.policies.bundle import load_manifest
+
+        observation = load_manifest(policy).layout.kind
+        if distributed and observation == "global":
+            raise ConfigError(f"policy bundle {policy} reads global observations: run it centralized")
     broker = (MqttBroker(broker_url) if broker_url else InMemoryBroker()) if distributed else None
     config: dict[str, Any] = {"centralized": not distributed, "max_episode_steps": steps_per_day, "scenario": scenario,
-                              "train": not test_year, "protocol": protocol, "message_broker": broker}
+                              "train": not test_year, "protocol": protocol, "message_broker": broker,
+                              "observation": observation}
     env: MultiAgentMicrogrids | None = None
     try:  # close the env (a distributed run's loop and broker connection) however the run ends
         try:  # the network and the profiles are only checked when the plant is built and first reset
@@ -115,17 +135,8 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
         except (KeyError, ValueError) as exc:
             raise ScenarioError(f"scenario {scenario.name} cannot be run: {exc}") from exc
         agents = list(env.possible_agents)
-        policies: dict[str, Any]
         layout: Literal["centralized", "distributed"] = "distributed" if distributed else "centralized"
-        if policy == "rule":
-            features = env.coordination.feature_names
-            policies = {a: RulePolicy.from_scenario(scenario, i, layout=layout, protocol_features=features)
-                        for i, a in enumerate(agents)}
-        elif policy == "random":
-            policies = {a: RandomPolicy(env.action_space(a).low, env.action_space(a).high, seed=seed * 1000 + i)
-                        for i, a in enumerate(agents)}
-        else:
-            raise ValueError(f"policy must be 'rule' or 'random', got {policy!r}")
+        policies = make_policies(policy, env, seed=seed)  # a bundle: checked against the env (ConfigError)
         zones = [np.asarray(z.buses) for z in env.plant.built.zones]
         total = days * steps_per_day
         records: dict[str, np.ndarray] = {c: np.empty((total, len(agents))) for c in COLUMNS if c != "microgrid"}

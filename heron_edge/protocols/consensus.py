@@ -41,14 +41,14 @@ All nodes run the same incremental-cost (lambda) iteration in lock step:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from heron_edge.errors import ActionError, ConfigError
+from heron_edge.errors import ActionError, ConfigError, UsageError
 from heron_edge.messages import ConsensusBody, agent_topic
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
 from heron_edge.protocols.dispatch import DispatchResult, GeneratorCost, economic_dispatch
@@ -106,19 +106,23 @@ def neighbour_topics(graph: Graph, link: Link) -> tuple[str, ...]:
 
 
 class _Session:
-    """One node's rounds within one step: neighbours still talking, round counter, exclusions."""
+    """One node's rounds within one step: neighbours still talking, round counter, exclusions.
 
-    def __init__(self, proto: ConsensusProtocol, link: Link) -> None:
+    Over a Link (distributed), or, without one, driven in lock step with the other nodes' sessions by
+    :meth:`ConsensusProtocol.dispatch_lockstep` (the same arithmetic, no messages)."""
+
+    def __init__(self, proto: ConsensusProtocol, link: Link | None, me: str | None = None) -> None:
         self.graph = proto.graph
         self.config = proto.config
         self.link = link
-        self.me = link.agent_id
+        self.me = link.agent_id if link is not None else str(me)
         self.graph.index(self.me)  # raises ConfigError for a node outside the topology
         self.present: list[str] = list(self.graph.neighbours[self.me])
         self.excluded: list[str] = []
         self.round = 0
-        self.topic = agent_topic(link.site, self.me, "consensus")
-        self.inbox = neighbour_topics(self.graph, link)
+        if link is not None:
+            self.topic = agent_topic(link.site, self.me, "consensus")
+            self.inbox = neighbour_topics(self.graph, link)
         self.threshold = self.config.tol * (1.0 - self.graph.lambda2) / math.sqrt(len(self.graph.nodes))
         self.w = {j: self.graph.weight(self.me, j) for j in self.graph.neighbours[self.me]}
 
@@ -129,9 +133,12 @@ class _Session:
         if not self.present:
             return {}
         link = self.link
+        if link is None:  # lock step: the driver hands every node its neighbours' values of this round
+            got: dict[str, np.ndarray] = await _LockstepRound(self.me, values)
+            return {j: got[j] for j in self.present}
         await link.send(self.topic, ConsensusBody(round=t, values=values.tolist(), converged=flood),
                         ttl_s=self.config.ttl_s)
-        got: dict[str, np.ndarray] = {}
+        got = {}
         deadline = link.deadline()
         while len(got) < len(self.present):
             env = await link.receive(self.inbox, ConsensusBody, deadline=deadline, senders=self.present,
@@ -158,7 +165,7 @@ class _Session:
         g = 0.0
         for s in range(self.config.max_rounds):
             got = await self.exchange(np.append(x, g), flood=False)
-            w_self = 1.0 - sum(self.w[j] for j in got)
+            w_self = 1.0 - sum(w for j, w in self.w.items() if j in got)  # neighbour order, not arrival order
             x_new = w_self * x
             for j, w in self.w.items():  # fixed neighbour order: the same sums on every run
                 if j in got:
@@ -178,6 +185,20 @@ class _Session:
             for v in got.values():
                 y = np.maximum(y, v)
         return y
+
+
+class _LockstepRound:
+    """What a node's session awaits in lock step: its values of this round out, every node's values back."""
+
+    __slots__ = ("node", "values")
+
+    def __init__(self, node: str, values: np.ndarray) -> None:
+        self.node = node
+        self.values = values
+
+    def __await__(self) -> Generator[_LockstepRound, dict[str, np.ndarray], dict[str, np.ndarray]]:
+        got = yield self
+        return got
 
 
 class ConsensusProtocol:
@@ -240,7 +261,45 @@ class ConsensusProtocol:
         """This node's share of the distributed economic dispatch (see the module docstring)."""
         if not math.isfinite(demand_mw):
             raise ActionError(f"demand must be finite, got {demand_mw!r}")
-        session = _Session(self, link)
+        return await self._dispatch(_Session(self, link), generator, demand_mw)
+
+    def dispatch_lockstep(self, generators: Sequence[GeneratorCost], demands_mw: Sequence[float]) -> list[NodeDispatch]:
+        """Every node's :meth:`dispatch_node` result on a lossless link, computed in one process without messages:
+        the nodes' iterations run in lock step, round by round, each with exactly its own arithmetic (the values a
+        message would carry are passed as they are; JSON carries float64 exactly). Bit for bit what the
+        distributed nodes return when no message is lost (``generators`` and ``demands_mw`` in node order)."""
+        nodes = self.graph.nodes
+        if len(generators) != len(nodes) or len(demands_mw) != len(nodes):
+            raise ActionError(f"need one generator and one demand per node ({len(nodes)})")
+        if not all(math.isfinite(d) for d in demands_mw):
+            raise ActionError(f"demands must be finite, got {list(demands_mw)!r}")
+        runs = [self._dispatch(_Session(self, None, node), g, float(d))
+                for node, g, d in zip(nodes, generators, demands_mw, strict=True)]
+        results: list[NodeDispatch | None] = [None] * len(runs)
+        inbox: list[object] = [None] * len(runs)
+        while True:
+            sent: dict[str, np.ndarray] = {}
+            for i, run in enumerate(runs):
+                if results[i] is not None:
+                    continue
+                try:
+                    request = run.send(inbox[i])
+                except StopIteration as stop:
+                    results[i] = stop.value
+                    continue
+                if not isinstance(request, _LockstepRound):
+                    raise UsageError(f"consensus node {nodes[i]} awaited {request!r} in lock step")
+                sent[request.node] = request.values
+            if not sent:
+                break
+            if len(sent) != len(runs):  # the stopping rule makes every node stop at the same round
+                for run in runs:
+                    run.close()
+                raise UsageError("consensus nodes left the lock step at different rounds")
+            inbox = [sent] * len(runs)
+        return [r for r in results if r is not None]
+
+    async def _dispatch(self, session: _Session, generator: GeneratorCost, demand_mw: float) -> NodeDispatch:
         n = len(self.graph.nodes)
         lam_min, lam_max = generator.lambda_range_usd_per_mwh
         bracket = await session.flood_max(np.array([-lam_min, lam_max]))

@@ -3,8 +3,12 @@
 Every payload goes through ``heron_edge.security.CommandGuard`` (decodes; right topic and kind; sent
 by the configured upstream; addressed to this agent or broadcast; carrying an expiry and not past
 it; not a replay; signed when a key is configured). Rejections are counted by reason in the guard's
-stats and logged; the agent keeps running. A microgrid gateway applies ``setpoint`` commands; an
-accepted ``action`` command is counted (``ignored_action``), not applied. A setpoint is applied only
+stats and logged; the agent keeps running. A microgrid gateway applies ``setpoint`` commands and ``action``
+commands: an external policy service (publishing as the upstream) may send the action for a step on
+``heron/{site}/{agent}/cmd/action``: the envelope's ``step`` names the step, its expiry is required, and the body's
+``values`` are the environment's normalised action (battery, generator, PV and wind curtailment). The gateway
+applies it when it is fresh (:meth:`CommandInbox.action`: for this very step, not expired, four finite values)
+and otherwise decides with its own policy. A setpoint is applied only
 while it has not expired: :meth:`CommandInbox.setpoint` drops it (counted ``expired``) once past. With the setpoint protocol, setpoints reach the protocol's Link
 through a :class:`GuardedBroker`: the same guard, before the protocol sees them.
 """
@@ -15,6 +19,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from heron_edge.brokers.base import (
     DEFAULT_GET_TIMEOUT_S,
     DEFAULT_MAXSIZE,
@@ -24,7 +30,7 @@ from heron_edge.brokers.base import (
     Subscription,
 )
 from heron_edge.counters import Rejections
-from heron_edge.messages import Envelope, SetpointBody, command_filter
+from heron_edge.messages import ActionBody, Envelope, SetpointBody, command_filter
 from heron_edge.security import CommandGuard
 from heron_edge.security.auth import CommandRejected
 
@@ -35,13 +41,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InboxStats:
-    """What the command inbox did: commands received, accepted (by the guard), expired before use, and
-    accepted ``action`` commands that a microgrid gateway does not apply."""
+    """What the command inbox did: commands received, accepted (by the guard), setpoints expired before use;
+    ``action`` commands accepted, and those not applied (``action_stale``: expired or for another step;
+    ``action_invalid``: not four values)."""
 
     received: int = 0
     accepted: int = 0
     expired: int = 0
-    ignored_action: int = 0
+    actions: int = 0
+    action_stale: int = 0
+    action_invalid: int = 0
 
 
 class CommandInbox:
@@ -53,6 +62,7 @@ class CommandInbox:
         self.guard = CommandGuard(agent_id, upstream_id, key=key, require_expiry=True, accept_broadcast=True)
         self.stats = InboxStats()
         self._setpoint: Envelope | None = None
+        self._action: Envelope | None = None
 
     @property
     def rejected(self) -> Rejections:
@@ -70,8 +80,11 @@ class CommandInbox:
         self.stats.accepted += 1
         if isinstance(envelope.body, SetpointBody):
             self._setpoint = envelope
-        else:
-            self.stats.ignored_action += 1
+        elif isinstance(envelope.body, ActionBody):
+            self.stats.actions += 1
+            if self._action is not None:  # replaced before it was used
+                self.stats.action_stale += 1
+            self._action = envelope
         return True
 
     def new_episode(self) -> None:
@@ -79,6 +92,27 @@ class CommandInbox:
         Seen message ids are still refused, and expiry still applies."""
         self.guard.newest_step = -1
         self._setpoint = None
+        self._action = None
+
+    def action(self, step: int, *, now: float | None = None) -> np.ndarray | None:
+        """The external action for ``step`` (float64, 4 values) when the latest accepted one is for that step and
+        has not expired; None otherwise. It is used once: taken (or found stale or invalid: counted) it is dropped."""
+        envelope, self._action = self._action, None
+        if envelope is None:
+            return None
+        assert isinstance(envelope.body, ActionBody)
+        values = envelope.body.values
+        if envelope.step != step or envelope.is_expired(time.time() if now is None else now):
+            if envelope.step > step:  # early: keep it for its step
+                self._action = envelope
+                return None
+            self.stats.action_stale += 1
+            return None
+        if len(values) != 4:
+            self.stats.action_invalid += 1
+            log.warning("%s: an action command with %d values (4 expected) ignored", self.agent_id, len(values))
+            return None
+        return np.array(values, dtype=np.float64)
 
     def setpoint(self, *, now: float | None = None) -> SetpointBody | None:
         """The latest accepted setpoint while it has not expired; None otherwise (an expired one is dropped)."""

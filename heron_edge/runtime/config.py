@@ -11,9 +11,9 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from firmware_bridge import ModbusDeviceConfig
 from heron_edge.errors import ConfigError
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from heron_edge.coordination import Coordination
 
 __all__ = ["MAX_FILE_BYTES", "MAX_MW", "MAX_S", "BrokerSettings", "CoordinationSettings", "CycleSettings",
-           "DeviceSettings", "FailsafeSettings", "GatewayConfig", "OutboxSettings", "RulePolicySettings", "SiteBattery",
+           "DeviceSettings", "FailsafeSettings", "GatewayConfig", "OnnxPolicySettings", "OutboxSettings", "PolicySettings",
+           "RulePolicySettings", "SiteBattery",
            "SiteGenerator", "SiteMicrogrid", "TlsSettings", "check_files", "load_gateway_config",
            "parse_gateway_config"]
 
@@ -96,8 +97,11 @@ class BrokerSettings(_Model):
 class DeviceSettings(_Model):
     """The microgrid's Modbus devices. The battery and the meter are required; the others are optional.
 
-    battery, generator, pv, wind: SunSpec devices (models 1/701/702/704, 713 for the battery);
+    battery, generator, pv, wind: SunSpec devices, each used in its role with whatever models it has (legacy
+    1xx or IEEE 1547 7xx: ``firmware_bridge.capabilities``; ``heron-edge probe`` shows what a device offers);
     meter: a device serving the heron meter map (``heron_edge.runtime.meter``).
+    write_mismatches_to_failsafe: a device whose read-back differs from what was written this many times in a
+    row is a failsafe reason (it acknowledges commands it does not hold).
     """
 
     battery: ModbusDeviceConfig
@@ -105,6 +109,7 @@ class DeviceSettings(_Model):
     generator: ModbusDeviceConfig | None = None
     pv: ModbusDeviceConfig | None = None
     wind: ModbusDeviceConfig | None = None
+    write_mismatches_to_failsafe: int = Field(3, ge=1, le=1000)
 
 
 class RulePolicySettings(_Model):
@@ -119,6 +124,26 @@ class RulePolicySettings(_Model):
     charge_quantile: float = Field(0.25, ge=0, le=1)
     discharge_quantile: float = Field(0.75, ge=0, le=1)
     min_history: int = Field(4, ge=1, le=100_000)
+
+
+class OnnxPolicySettings(_Model):
+    """A policy bundle (``heron-edge train --out DIR``: ``policy.onnx`` + ``manifest.json``), run by onnxruntime
+    (the ``policy`` extra). At start the gateway compares its manifest with this config (observation size and
+    names, protocols, ratings) and refuses a mismatch (``heron_edge.policies.bundle.check_compatible``)."""
+
+    kind: Literal["onnx"]
+    path: str = Field(min_length=1, description="the bundle's directory")
+
+
+def _policy_kind(value: Any) -> str:
+    """The policy table's ``kind`` (``rule`` when left out, as before bundles existed)."""
+    kind = value.get("kind", "rule") if isinstance(value, dict) else getattr(value, "kind", "rule")
+    return kind if kind in ("rule", "onnx") else "rule"  # an unknown kind: the rule's Literal names it
+
+
+PolicySettings = Annotated[Annotated[RulePolicySettings, Tag("rule")] | Annotated[OnnxPolicySettings, Tag("onnx")],
+                           Discriminator(_policy_kind)]
+"""``[policy]``: ``kind = "rule"`` (:class:`RulePolicySettings`) or ``kind = "onnx"`` (:class:`OnnxPolicySettings`)."""
 
 
 class CycleSettings(_Model):
@@ -239,7 +264,7 @@ class GatewayConfig(_Model):
                                       description="scales the normalised generator action (0: none)")
     broker: BrokerSettings
     devices: DeviceSettings
-    policy: RulePolicySettings
+    policy: PolicySettings
     cycle: CycleSettings = CycleSettings()
     failsafe: FailsafeSettings = FailsafeSettings()
     outbox: OutboxSettings = OutboxSettings()
@@ -254,6 +279,14 @@ class GatewayConfig(_Model):
     def _consistent(self) -> GatewayConfig:
         if self.generator_p_max_mw > 0 and self.devices.generator is None:
             raise ValueError("generator_p_max_mw > 0 needs devices.generator")
+        for role in ("battery", "generator", "pv", "wind"):  # a setpoint must outlive the cycle that wrote it
+            device = getattr(self.devices, role)
+            revert = device.setpoint_revert_s if device is not None else 0
+            if device is not None and 0 < revert < self.cycle.period_s and not device.keepalive:
+                raise ValueError(f"devices.{role}: setpoint_revert_s ({revert} s) is shorter than cycle.period_s "
+                                 f"({self.cycle.period_s:g} s) without keepalive: the device would drop every setpoint "
+                                 f"between cycles; set keepalive = true (re-written every {revert / 2:g} s) or "
+                                 "setpoint_revert_s >= cycle.period_s")
         if len(set(self.peers)) != len(self.peers):
             raise ValueError("peers has duplicates")
         if self.cycle.step_timeout_s > self.failsafe.upstream_timeout_s:

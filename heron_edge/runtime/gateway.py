@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from heron_edge.agents import MicrogridAgent, ProxyAgent, Ratings
+from heron_edge.agents import MicrogridAgent, Policy, ProxyAgent, Ratings
 from heron_edge.brokers import MqttBroker
 from heron_edge.brokers.base import BrokerWrapper, Payload, Subscription, payload_bytes
 from heron_edge.brokers.mqtt import TlsOptions
-from heron_edge.coordination import MicrogridRoles
+from heron_edge.coordination import Coordination, MicrogridRoles
 from heron_edge.counters import Rejections, RejectSource, int_fields
 from heron_edge.errors import BrokerError, ConfigError, DeviceError
 from heron_edge.messages import (
@@ -43,21 +43,52 @@ from heron_edge.messages import (
     decode_on,
     make_envelope,
 )
+from heron_edge.observations import local_layout
 from heron_edge.policies import RulePolicy
 from heron_edge.protocols import Link
 from heron_edge.runtime.commands import CommandInbox, GuardedBroker
-from heron_edge.runtime.config import GatewayConfig
+from heron_edge.runtime.config import GatewayConfig, OnnxPolicySettings
 from heron_edge.runtime.failsafe import FailsafeState, safe_setpoints
 from heron_edge.runtime.modbus_io import ModbusDeviceIO
 from heron_edge.runtime.outbox import Outbox
 from heron_edge.runtime.wallclock import timer_steps
 
-__all__ = ["CycleTiming", "Gateway", "OutboxBroker", "make_broker"]
+__all__ = ["CycleTiming", "Gateway", "OutboxBroker", "make_broker", "make_policy"]
 
 log = logging.getLogger(__name__)
 
 _FLUSH_SHARE = 0.25
 """The share of a cycle's period the outbox backlog may take."""
+
+
+def make_policy(config: GatewayConfig, coordination: Coordination | None = None) -> Policy:
+    """The gateway's policy: the rule, or a policy bundle whose manifest fits this gateway (its local layout for
+    the site's agents and protocol features, its protocols and ratings); ConfigError naming the first mismatch."""
+    agents = config.agents
+    if coordination is None and config.coordination is not None:
+        coordination = config.coordination.build()
+    features = coordination.feature_names if coordination is not None else ()
+    p = config.policy
+    if isinstance(p, OnnxPolicySettings):
+        from heron_edge.policies.bundle import check_compatible, load_bundle
+
+        ratings = Ratings(config.battery_p_max_mw, config.generator_p_max_mw)
+        try:
+            bundle = load_bundle(p.path)
+            check_compatible(bundle.manifest, layout=local_layout(len(agents), features),
+                             protocols=list(coordination.protocols) if coordination is not None else [],
+                             ratings={config.agent_id: ratings}, where=f"gateway {config.agent_id}")
+        except ConfigError as exc:
+            raise ConfigError(f"policy.path {p.path}: {exc}") from None
+        return bundle.policy(ratings)
+    # RulePolicy scales the generator by its rating; a site without a generator gets a zero-rated one.
+    return RulePolicy(
+        agent_index=agents.index(config.agent_id), n_agents=len(agents), layout="distributed",
+        battery_p_max_mw=config.battery_p_max_mw, generator_p_max_mw=config.generator_p_max_mw or 1e-9,
+        round_trip_efficiency=p.round_trip_efficiency, cost_a_usd_per_mw2h=p.cost_a_usd_per_mw2h,
+        cost_b_usd_per_mwh=p.cost_b_usd_per_mwh, cost_c_usd_per_h=p.cost_c_usd_per_h, window_steps=p.window_steps,
+        charge_quantile=p.charge_quantile, discharge_quantile=p.discharge_quantile, min_history=p.min_history,
+        protocol_features=features)
 
 
 def make_broker(config: GatewayConfig) -> MqttBroker:
@@ -146,6 +177,10 @@ class GatewayStats:
     """Device writes that failed (the decision's or the failsafe's)."""
     settle_failed: int = 0
     setpoint_applied: int = 0
+    action_policy: int = 0
+    """Steps decided by the gateway's own policy."""
+    action_external: int = 0
+    """Steps decided by a fresh ``cmd/action`` (an external policy service's action for this very step)."""
     status_not_sent: int = 0
     done_not_sent: int = 0
 
@@ -163,17 +198,8 @@ class Gateway:
         self.broker = OutboxBroker(self.raw_broker, self.outbox, agent_topic(config.site, config.agent_id, "telemetry"))
         self.devices = ModbusDeviceIO(config.devices)
         self.coordination = config.coordination.build() if config.coordination is not None else None
-        features = self.coordination.feature_names if self.coordination is not None else ()
-        p = config.policy
-        # RulePolicy scales the generator by its rating; a site without a generator gets a zero-rated one.
-        self.policy = RulePolicy(
-            agent_index=agents.index(config.agent_id), n_agents=len(agents), layout="distributed",
-            battery_p_max_mw=config.battery_p_max_mw, generator_p_max_mw=config.generator_p_max_mw or 1e-9,
-            round_trip_efficiency=p.round_trip_efficiency, cost_a_usd_per_mw2h=p.cost_a_usd_per_mw2h,
-            cost_b_usd_per_mwh=p.cost_b_usd_per_mwh, cost_c_usd_per_h=p.cost_c_usd_per_h, window_steps=p.window_steps,
-            charge_quantile=p.charge_quantile, discharge_quantile=p.discharge_quantile, min_history=p.min_history,
-            protocol_features=features)
         self.ratings = Ratings(config.battery_p_max_mw, config.generator_p_max_mw)
+        self.policy = make_policy(config, self.coordination)
         self.agent = MicrogridAgent(config.agent_id, self.devices, self.policy, self.ratings)
         self.inbox = CommandInbox(config.agent_id, config.upstream_id, key=config.command_key())
         roles = None
@@ -195,6 +221,8 @@ class Gateway:
         self.step = 0
         self.done_step = -1
         self._dirty = False  # a failsafe cycle ran since the last completed step
+        self._action_source = "policy"  # who decided the last step: the policy or an external cmd/action
+        self._observation: np.ndarray | None = None  # what it decided on (raw, float32; journaled)
         self._started_at = time.monotonic()  # the upstream counts as heard at start
         self._clock_sub: Subscription | None = None
         self._cmd_sub: Subscription | None = None
@@ -491,11 +519,20 @@ class Gateway:
         self.proxy.skip_market()
 
     async def _decide_and_apply(self, step: int, observation: np.ndarray) -> tuple[np.ndarray, float]:
-        """Ask the policy, write its action to the devices, trade; (the action, the decision time in s)."""
+        """A fresh external action (``cmd/action`` for this step, not expired) or else the policy's, written to the
+        devices, then trade; (the action, the decision time in s)."""
         t0 = time.perf_counter()
-        action = self.agent.act(observation)
-        if not self._setpoint_protocol:  # with the protocol, the policy itself tracks the setpoint
-            action = self._track_setpoint(action, self.proxy.last_local)
+        external = self.inbox.action(step)
+        self._action_source = "policy" if external is None else "external"
+        self._observation = observation
+        if external is not None:
+            action = external
+            self.stats.action_external += 1
+        else:
+            action = self.agent.act(observation)
+            self.stats.action_policy += 1
+            if not self._setpoint_protocol:  # with the protocol, the policy itself tracks the setpoint
+                action = self._track_setpoint(action, self.proxy.last_local)
         decision_s = time.perf_counter() - t0
         try:
             await self.agent.apply(action)
@@ -512,11 +549,14 @@ class Gateway:
 
     def _journal(self, step: int, action: np.ndarray | None, coordinated: bool) -> None:
         """One JSON line: the step, failsafe or not, what the protocols said this step (None when they did
-        not run: not the last step's values), the action taken."""
+        not run: not the last step's values), the action taken, who chose it (``policy`` or ``external``) and
+        the observation it was decided on (so a run can be replayed through the policy)."""
         clearing = self.proxy.last_clearing if action is not None else None
         p = self.proxy
         row = {"step": step, "failsafe": action is None,
                "action": None if action is None else [float(a) for a in action],
+               "action_source": None if action is None else self._action_source,
+               "observation": None if action is None or self._observation is None else self._observation.tolist(),
                "setpoint_mw": p.setpoint_mw if coordinated else None, "dispatch_mw": p.dispatch_mw if coordinated else None,
                "consensus_rounds": p.consensus_rounds if coordinated else 0,
                "traded_mw": float(clearing.net_mw([self.agent_id])[0]) if clearing is not None else None,
@@ -564,6 +604,9 @@ class Gateway:
             c[f"{writer.name}_dropped"], c[f"{writer.name}_write_failed"] = writer.dropped, writer.failed
         for role, n in self.devices.timing.read_failures.items():
             c[f"read_failed_{role}"] = n
+        for role, n in self.devices.timing.write_mismatches.items():  # acknowledged, but the read-back differed
+            c[f"write_mismatch_{role}"] = n
+        c["keepalive_writes"] = self.devices.keepalive_writes
         c.update(telemetry=self.broker.telemetry, outbox_pending=len(self.outbox), outbox_queued=self.outbox.queued,
                  outbox_overflow=self.outbox.overflow, outbox_write_failed=self.outbox.failures,
                  failsafe_entries=self.failsafe.entries, failsafe_cycles=self.failsafe.cycles,

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from firmware_bridge import ModbusLink
 from firmware_bridge.errors import DeviceError as BridgeDeviceError
 from firmware_bridge.server import ModbusServer
-from firmware_bridge.sunspec_device import ExceptionCode
+from firmware_bridge.sunspec_device import ExceptionCode, SunSpecDevice
 from heron_edge.errors import DeviceError
 
 __all__ = ["METER_MARKER", "METER_REGISTERS", "METER_VERSION", "MeterReading", "MeterServer", "decode_meter",
@@ -115,16 +115,47 @@ class _MeterRegisters:
         return ExceptionCode.ILLEGAL_ADDRESS
 
 
+class _MeterAndSunSpec:
+    """The heron meter map at 0..23 and a SunSpec meter's image (at its base, 40000) on one unit id."""
+
+    def __init__(self, heron: _MeterRegisters, sunspec: SunSpecDevice) -> None:
+        self._heron = heron
+        self._sunspec = sunspec
+        if sunspec.image.base < METER_REGISTERS:
+            raise ValueError(f"a SunSpec image at {sunspec.image.base} overlaps the heron meter map")
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """From register 0 to the end of the SunSpec image (the gap between them answers ILLEGAL_ADDRESS)."""
+        return 0, self._sunspec.image.end
+
+    def read(self, address: int, count: int) -> list[int] | ExceptionCode:
+        if address + count <= METER_REGISTERS:
+            return self._heron.read(address, count)
+        if address >= self._sunspec.image.base:
+            return self._sunspec.read(address, count)
+        return ExceptionCode.ILLEGAL_ADDRESS
+
+    def write(self, address: int, values: Sequence[int]) -> ExceptionCode | None:
+        if address >= self._sunspec.image.base:
+            return self._sunspec.write(address, values)
+        return ExceptionCode.ILLEGAL_ADDRESS
+
+
 class MeterServer(ModbusServer):
     """Serve the meter map over Modbus TCP on ``host:port`` (port 0 picks one); read-only.
 
-    ``source`` is called at each request and returns the current reading. Restartable on its port.
+    ``source`` is called at each request and returns the current reading. With ``sunspec`` (a SunSpec meter,
+    e.g. model 203 or 213 over the plant's exchange) the same unit also serves that image at its base address,
+    as a site meter that speaks SunSpec does (``heron-edge probe`` finds it). Restartable on its port.
     """
 
     def __init__(self, source: Callable[[], MeterReading], *, host: str = "127.0.0.1", port: int = 0,
-                 unit_id: int = 1) -> None:
+                 unit_id: int = 1, sunspec: SunSpecDevice | None = None) -> None:
         super().__init__(host=host, port=port, unit_id=unit_id)
         self._source = source
+        self.sunspec = sunspec
 
-    def _registers(self) -> _MeterRegisters:
-        return _MeterRegisters(self._source)
+    def _registers(self) -> _MeterRegisters | _MeterAndSunSpec:
+        heron = _MeterRegisters(self._source)
+        return heron if self.sunspec is None else _MeterAndSunSpec(heron, self.sunspec)

@@ -1,17 +1,23 @@
 """ModbusDeviceIO: the DeviceIO port over firmware_bridge (SunSpec devices) and the site meter.
 
-Where each local feature (``heron_edge.observations.LOCAL_NAMES``) comes from:
+Every device is opened in its role (battery, generator, pv, wind): firmware_bridge resolves at discovery
+which of the device's SunSpec models give each capability (see ``firmware_bridge.capabilities``), so a
+legacy device (1xx models) and an IEEE 1547 one (7xx) serve the same features. Where each local feature
+(``heron_edge.observations.LOCAL_NAMES``) comes from:
 
 - load_mw, pv_mw, wind_mw (available in the coming step), exchange_mw, violation_pu: the meter
   (float64 MW registers, see ``heron_edge.runtime.meter``);
-- soc: the battery's model 713 SoC (0.1 % resolution);
-- battery_mw, generator_mw: model 701 W of the battery and of the generator (int16 with the scale
-  factor the device publishes: 100 W for 0.1-3 MW ratings); 0 without a generator.
+- soc: the battery's state of charge (713 ``SoC``, 124 ``ChaState`` or 802 ``SoC``, the first implemented);
+- battery_mw, generator_mw: the measured W of the battery and of the generator (701, 101-103 or 111-113,
+  with the scale factor the device publishes); 0 without a generator.
 
-Writes: battery and generator as active-power setpoints (W, clamped by firmware_bridge to the
-nameplate; model 704 WSet, 1 W resolution at these ratings); a curtailment fraction c becomes an
-output cap on the PV / wind inverter: no cap (the nameplate maximum) for c = 0, otherwise
-``available * (1 - c)`` with the available power the meter reported this cycle (0 if unknown).
+Writes: battery and generator as active-power setpoints (W, clamped by firmware_bridge to the device's limits;
+704 ``WSet``, or the legacy path: 124 ``InWRte`` / ``OutWRte`` for a battery, 123 ``WMaxLimPct`` for a
+generator); a curtailment fraction c becomes an output cap on the PV / wind inverter (123 or 704
+``WMaxLimPct``, % of WMax): no cap (the limit disabled) for c = 0, otherwise ``available * (1 - c)`` with the
+available power the meter reported this cycle (0 if unknown; written as at least the device's
+``min_limit_pct``). Every write is read back; a device whose read-back differs ``write_mismatches_to_failsafe``
+times in a row makes ``read`` fail (a failsafe reason): it acknowledges commands it does not hold.
 Every device is read (and written) concurrently, each on its own link.
 """
 from __future__ import annotations
@@ -33,12 +39,12 @@ from heron_edge.runtime.meter import MeterReading, read_meter
 __all__ = ["ModbusDeviceIO", "ModbusTiming"]
 
 _W_PER_MW = 1e6
-_NO_CAP_W = 1e9  # clamped to the inverter's nameplate maximum by firmware_bridge
 
 
 @dataclass
 class ModbusTiming:
-    """Time spent in Modbus requests (s) and how many reads/writes failed, since the start."""
+    """Time spent in Modbus requests (s), how many reads/writes failed, and per device the writes whose read-back
+    differed from what was written (``write_mismatches``), since the start."""
 
     read_s: float = 0.0
     write_s: float = 0.0
@@ -46,6 +52,7 @@ class ModbusTiming:
     writes: int = 0
     read_failures: dict[str, int] = field(default_factory=dict)
     write_failures: dict[str, int] = field(default_factory=dict)
+    write_mismatches: dict[str, int] = field(default_factory=dict)
 
 
 class ModbusDeviceIO:
@@ -54,7 +61,7 @@ class ModbusDeviceIO:
     def __init__(self, devices: DeviceSettings) -> None:
         self.settings = devices
         self.devices: dict[str, ModbusDevice] = {
-            role: ModbusDevice(cfg)
+            role: ModbusDevice(cfg, role=role)
             for role in ("battery", "generator", "pv", "wind")
             if (cfg := getattr(devices, role)) is not None
         }
@@ -112,6 +119,11 @@ class ModbusDeviceIO:
         for role, t in telemetry.items():
             if t.stale or t.p_w is None or (role == "battery" and t.soc_pct is None):
                 stale[role] = t.error or "no value"
+        limit = self.settings.write_mismatches_to_failsafe
+        for role, device in self.devices.items():
+            if device.stats.consecutive_mismatches >= limit and role not in stale:
+                stale[role] = (f"its last {device.stats.consecutive_mismatches} writes were acknowledged but not held "
+                               "(read-back differs)")
         self.stale = stale
         for role in stale:
             self.timing.read_failures[role] = self.timing.read_failures.get(role, 0) + 1
@@ -134,9 +146,14 @@ class ModbusDeviceIO:
         return row.copy()
 
     # ------------------------------------------------------------------ write
-    def _cap_w(self, curtailment: float, available_mw: float | None) -> float:
+    @property
+    def keepalive_writes(self) -> int:
+        """Setpoints re-written by the devices' keep-alive since the start."""
+        return sum(device.stats.keepalive_writes for device in self.devices.values())
+
+    def _cap_w(self, curtailment: float, available_mw: float | None) -> float | None:
         if curtailment <= 0.0:
-            return _NO_CAP_W
+            return None
         if available_mw is None or not self.meter_fresh:
             return 0.0
         return max(0.0, available_mw * (1.0 - min(curtailment, 1.0))) * _W_PER_MW
@@ -159,5 +176,7 @@ class ModbusDeviceIO:
                 self.timing.write_failures[role] = self.timing.write_failures.get(role, 0) + 1
             elif isinstance(result, BaseException):
                 raise result
+            elif not result.readback_ok:
+                self.timing.write_mismatches[role] = self.timing.write_mismatches.get(role, 0) + 1
         if failed:
             raise DeviceError("write failed: " + "; ".join(f"{role}: {why}" for role, why in failed.items()))

@@ -8,7 +8,10 @@ PV, wind: exact, so the setpoints from the reported needs and the orders' quanti
 exchange and violation: what the plant measured); SoC comes from SunSpec model 713
 (0.1 %) and the battery / generator power from model 701 W (100 W), which the rule policy does not
 read; setpoints are written through model 704 WSet at 1 W resolution (WSet_SF = 0 at these
-ratings), so each applied power differs by at most 0.5 W from the centralized run.
+ratings), so each applied power differs by at most 0.5 W from the centralized run; PV and wind are
+curtailed to 0 % or not at all (704 WMaxLimPct), exactly. With legacy devices (``--device-profile
+legacy`` / ``mixed``) batteries and generators take 0.01 % steps of their rating (124, 123): see
+:func:`profile_tolerances`.
 
 Coordination: the operator process writes a ledger (what it signalled and cleared per step) and
 each agent a journal (its setpoint, consensus dispatch, clearing); :func:`settle` turns the plant's
@@ -44,10 +47,10 @@ if TYPE_CHECKING:
     from heron_edge.trajectory import Trajectory
     from sim.scenario import Scenario
 
-__all__ = ["COMPARED", "CONSENSUS_COMPARED", "PROTOCOL_COMPARED", "AgentCounters", "AgentHealth", "Comparison",
+__all__ = ["COMPARED", "CONSENSUS_COMPARED", "LEGACY_STEP", "PROTOCOL_COMPARED", "AgentCounters", "AgentHealth", "Comparison",
            "Deviation", "FileMarks", "ManagedProcess", "OperatorHealth", "RunHealth", "SilFiles", "agent_config",
-           "compare", "coordination_settings", "episode_starts", "load_trajectory", "run_health", "settle",
-           "stop_in_order", "tolerances"]
+           "compare", "coordination_settings", "episode_starts", "load_trajectory", "profile_tolerances",
+           "run_health", "settle", "stop_in_order", "tolerances"]
 
 COMPARED: dict[str, float] = {
     "battery_mw": 1e-5, "generator_mw": 1e-5, "pv_mw": 1e-5, "wind_mw": 1e-5, "exchange_mw": 1e-5, "soc": 1e-5,
@@ -74,6 +77,18 @@ CONSENSUS_COMPARED: dict[str, float] = {
 """With consensus the agreed dispatch is an iterate, not the closed form: it is within 1 % of the total dispatch
 (checked separately, per step); each generator follows it, so powers may differ by that much (MW) and the
 costs, voltages and SoC by what it implies over a day."""
+
+
+LEARNED_COMPARED: dict[str, float] = {
+    "battery_mw": 2e-2, "generator_mw": 2e-2, "pv_mw": 1e-3, "wind_mw": 1e-3, "exchange_mw": 2e-2, "soc": 1e-3,
+    "vm_min_pu": 1e-3, "vm_max_pu": 1e-3, "cost_usd": 2.0,
+}
+"""A policy bundle reads what the rule does not: the state of charge (SunSpec model 713, 0.1 %) and the battery and
+generator power of the last step (model 701, 100 W); a network's actions follow those readings smoothly, so they
+differ from the centralized run's by its sensitivity times the quantisation (measured: up to ~4e-3 MW), and the
+states drift by what that implies over a day. Whether each gateway ran the bundle itself is checked exactly
+elsewhere: every journal row holds the observation the gateway read and the action it took, and the bundle gives
+that action for that observation (tests/runtime/test_sil_policy.py)."""
 
 
 def episode_starts(scenario: Scenario, *, days: int, seed: int, test_year: bool = False) -> list[int]:
@@ -112,17 +127,22 @@ UPSTREAM_TIMEOUT_S = 2.0
 def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, endpoints: dict[str, dict[str, Any]],
                  workdir: Path, period_s: float = 0.5, step_timeout_s: float = 0.5,
                  upstream_timeout_s: float = UPSTREAM_TIMEOUT_S, protocols: list[str] | None = None,
-                 protocol_options: dict[str, dict[str, Any]] | None = None, max_step: int | None = None) -> dict[str, Any]:
+                 protocol_options: dict[str, dict[str, Any]] | None = None, max_step: int | None = None,
+                 policy: str | Path | None = None) -> dict[str, Any]:
     """The gateway config (a TOML-ready dict) of microgrid ``index`` in a SIL run (``protocols``: as in simulate;
-    ``max_step``: the profile year's last step, past which a clock announcement is refused)."""
+    ``max_step``: the profile year's last step, past which a clock announcement is refused; ``policy``: a policy
+    bundle directory, else the rule with the scenario's costs)."""
     mg = scenario.microgrids[index]
     gen = mg.generator
     names = [m.name for m in scenario.microgrids]
 
     def device(role: str) -> dict[str, Any]:
         e = endpoints[mg.name][role]
-        return {"host": e["host"], "port": e["port"], "unit_id": e["unit_id"], "timeout_s": 0.5, "retries": 1,
-                "backoff_s": 0.02}
+        table = {"host": e["host"], "port": e["port"], "unit_id": e["unit_id"], "timeout_s": 0.5, "retries": 1,
+                 "backoff_s": 0.02}
+        if role in ("pv", "wind"):  # full curtailment is a 0 % limit, as the centralized run curtails to 0 MW
+            table["min_limit_pct"] = 0.0
+        return table
 
     devices = {role: device(role) for role in ("battery", "generator", "pv", "wind", "meter") if role in endpoints[mg.name]}
     return {
@@ -131,7 +151,8 @@ def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, 
         "status_file": str(workdir / f"status-{mg.name}.json"),
         "broker": {"url": broker_url, "reconnect_min_delay_s": 0.1, "reconnect_max_delay_s": 1.0},
         "devices": devices,
-        "policy": {"kind": "rule", "round_trip_efficiency": mg.battery.efficiency ** 2,
+        "policy": {"kind": "onnx", "path": str(Path(policy).resolve())} if policy is not None else
+                  {"kind": "rule", "round_trip_efficiency": mg.battery.efficiency ** 2,
                    "cost_a_usd_per_mw2h": gen.cost_a_usd_per_mw2h, "cost_b_usd_per_mwh": gen.cost_b_usd_per_mwh,
                    "cost_c_usd_per_h": gen.cost_c_usd_per_h, "window_steps": scenario.steps_per_day},
         "cycle": {"clock": "bus", "period_s": period_s, "step_timeout_s": step_timeout_s,
@@ -379,18 +400,72 @@ class Comparison:
         return "\n".join(lines)
 
 
-def tolerances(protocols: list[str] | tuple[str, ...] | None) -> dict[str, float]:
+def tolerances(protocols: list[str] | tuple[str, ...] | None, *, learned: bool = False) -> dict[str, float]:
     """The compared columns and tolerances for a run of ``protocols`` (COMPARED, loosened by consensus, plus
-    each protocol's exact columns)."""
+    each protocol's exact columns; ``learned``: a policy bundle, loosened by :data:`LEARNED_COMPARED`)."""
     tol = dict(COMPARED)
     for name in protocols or ():
         tol.update(PROTOCOL_COMPARED[name])
         if name == "consensus":
             tol.update(CONSENSUS_COMPARED)
+    if learned:
+        tol.update({k: max(v, tol.get(k, 0.0)) for k, v in LEARNED_COMPARED.items()})
     if protocols and "price_signal" in protocols and "p2p_trading" in protocols:
         # the order limits are the (measured-flow) price: the midpoint clearing price and the cash inherit its tolerance
         tol.update({"clearing_price_usd_per_mwh": 1e-3, "trade_cash_usd": 1e-3})
     return tol
+
+
+LEGACY_STEP = 1e-4
+"""The resolution of a legacy (1xx) command as a share of the device's rating: 124 ``InWRte`` / ``OutWRte`` (% of
+``WChaMax``) and 123 ``WMaxLimPct`` (% of ``WMax``) are 16-bit percentages whose scale factor must still reach
+100 %, i.e. at best 0.01 % (``*_SF`` = -2): 50 W steps for a 0.5 MW battery, 66 W for a 0.66 MW generator."""
+VOLTAGE_SENSITIVITY_PU_PER_MW = 0.1
+"""A bound on how much a microgrid's bus voltages move per MW injected (the IEEE 13 feeders: ~0.04 p.u./MW)."""
+
+
+def profile_tolerances(tol: Mapping[str, float], scenario: Scenario, device_profile: str, *, max_price_usd_per_mwh: float,
+                       max_exchange_mw: float = 0.0, protocols: Sequence[str] = ()) -> dict[str, float]:
+    """``tol`` loosened by what a device profile's command resolution implies (``ieee1547``: unchanged, 704 WSet
+    resolves 1 W). With legacy devices (``legacy``, ``mixed``) each battery and generator command is rounded to
+    :data:`LEGACY_STEP` of its rating, at most half a step ``q`` per device and step. Worst cases, added to ``tol``:
+
+    - state of charge: every step's rounding in the same direction over an episode, ``steps * q * dt / (cap eff)``;
+    - battery power: its own ``q``, and at a state-of-charge limit the plant clamps it to the room left, which
+      carries that accumulated energy: ``q * (1 + steps / eff**2)``; generator power: its ``q``;
+    - exchange: battery and generator together; voltages: :data:`VOLTAGE_SENSITIVITY_PU_PER_MW` times that;
+    - cost: the exchange at the run's highest price plus the generator's at its highest marginal fuel cost;
+    - with price_signal, the congestion adder (100 USD/MWh per MW of feeder-head flow, the default option) of
+      every microgrid's exchange together, and through it the cost of the largest exchange (``max_exchange_mw``).
+
+    A wiring or sign error moves these columns by tenths of a MW; the resolution of 1xx percentages by tens of W."""
+    out = dict(tol)
+    if device_profile == "ieee1547":
+        return out
+    mgs = scenario.microgrids
+    steps = scenario.steps_per_day
+    eff = min(m.battery.efficiency for m in mgs)
+    q_bat = 0.5 * LEGACY_STEP * max(m.battery.p_max_mw for m in mgs)
+    q_gen = 0.5 * LEGACY_STEP * max(m.generator.p_max_mw for m in mgs)
+    dt_h = scenario.step_minutes / 60.0
+    q_soc = steps * q_bat * dt_h / min(m.battery.capacity_mwh * eff for m in mgs)
+    q_battery = q_bat * (1.0 + steps / eff**2)
+    marginal = max(m.generator.cost_b_usd_per_mwh + 2 * m.generator.cost_a_usd_per_mw2h * m.generator.p_max_mw
+                   for m in mgs)
+    q_exchange = q_battery + q_gen
+    loosen = {"battery_mw": q_battery, "generator_mw": q_gen, "exchange_mw": q_exchange, "soc": q_soc,
+              "vm_min_pu": VOLTAGE_SENSITIVITY_PU_PER_MW * q_exchange, "vm_max_pu": VOLTAGE_SENSITIVITY_PU_PER_MW * q_exchange,
+              "cost_usd": (q_exchange * abs(max_price_usd_per_mwh) + q_gen * marginal) * dt_h}
+    if "price_signal" in protocols:
+        adder = 100.0 * len(mgs) * q_exchange
+        loosen.update(congestion_adder_usd_per_mwh=adder, price_usd_per_mwh=adder,
+                      cost_usd=loosen["cost_usd"] + adder * dt_h * abs(max_exchange_mw))
+        if out.get("clearing_price_usd_per_mwh"):  # orders limited by the (measured-flow) price
+            loosen.update(clearing_price_usd_per_mwh=adder, trade_cash_usd=adder * dt_h * abs(max_exchange_mw))
+    for column, extra in loosen.items():
+        if out.get(column, 0.0) > 0.0:  # a column compared exactly (setpoints, trades) stays exact
+            out[column] += extra
+    return out
 
 
 def _abs_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -5,13 +5,15 @@ adapters (which import both) let an emulated SunSpec device read a microgrid's s
 shared ``sim.plant.Plant`` and put the setpoints written to it into ONE shared request that the
 plant applies (clamped by the plant) when it advances.
 
-What each device measures (model 701 W, + injected), at the start of step N (after step N-1):
-battery: its power in step N-1 and its state of charge (713); generator: its output in step N-1;
-PV / wind inverter: its output in step N-1. Setpoints (704 WSet, W): battery power (+ discharge),
-generator output, and for PV / wind an output cap, turned into the curtailment of the step being
-dispatched when the plant advances (:meth:`PlantDevices.request_for_step`). A setpoint released
-(or reverted by the device's timer) returns the device to its default: battery idle, generator
-off, PV / wind uncurtailed.
+What each device measures (W, + injected: model 701 or 103, by the device's profile), at the start of
+step N (after step N-1): battery: its power in step N-1 and its state of charge (713 or 802); generator:
+its output in step N-1; PV / wind inverter: its output in step N-1; the site meter: the exchange at the
+point of connection in step N-1 (+ import; SunSpec meter 213 or 203, next to the heron meter map).
+Setpoints (W, whatever path the profile has: 704 WSet, 124 InWRte / OutWRte, 123 or 704 WMaxLimPct):
+battery power (+ discharge), generator output, and for PV / wind an output cap, turned into the
+curtailment of the step being dispatched when the plant advances (:meth:`PlantDevices.request_for_step`).
+A setpoint released (or reverted by the device's timer) returns the device to its default: battery
+idle, generator off, PV / wind uncurtailed.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from firmware_bridge import Measurement, Nameplate
 from heron_edge.runtime.meter import MeterReading
 from sim.plant import Plant, Setpoints
 
-__all__ = ["BatteryDevice", "GeneratorDevice", "PlantDevices", "RenewableDevice"]
+__all__ = ["BatteryDevice", "GeneratorDevice", "PlantDevices", "RenewableDevice", "SiteMeterDevice"]
 
 _W = 1e6  # W per MW
 
@@ -54,6 +56,9 @@ class PlantDevices:
 
     def renewable(self, i: int, kind: str) -> RenewableDevice:
         return RenewableDevice(self, i, kind)
+
+    def site_meter(self, i: int) -> SiteMeterDevice:
+        return SiteMeterDevice(self, i)
 
     def meter(self, i: int) -> MeterReading:
         """Microgrid ``i``'s site-meter reading now (see ``heron_edge.runtime.meter``)."""
@@ -163,3 +168,26 @@ class RenewableDevice:
     def apply_setpoint(self, p_w: float | None) -> None:
         self._caps[self._i] = None if p_w is None else float(p_w)
 
+
+class SiteMeterDevice:
+    """Microgrid ``i``'s meter at its point of connection (a SunSpec meter: + import), rated at the scenario's
+    point-of-connection transformer (``network.poc_mva``)."""
+
+    def __init__(self, devices: PlantDevices, i: int) -> None:
+        self._d = devices
+        self._i = i
+        plant = devices.plant
+        rating = float(getattr(plant.scenario.network, "poc_mva", 2.5)) * _W
+        self._nameplate = Nameplate(kind="meter", p_max_w=rating, s_max_va=rating, v_nom_v=devices.v_nom_v(i),
+                                    f_nom_hz=60.0, model="sim site meter", serial=f"{plant.names[i]}-MTR")
+
+    @property
+    def nameplate(self) -> Nameplate:
+        return self._nameplate
+
+    def measure(self) -> Measurement:
+        last = self._d.plant.latest()
+        return Measurement(p_w=float(last.exchange_mw[self._i]) * _W, v_v=self._d.v_v(self._i), hz=60.0)
+
+    def apply_setpoint(self, p_w: float | None) -> None:
+        """A meter takes no setpoint."""

@@ -2,7 +2,10 @@
 
 Per microgrid it serves, on 127.0.0.1 (one TCP port each, unit id 1): a SunSpec battery, a SunSpec
 generator, a SunSpec PV and a wind inverter (when rated above 0) and the site meter
-(``heron_edge.runtime.meter``). The clock is ``heron/{site}/plant/clock`` (ClockBody), answered on each participant's
+(``heron_edge.runtime.meter``: the heron meter map, and a SunSpec meter over the exchange). The SunSpec
+models are those of a **device profile** (``firmware_bridge.sunspec_device.PROFILE_MODELS``): ``ieee1547``
+(7xx), ``legacy`` (1xx as SMA, Fronius, SolarEdge ship them), or ``mixed`` (the microgrids alternate,
+legacy first: each gateway resolves what its own devices have). The clock is ``heron/{site}/plant/clock`` (ClockBody), answered on each participant's
 ``heron/{site}/{id}/done``:
 
 - lock-step: the plant sends its feeder-head reading stamped N (``heron/{site}/plant/meter``, the
@@ -32,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from firmware_bridge import Emulator
+from firmware_bridge import PROFILES, Emulator, Profile, SunSpecDevice
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.counters import int_fields
 from heron_edge.errors import BrokerError
@@ -50,12 +53,25 @@ from heron_edge.runtime.meter import MeterServer
 from heron_edge.runtime.sil_devices import PlantDevices
 from sim.plant import Measurements, Plant
 
-__all__ = ["PLANT_ID", "ClockMode", "DeviceEndpoint", "PlantResult", "PlantRuntime", "measurement_row"]
+__all__ = ["DEVICE_PROFILES", "PLANT_ID", "ClockMode", "DeviceEndpoint", "DeviceProfile", "PlantResult", "PlantRuntime",
+           "measurement_row", "microgrid_profiles"]
 
 log = logging.getLogger(__name__)
 
 PLANT_ID = "plant"
 ClockMode = Literal["lockstep", "realtime"]
+DeviceProfile = Literal["ieee1547", "legacy", "mixed"]
+DEVICE_PROFILES: tuple[DeviceProfile, ...] = ("ieee1547", "legacy", "mixed")
+
+
+def microgrid_profiles(profile: DeviceProfile, n: int) -> list[Profile]:
+    """The SunSpec profile of each of ``n`` microgrids' devices: one for all, or (``mixed``) alternating, legacy first."""
+    if profile == "mixed":
+        order: tuple[Profile, ...] = ("legacy", "ieee1547")
+        return [order[i % len(order)] for i in range(n)]
+    if profile not in PROFILES:
+        raise ValueError(f"unknown device profile {profile!r}; expected one of {', '.join(DEVICE_PROFILES)}")
+    return [profile] * n
 
 
 @dataclass(frozen=True)
@@ -94,7 +110,7 @@ class PlantRuntime:
     def __init__(self, plant: Plant, broker: Broker, *, site: str, participants: list[str], start_steps: list[int],
                  steps_per_episode: int, year: int, mode: ClockMode = "lockstep", period_s: float = 1.0,
                  repeat_s: float = 1.0, max_wait_s: float = 60.0, ready_timeout_s: float = 60.0,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", device_profile: DeviceProfile = "ieee1547") -> None:
         if not start_steps:
             raise ValueError("start_steps must name at least one episode")
         self.plant = plant
@@ -110,6 +126,7 @@ class PlantRuntime:
         self.max_wait_s = max_wait_s
         self.ready_timeout_s = ready_timeout_s
         self.host = host
+        self.profiles = microgrid_profiles(device_profile, plant.n)
         self.devices = PlantDevices(plant)
         self.microgrids: dict[str, _Microgrid] = {}
         self.records: list[dict[str, object]] = []
@@ -129,13 +146,15 @@ class PlantRuntime:
         d = self.devices
         for i, name in enumerate(self.plant.names):
             mg = _Microgrid()
-            mg.emulators["battery"] = Emulator(d.battery(i), host=self.host)
-            mg.emulators["generator"] = Emulator(d.generator(i), host=self.host)
+            profile = self.profiles[i]
+            mg.emulators["battery"] = Emulator(d.battery(i), host=self.host, profile=profile)
+            mg.emulators["generator"] = Emulator(d.generator(i), host=self.host, profile=profile)
             if self.plant.pv_rating[i] > 0:
-                mg.emulators["pv"] = Emulator(d.renewable(i, "pv"), host=self.host)
+                mg.emulators["pv"] = Emulator(d.renewable(i, "pv"), host=self.host, profile=profile)
             if self.plant.wind_rating[i] > 0:
-                mg.emulators["wind"] = Emulator(d.renewable(i, "wind"), host=self.host)
-            mg.meter = MeterServer(functools.partial(d.meter, i), host=self.host)
+                mg.emulators["wind"] = Emulator(d.renewable(i, "wind"), host=self.host, profile=profile)
+            mg.meter = MeterServer(functools.partial(d.meter, i), host=self.host,
+                                   sunspec=SunSpecDevice(d.site_meter(i), profile=profile))
             for emulator in mg.emulators.values():
                 await emulator.start()
             await mg.meter.start()

@@ -16,6 +16,7 @@ from firmware_bridge import (
     ModbusDevice,
     ModbusDeviceConfig,
     ModbusLink,
+    SetpointError,
 )
 from firmware_bridge.models import BatteryModel, PVInverterModel, battery_nameplate, inverter_nameplate
 from tests.firmware_bridge.conftest import run
@@ -74,18 +75,21 @@ def test_setpoints_reach_the_device_and_are_clamped_to_the_nameplate() -> None:
             result = await device.write_setpoint(-7500.0)
             assert result.written_w == -5000.0
             writes = emu.device.writes
-            with pytest.raises(ValueError):
+            with pytest.raises(SetpointError):  # a device error, not a ValueError
                 await device.write_setpoint(float("nan"))
             assert emu.device.writes == writes  # nothing written
             await device.release_setpoint()
             assert (await device.read_telemetry()).p_w == 0.0
 
-        async with pv_emulator() as emu, ModbusDevice(config(emu.port)) as device:
+        async with pv_emulator() as emu, ModbusDevice(config(emu.port), role="pv") as device:
             assert (await device.read_telemetry()).p_w == pytest.approx(10000.0)
-            result = await device.write_setpoint(-3000.0)  # a PV inverter cannot absorb
-            assert (result.written_w, result.clamped) == (0.0, True)
-            await device.write_setpoint(4000.0)
+            result = await device.write_setpoint(-3000.0)  # a PV inverter cannot absorb: the lowest limit, 1 %
+            assert (result.written_w, result.limit_pct, result.clamped) == (100.0, 1.0, True)
+            result = await device.write_setpoint(4000.0)  # a cap, as 40 % of 702 WMax
+            assert (result.written_w, result.limit_pct) == (4000.0, 40.0) and "704 WMaxLimPct" in result.capability
             assert (await device.read_telemetry()).p_w == 4000.0
+            await device.write_setpoint(None)  # no cap: the limit disabled
+            assert (await device.read_telemetry()).p_w == pytest.approx(10000.0)
 
     run(scenario())
 
@@ -258,7 +262,10 @@ def test_config_is_validated() -> None:
     with pytest.raises(ValueError):
         ModbusDeviceConfig(transport="rtu")  # no serial port
     with pytest.raises(ValueError):
-        ModbusDeviceConfig(unit_id=0)
+        ModbusDeviceConfig(unit_id=256)
+    assert ModbusDeviceConfig(unit_id=0).unit_id == 0  # TCP devices answer at 0 or 255 too
+    with pytest.raises(ValueError, match="RTU unit_id"):
+        ModbusDeviceConfig(transport="rtu", serial_port="/dev/ttyUSB0", unit_id=0)
     with pytest.raises(ValueError):
         ModbusDeviceConfig(port=502, timeout=3)  # type: ignore[call-arg]  # unknown key
 

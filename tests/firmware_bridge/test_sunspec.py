@@ -1,12 +1,14 @@
-"""Register codec, model tables (checked against pysunspec2's JSON models), and device images."""
+"""Register codec, model definitions (pysunspec2's JSON, laid out as pysunspec2 lays them out), device images."""
 from __future__ import annotations
 
 import json
 import math
+import struct
 from pathlib import Path
 
 import pytest
-import sunspec2  # pysunspec2, a test dependency: the reference for every point
+import sunspec2  # pysunspec2: its model JSON is our definition; its own layout code is the reference here
+import sunspec2.device
 
 from firmware_bridge.sunspec import (
     BASE_ADDRESS,
@@ -21,9 +23,10 @@ from firmware_bridge.sunspec import (
     fit_scale_factor,
     from_raw,
     iter_chain,
+    load_model,
+    model_ids,
     to_raw,
 )
-from firmware_bridge.sunspec_models import MODELS
 
 
 def _sunspec_json(model_id: int) -> dict:
@@ -31,26 +34,82 @@ def _sunspec_json(model_id: int) -> dict:
     return json.loads(path.read_text())
 
 
-def _flatten(group: dict, prefix: str, offset: int, out: list[tuple[str, int, str, int, str | None, bool]]) -> int:
-    for point in group.get("points", []):
-        size = point.get("size", 1)
-        if point["name"] not in ("ID", "L"):
-            out.append((prefix + point["name"], offset, point["type"], size, point.get("sf"), point.get("access") == "RW"))
-        offset += size
-    for sub in group.get("groups", []):
-        offset = _flatten(sub, prefix + sub["name"] + ".", offset, out)
-    return offset
+def test_every_model_pysunspec2_ships_is_defined() -> None:
+    ids = model_ids()
+    assert len(ids) >= 100 and {1, 103, 123, 124, 160, 203, 213, 701, 704, 713, 802} <= set(ids)
+    points = sum(len(load_model(m).layout(counts={g.name: 1 for g in load_model(m).group.groups}).points) for m in ids)
+    assert points > 3000  # every point, repeating groups once each
+    with pytest.raises(KeyError, match="no SunSpec definition of model 9999"):
+        load_model(9999)
 
 
-@pytest.mark.parametrize("model_id", sorted(MODELS))
-def test_model_tables_match_the_sunspec_json_models(model_id: int) -> None:
+def _their_offsets(model: object) -> dict[str, int]:
+    """pysunspec2's own layout: every point (groups flattened as ours are) and its offset."""
+    out: dict[str, int] = {}
+
+    def walk(group: object, prefix: str, top: bool) -> None:
+        for name, point in group.points.items():  # type: ignore[attr-defined]
+            if not (top and name in ("ID", "L")):
+                out[prefix + name] = point.offset
+        for gname, sub in group.groups.items():  # type: ignore[attr-defined]
+            if isinstance(sub, list):
+                for i, g in enumerate(sub):
+                    walk(g, f"{prefix}{gname}[{i + 1}].", False)
+            else:
+                walk(sub, f"{prefix}{gname}.", False)
+
+    walk(model, "", True)
+    return out
+
+
+@pytest.mark.parametrize("model_id", model_ids())
+def test_layouts_match_pysunspec2_including_repeating_groups(model_id: int) -> None:
+    """Two instances of every repeating group: counts given by name, written to count points, or (legacy
+    groups) implied by L; pysunspec2 lays the same registers out and must find every point at our offset."""
+    spec = load_model(model_id)
+
+    def groups(g: object) -> list:
+        return [*g.groups, *(x for sub in g.groups for x in groups(sub))]  # type: ignore[attr-defined]
+
+    counts = {g.name: 2 for g in groups(spec.group) if g.count is not None}
+    layout = spec.layout(counts=counts)
+    image = SunSpecImage([layout])
+    view = image[model_id]
+    for g in groups(spec.group):  # counts held by points: the device says them
+        if isinstance(g.count, str):
+            view.set_raw(g.count, 2)
+    regs = image.registers[view.start : view.start + layout.length + 2]
+    ours = {p.name: p.offset for p in layout.points}
+    theirs = _their_offsets(sunspec2.device.Model(model_id=model_id, model_len=layout.length,
+                                                  data=b"".join(r.to_bytes(2, "big") for r in regs)))
+    assert ours == theirs
+    # and from the registers alone (count points, or L for legacy groups) we find the same layout
+    assert spec.layout(layout.length, registers=regs) == layout
+
+
+@pytest.mark.parametrize("model_id", [1, 103, 123, 124, 203, 213, 701, 704, 802])
+def test_points_carry_the_definition(model_id: int) -> None:
     spec = _sunspec_json(model_id)
-    expected: list[tuple[str, int, str, int, str | None, bool]] = []
-    total = _flatten(spec["group"], "", 0, expected)
-    model = MODELS[model_id]
-    ours = [(p.name, p.offset, p.type, p.size, p.sf, p.rw) for p in model.points]
-    assert ours == expected
-    assert model.length == total - 2
+    layout = load_model(model_id).layout()
+    for p in spec["group"]["points"][2:]:
+        ours = layout.point(p["name"])
+        assert ours.type == p["type"] and ours.rw == (p.get("access") == "RW")
+        assert ours.mandatory == (p.get("mandatory") == "M")
+        assert ours.units == (p.get("units").strip() or None if p.get("units") else None)
+        assert dict(ours.symbols) == {s["name"]: s["value"] for s in p.get("symbols", [])}
+        assert (ours.sf is None) == (p.get("sf") is None)
+    assert layout.length == sum(p.size for p in layout.points)
+
+
+def test_symbols_scale_factors_and_groups() -> None:
+    ctl = load_model(704).layout()
+    assert ctl.point("WSetMod").symbol("WATTS") == 1 and ctl.point("WSetMod").symbol_name(0) == "W_MAX_PCT"
+    assert ctl.point("WSet").sf == "WSet_SF" and ctl.point("PFWInj.PF").sf == "PF_SF"
+    mppt = load_model(160).layout(counts={"module": 3})
+    assert mppt.point("module[3].DCW").sf == "DCW_SF"  # a module's point scaled by the model's factor
+    assert load_model(160).layout(mppt.length).point("module[3].DCA").offset == mppt.point("module[3].DCA").offset
+    legacy = load_model(160).layout(8)  # L = 8: the fixed part only, no module
+    assert not any(p.name.startswith("module[") for p in legacy.points)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +195,8 @@ def test_model_definition_is_checked() -> None:
 
 
 def test_image_layout_chain_and_views() -> None:
-    image = SunSpecImage([MODELS[1], MODELS[701], MODELS[713]])
+    models = {m: load_model(m).layout() for m in (1, 701, 713)}
+    image = SunSpecImage(models.values())
     assert tuple(image.registers[:2]) == SUNS_MARKER
     assert image.registers[-2:] == [END_MODEL_ID, 0]
     chain = list(iter_chain(image.registers, BASE_ADDRESS))
@@ -151,17 +211,38 @@ def test_image_layout_chain_and_views() -> None:
     assert image[701].value("W") == -12340.0
     # a view over a partial read: points past its length are absent
     start = chain[1].address - BASE_ADDRESS
-    partial = ModelView(MODELS[701], image.registers[start : start + 12], length=10)
+    partial = ModelView(models[701], image.registers[start : start + 12], length=10)
     assert partial.value("W") is None  # W_SF lies outside the 12 registers read
     assert partial.raw("ACType") is None
 
 
 def test_points_in_accepts_only_whole_points() -> None:
-    image = SunSpecImage([MODELS[704]])
-    wset = MODELS[704].point("WSet")
+    ctl = load_model(704).layout()
+    image = SunSpecImage([ctl])
+    wset = ctl.point("WSet")
     address = image.base + image[704].start + wset.offset
     assert [p.name for _, p in image.points_in(address, 2) or []] == ["WSet"]
     assert image.points_in(address + 1, 1) is None  # half of an int32
     assert image.points_in(address, 1) is None
     assert image.points_in(image.base, 2) is None  # the 'SunS' marker
     assert image.points_in(image.base + image[704].start, 1) is None  # the model id
+
+
+def test_float_points_and_their_sentinel() -> None:
+    point = P("W", 2, "float32")
+    regs = encode_point(point, -1234.5)
+    assert regs == list(struct.unpack(">2H", struct.pack(">f", -1234.5)))
+    assert decode_point(point, regs) == -1234.5
+    assert encode_point(point, None) == [0x7FC0, 0x0000] and decode_point(point, [0x7FC0, 0]) is None
+    assert decode_point(point, encode_point(point, math.nan)) is None
+    wide = P("E", 2, "float64")
+    assert decode_point(wide, encode_point(wide, 1e12 + 0.25)) == 1e12 + 0.25
+    meter = SunSpecImage([load_model(213).layout()])[213]
+    meter.set_value("W", -3300.0)
+    assert meter.value("W") == -3300.0 and meter.value("WphA") is None
+
+
+def test_accumulators_and_counts() -> None:
+    assert decode_point(P("WH", 2, "acc32"), [0, 0]) is None  # 0 is 'not implemented' for accumulators
+    assert decode_point(P("WH", 2, "acc32"), [0, 7]) == 7
+    assert decode_point(P("N", 2, "count"), [0xFFFF]) is None

@@ -51,7 +51,8 @@ def test_write_applies_a_setpoint_and_reads_refresh_measurements() -> None:
         ("WSet", [0xFFFF, 0xD8F0], ExceptionCode.ILLEGAL_VALUE),  # -10 kW
         ("WSetMod", [0], ExceptionCode.ILLEGAL_VALUE),  # percent mode is not implemented
         ("WSetEna", [7], ExceptionCode.ILLEGAL_VALUE),
-        ("WMaxLimPct", [50], ExceptionCode.ILLEGAL_ADDRESS),  # not a writable point here
+        ("WMaxLimPct", [10_001], ExceptionCode.ILLEGAL_VALUE),  # 100.01 %
+        ("VarSetEna", [1], ExceptionCode.ILLEGAL_ADDRESS),  # not a control this device takes
     ],
 )
 def test_bad_writes_are_refused_and_change_nothing(point: str, values: list[int], code: ExceptionCode) -> None:

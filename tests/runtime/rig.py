@@ -33,7 +33,9 @@ class Rig:
     def __init__(self, url: str, workdir: Path, *, steps: int = 24, start_step: int = 4000, period_s: float = 0.3,
                  step_timeout_s: float = 0.3, upstream_timeout_s: float = 1.0, protocols: list[str] | None = None,
                  protocol_options: dict[str, dict[str, Any]] | None = None, repeat_s: float = 0.3,
-                 plant_runtime: type[PlantRuntime] = PlantRuntime, clock: str = "bus", **overrides: Any) -> None:
+                 plant_runtime: type[PlantRuntime] = PlantRuntime, clock: str = "bus",
+                 device_overrides: dict[str, Any] | None = None, device_profile: str = "ieee1547",
+                 **overrides: Any) -> None:
         self.url = url
         self.workdir = workdir
         self.plant = Plant("ieee34_3x13")
@@ -41,7 +43,8 @@ class Rig:
         self.runtime = plant_runtime(self.plant, self.plant_broker, site=SITE, participants=[*self.plant.names, OPERATOR],
                                      start_steps=[start_step], steps_per_episode=steps, year=2023, repeat_s=repeat_s,
                                      max_wait_s=30.0, ready_timeout_s=10.0,
-                                     mode="lockstep" if clock == "bus" else "realtime", period_s=period_s)
+                                     mode="lockstep" if clock == "bus" else "realtime", period_s=period_s,
+                                     device_profile=device_profile)  # type: ignore[arg-type]
         self.op_broker = MqttBroker(url, client_id=f"{SITE}-operator", reconnect_min_delay_s=0.05, reconnect_max_delay_s=0.2)
         self.protocols = protocols
         self.protocol_options = protocol_options or {}
@@ -57,6 +60,7 @@ class Rig:
         self.gateways: dict[str, Gateway] = {}
         self._timing = {"period_s": period_s, "step_timeout_s": step_timeout_s, "upstream_timeout_s": upstream_timeout_s}
         self._overrides = overrides
+        self._device_overrides = device_overrides or {}  # merged into every SunSpec device's table
         self._tasks: list[asyncio.Task[None]] = []
         self.done: asyncio.Task[None] | None = None
 
@@ -70,6 +74,9 @@ class Rig:
                                 **self._timing)
             data["broker"]["reconnect_max_delay_s"] = 0.5
             data["cycle"]["clock"] = self.clock
+            for role in ("battery", "generator", "pv", "wind"):
+                if role in data["devices"]:
+                    data["devices"][role].update(self._device_overrides)
             data.update(self._overrides)
             self.gateways[name] = Gateway(parse_gateway_config(data))
         self._tasks = [asyncio.ensure_future(self.op_runtime.run()),

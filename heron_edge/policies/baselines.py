@@ -1,6 +1,6 @@
-"""Baseline policies for one microgrid agent: a price-driven rule and uniform random actions.
+"""Baseline policies for one microgrid agent: a price-driven rule, uniform random actions, idle devices.
 
-Both map ONE agent's observation to ONE agent's action (Box(4): battery in [-1, 1] of its power
+Each maps ONE agent's observation to ONE agent's action (Box(4): battery in [-1, 1] of its power
 rating, + discharge; generator in [0, 1] of its rating; PV and wind curtailment in [0, 1]), so the
 same object runs in the centralized loop and later inside a distributed agent. Import-light: numpy
 only, no simulator.
@@ -9,7 +9,8 @@ Finding its own slice (see ``heron_edge.observations``): a ``RulePolicy`` is tol
 ``agent_index``, the number of agents ``n_agents`` and the ``layout`` of the observation it gets:
   "centralized": context (3) | local features of every microgrid (8 n) | one-hot agent index (n);
                  its local features are entries 3 + 8 i .. 3 + 8 i + 8, and the one-hot must say i.
-  "distributed": context (3) | own local features (8) | peers' exchange (n - 1).
+  "distributed": context (3) | own local features (8) | peers' exchange (n - 1) (the ``local`` layout, which the
+                 centralized loop also gives with ``"observation": "local"``).
 In both, the price of the step being dispatched is context[2] * 100 USD/MWh. When coordination
 protocols run, their per-agent features (``protocol_features``, names from
 ``heron_edge.coordination``) follow: after the one-hot, every agent's block in agent order
@@ -177,3 +178,14 @@ class RandomPolicy:
     def act(self, observation: np.ndarray) -> np.ndarray:
         """A uniform random action (float32) inside the bounds."""
         return self._rng.uniform(self.low, self.high).astype(np.float32)
+
+
+class IdlePolicy:
+    """Every device idle: battery and generator at 0, no curtailment (a reference for costs)."""
+
+    def reset(self) -> None:
+        """Nothing to forget."""
+
+    def act(self, observation: np.ndarray) -> np.ndarray:
+        """The idle action (float32, shape (4,))."""
+        return np.zeros(4, dtype=np.float32)
