@@ -14,6 +14,7 @@ costs in its manifest's notes). A tqdm bar shows the progress and the last evalu
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -185,6 +186,7 @@ def train_sb3(out: str | Path, *, steps: int = 1_000_000, scenario: Any = "ieee3
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.logger import Logger
     from tqdm import tqdm
 
     from heron_edge.env import MultiAgentMicrogrids
@@ -205,6 +207,7 @@ def train_sb3(out: str | Path, *, steps: int = 1_000_000, scenario: Any = "ieee3
                 clip_range=plan.clip_range, ent_coef=plan.ent_coef, seed=seed, device="cpu", verbose=0,
                 policy_kwargs={"net_arch": {"pi": list(plan.net_arch), "vf": list(plan.net_arch)},
                                "activation_fn": torch.nn.Tanh, "log_std_init": plan.log_std_init})
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default logger makes a /tmp/SB3-* dir per run
     workdir = Path(tempfile.mkdtemp(prefix="heron-train-"))
     best_path = workdir / "best.pt"
 
@@ -248,6 +251,7 @@ def train_sb3(out: str | Path, *, steps: int = 1_000_000, scenario: Any = "ieee3
         bar.close()
         vec.close()
     model.policy.load_state_dict(torch.load(best_path))
+    shutil.rmtree(workdir, ignore_errors=True)
     notes: dict[str, str | float | int | bool | None] = {
         "held_out_days": len(days), "held_out_mean_daily_cost_usd": round(result.best_usd, 2),
         "rule_mean_daily_cost_usd": round(rule.mean_usd, 2),
