@@ -75,6 +75,11 @@ class LocalTelemetry:
         return cls(**{name: values[name] for name in LOCAL_NAMES if name in values})
 
     @staticmethod
+    def exchange_of(values: Mapping[str, float]) -> float | None:
+        """Only ``exchange_mw`` (what a peer reads every step, without building the whole record)."""
+        return values.get("exchange_mw")
+
+    @staticmethod
     def values_of(local: np.ndarray) -> dict[str, float]:
         """The wire values of a local feature row (``local_features`` layout)."""
         return dict(zip(LOCAL_NAMES, local.tolist(), strict=True))

@@ -303,7 +303,7 @@ class ProxyAgent:
             if envelope.step != step:
                 self.stats.stale += 1
                 return
-            reported = ob.LocalTelemetry.from_values(body.values).exchange_mw
+            reported = ob.LocalTelemetry.exchange_of(body.values)
             exchange = self._peer_exchange[i] if reported is None else reported
             if abs(exchange) > self._power_limit_mw:
                 self._reject("bounds", topic, f"exchange {exchange} MW beyond +/-{self._power_limit_mw:g} MW")
