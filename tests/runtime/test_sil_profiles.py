@@ -4,9 +4,6 @@ centralized run within what the 1xx percentages resolve (``heron_edge.runtime.si
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -15,25 +12,16 @@ import pytest
 
 from heron_edge.runtime.sil import COMPARED, load_trajectory, profile_tolerances, tolerances
 from sim.scenario import load_scenario
-from tests.conftest import require_mosquitto
+from tests.runtime.test_sil import _compared
+from tests.runtime.test_sil import _sil as run_sil
 
 pytestmark = [pytest.mark.mqtt, pytest.mark.modbus, pytest.mark.slow]
 
 
 def _sil(tmp_path: Path, *args: str) -> str:
-    require_mosquitto()
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "heron_edge.cli", "sil", "--days", "1", "--workdir", str(tmp_path),
-                             "--timeout-s", "90", *args], capture_output=True, text=True, timeout=150, env=env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "SIL vs centralized (24 vs 24 steps): MATCH" in result.stdout
-    assert "degraded steps" not in result.stdout  # no failsafe, no late step, nothing rejected
-    return result.stdout
-
-
-def _compared(out: str, column: str) -> float:
-    line = next(line for line in out.splitlines() if line.strip().startswith(column + " "))
-    return float(line.split("max |diff|")[1].split()[0])
+    out = run_sil(tmp_path, *args)  # exit 0, MATCH, every process gone
+    assert "degraded steps" not in out  # no failsafe, no late step, nothing rejected
+    return out
 
 
 def _agent_devices(tmp_path: Path) -> dict[str, list[str]]:
