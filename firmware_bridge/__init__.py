@@ -16,10 +16,12 @@ from firmware_bridge.errors import (
     DeviceError,
     DeviceExceptionResponse,
     DeviceTimeoutError,
+    EncodingError,
     FirmwareBridgeError,
     ModelMissingError,
     NotSunSpecError,
     SetpointError,
+    SunSpecDefinitionError,
 )
 from firmware_bridge.link import LinkStats, ModbusLink
 from firmware_bridge.models import (
@@ -52,6 +54,7 @@ __all__ = [
     "DeviceTimeoutError",
     "Emulator",
     "EmulatorError",
+    "EncodingError",
     "FirmwareBridgeError",
     "LinkStats",
     "Measurement",
@@ -70,6 +73,7 @@ __all__ = [
     "SetpointError",
     "SetpointResult",
     "SiteMeterModel",
+    "SunSpecDefinitionError",
     "SunSpecDevice",
     "Telemetry",
     "battery_nameplate",

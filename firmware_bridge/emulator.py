@@ -140,7 +140,7 @@ def make_model(kind: DeviceKind) -> DeviceModel:
         return PVInverterModel(inverter_nameplate())
     if kind == "meter":
         return SiteMeterModel(meter_nameplate())
-    raise ValueError(f"unknown device kind {kind!r}; expected 'battery', 'inverter' or 'meter'")
+    raise ConfigurationError(f"unknown device kind {kind!r}; expected 'battery', 'inverter' or 'meter'")
 
 
 class Emulator(ModbusServer):

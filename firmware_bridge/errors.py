@@ -29,6 +29,15 @@ class ConfigurationError(FirmwareBridgeError, ValueError):
     without a capacity); raised where it is used, even if it slipped past validation (``model_construct``)."""
 
 
+class SunSpecDefinitionError(FirmwareBridgeError, ValueError):
+    """A SunSpec model definition or point that cannot be laid out (an unknown type, a size that does not match,
+    a scale factor that names no ``sunssf`` point): a broken model file, not a device fault."""
+
+
+class EncodingError(FirmwareBridgeError, ValueError):
+    """A value that does not fit a point: not finite, or outside the point's type at its scale factor."""
+
+
 class DeviceError(FirmwareBridgeError):
     """A Modbus device did not answer, answered an exception, or is not what we expected."""
 

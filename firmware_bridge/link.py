@@ -192,7 +192,7 @@ class ModbusLink:
     async def read(self, address: int, count: int, *, unit_id: int) -> list[int]:
         """Read ``count`` (1..125) holding registers starting at protocol address ``address``."""
         if not 1 <= count <= 125:
-            raise ValueError(f"count {count} outside 1..125")
+            raise ConfigurationError(f"count {count} outside 1..125")
         response = await self._request(
             f"read {count} @ {address}",
             lambda client: client.read_holding_registers(address, count=count, device_id=unit_id),
@@ -205,7 +205,7 @@ class ModbusLink:
     async def write(self, address: int, values: list[int], *, unit_id: int) -> None:
         """Write holding registers (function 16) starting at protocol address ``address``."""
         if not 1 <= len(values) <= 123 or any(not 0 <= v <= 0xFFFF for v in values):
-            raise ValueError("need 1..123 register values in 0..65535")
+            raise ConfigurationError("need 1..123 register values in 0..65535")
         await self._request(
             f"write {len(values)} @ {address}",
             lambda client: client.write_registers(address, values, device_id=unit_id),

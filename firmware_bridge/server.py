@@ -22,7 +22,7 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimAction, SimData, SimDevice
 
-from firmware_bridge.errors import DeviceClosedError, FirmwareBridgeError
+from firmware_bridge.errors import ConfigurationError, DeviceClosedError, FirmwareBridgeError
 from firmware_bridge.sunspec_device import ExceptionCode
 
 __all__ = ["Framing", "HoldingRegisters", "ModbusServer", "ServerError"]
@@ -121,15 +121,15 @@ class ModbusServer:
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, unit_id: int = 1, framing: Framing = "socket",
                  other_units: Literal["refuse", "silent"] = "refuse", reply_delay_s: float = 0.0) -> None:
         if not 1 <= unit_id <= 255:
-            raise ValueError(f"unit_id {unit_id} outside 1..255")
+            raise ConfigurationError(f"unit_id {unit_id} outside 1..255")
         if other_units not in ("refuse", "silent"):
-            raise ValueError(f"other_units {other_units!r} is not 'refuse' or 'silent'")
+            raise ConfigurationError(f"other_units {other_units!r} is not 'refuse' or 'silent'")
         if not 0.0 <= reply_delay_s <= 60.0:
-            raise ValueError(f"reply_delay_s {reply_delay_s} outside 0..60")
+            raise ConfigurationError(f"reply_delay_s {reply_delay_s} outside 0..60")
         if not 0 <= port <= 65535:
-            raise ValueError(f"port {port} outside 0..65535")
+            raise ConfigurationError(f"port {port} outside 0..65535")
         if framing not in _FRAMERS:
-            raise ValueError(f"framing {framing!r} is not one of {sorted(_FRAMERS)}")
+            raise ConfigurationError(f"framing {framing!r} is not one of {sorted(_FRAMERS)}")
         self.host = host
         self.unit_id = unit_id
         self.framing = framing

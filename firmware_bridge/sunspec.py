@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal, NamedTuple, cast
 
+from firmware_bridge.errors import EncodingError, SunSpecDefinitionError
+
 __all__ = [
     "BASE_ADDRESS",
     "BASE_ADDRESSES",
@@ -159,13 +161,13 @@ def P(
 ) -> PointDef:
     """Build a PointDef by hand (tests, ad-hoc maps); ``size`` is needed only for strings."""
     if type not in _TYPES:
-        raise ValueError(f"point {name}: unknown SunSpec type {type!r}")
+        raise SunSpecDefinitionError(f"point {name}: unknown SunSpec type {type!r}")
     if type == "string":
         if not size:
-            raise ValueError(f"point {name}: a string needs a size in registers")
+            raise SunSpecDefinitionError(f"point {name}: a string needs a size in registers")
     else:
         if size is not None and size != _TYPES[type].size:
-            raise ValueError(f"point {name}: {type} has size {_TYPES[type].size}, not {size}")
+            raise SunSpecDefinitionError(f"point {name}: {type} has size {_TYPES[type].size}, not {size}")
         size = _TYPES[type].size
     return PointDef(name, offset, type, size, sf, rw, units)
 
@@ -186,14 +188,14 @@ class ModelDef:
         by_name: dict[str, PointDef] = {}
         for point in self.points:
             if point.offset != offset:
-                raise ValueError(f"model {self.id}: {point.name} at offset {point.offset}, expected {offset}")
+                raise SunSpecDefinitionError(f"model {self.id}: {point.name} at offset {point.offset}, expected {offset}")
             if point.name in by_name or point.name in ("ID", "L"):
-                raise ValueError(f"model {self.id}: duplicate point {point.name}")
+                raise SunSpecDefinitionError(f"model {self.id}: duplicate point {point.name}")
             by_name[point.name] = point
             offset += point.size
         for point in self.points:
             if isinstance(point.sf, str) and (point.sf not in by_name or by_name[point.sf].type != "sunssf"):
-                raise ValueError(f"model {self.id}: {point.name} names {point.sf!r}, not a sunssf point here")
+                raise SunSpecDefinitionError(f"model {self.id}: {point.name} names {point.sf!r}, not a sunssf point here")
         object.__setattr__(self, "points_by_name", by_name)
 
     @property
@@ -284,10 +286,10 @@ class ModelSpec:
 def _point_spec(data: Mapping[str, Any]) -> PointSpec:
     ptype = str(data["type"])
     if ptype not in _TYPES:
-        raise ValueError(f"point {data.get('name')}: unknown SunSpec type {ptype!r}")
+        raise SunSpecDefinitionError(f"point {data.get('name')}: unknown SunSpec type {ptype!r}")
     size = int(data["size"]) if ptype == "string" else _TYPES[ptype].size
     if ptype != "string" and "size" in data and int(data["size"]) != size:
-        raise ValueError(f"point {data['name']}: {ptype} of size {data['size']}")
+        raise SunSpecDefinitionError(f"point {data['name']}: {ptype} of size {data['size']}")
     sf_raw = data.get("sf")
     sf: str | int | None
     if sf_raw is None or sf_raw == "":
@@ -350,7 +352,7 @@ def load_model(model_id: int) -> ModelSpec:
         raise KeyError(f"no SunSpec definition of model {model_id} (pysunspec2 ships {len(model_ids())} models)") from None
     top = _group_spec(data["group"])
     if [p.name for p in top.points[:2]] != ["ID", "L"]:
-        raise ValueError(f"model {model_id}: the definition does not start with ID, L")
+        raise SunSpecDefinitionError(f"model {model_id}: the definition does not start with ID, L")
     group = data["group"]
     return ModelSpec(id=int(data["id"]), name=top.name, label=group.get("label"), description=group.get("desc"),
                      group=GroupSpec(top.name, None, top.points[2:], top.groups))
@@ -426,7 +428,7 @@ def raw_range(ptype: PointType) -> tuple[int, int]:
     """Smallest and largest implemented raw integer of an integer type (its sentinel excluded)."""
     info = _TYPES[ptype]
     if info.kind != "int":
-        raise ValueError(f"{ptype} is not an integer type")
+        raise SunSpecDefinitionError(f"{ptype} is not an integer type")
     bits = 16 * info.size
     if info.signed:
         return -(1 << (bits - 1)) + 1, (1 << (bits - 1)) - 1
@@ -467,7 +469,7 @@ def encode_point(point: PointDef, raw: Raw) -> list[int]:
         raise TypeError(f"{point.name}: raw value must be int, got {type(raw).__name__}")
     low, high = raw_range(point.type)
     if not low <= raw <= high:
-        raise ValueError(f"{point.name}: raw {raw} outside {point.type} range [{low}, {high}]")
+        raise EncodingError(f"{point.name}: raw {raw} outside {point.type} range [{low}, {high}]")
     return _int_to_regs(raw & ((1 << (16 * info.size)) - 1), info.size)
 
 
@@ -499,11 +501,11 @@ def from_raw(raw: int | float | None, sf: int | None) -> float | None:
 def to_raw(value: float, sf: int, ptype: PointType) -> int:
     """Raw integer for an engineering value at scale factor ``sf``; ValueError if not finite or out of range."""
     if not math.isfinite(value):
-        raise ValueError(f"value {value!r} is not finite")
+        raise EncodingError(f"value {value!r} is not finite")
     raw = round(value / 10.0**sf)
     low, high = raw_range(ptype)
     if not low <= raw <= high:
-        raise ValueError(f"{value} at sf {sf} is raw {raw}, outside {ptype} range [{low}, {high}]")
+        raise EncodingError(f"{value} at sf {sf} is raw {raw}, outside {ptype} range [{low}, {high}]")
     return raw
 
 
@@ -514,7 +516,7 @@ def fit_scale_factor(max_abs: float, ptype: PointType, *, finest: int = 0) -> in
     while abs(max_abs) / 10.0**sf > high:
         sf += 1
         if sf > 10:
-            raise ValueError(f"{max_abs} does not fit in {ptype} at any scale factor")
+            raise EncodingError(f"{max_abs} does not fit in {ptype} at any scale factor")
     return sf
 
 
@@ -601,7 +603,7 @@ class ModelView:
             return encode_point(point, float(value))
         sf = 0 if point.sf is None else self.sf(name)
         if sf is None:
-            raise ValueError(f"{name}: scale factor {point.sf} is not implemented")
+            raise SunSpecDefinitionError(f"{name}: scale factor {point.sf} is not implemented")
         return encode_point(point, to_raw(value, sf, point.type))
 
     def value_setter(self, name: str) -> Callable[[float | None], None]:
@@ -622,7 +624,7 @@ class ModelView:
             return set_float
         sf = 0 if point.sf is None else self.sf(name)
         if sf is None:
-            raise ValueError(f"{name}: scale factor {point.sf} is not implemented")
+            raise SunSpecDefinitionError(f"{name}: scale factor {point.sf} is not implemented")
         low, high = raw_range(point.type)
         mask = (1 << (16 * size)) - 1
         step = 10.0**sf
@@ -632,10 +634,10 @@ class ModelView:
                 regs[begin : begin + size] = sentinel
                 return
             if not math.isfinite(value):
-                raise ValueError(f"{name}: {value!r} is not finite")
+                raise EncodingError(f"{name}: {value!r} is not finite")
             raw = round(value / step)
             if not low <= raw <= high:
-                raise ValueError(f"{name}: {value} at sf {sf} is outside {point.type} range")
+                raise EncodingError(f"{name}: {value} at sf {sf} is outside {point.type} range")
             if size == 1:
                 regs[begin] = raw & 0xFFFF
             else:
@@ -659,7 +661,7 @@ class ModelView:
             elif info.kind == "int":
                 sf = 0 if point.sf is None else self.sf(name)
                 if sf is None:
-                    raise ValueError(f"{name}: scale factor {point.sf} is not implemented")
+                    raise SunSpecDefinitionError(f"{name}: scale factor {point.sf} is not implemented")
                 low, high = raw_range(point.type)
                 ints.append((i, begin, 10.0**sf, low, high, point.size, not_implemented(point.type, point.size)))
             else:
@@ -682,7 +684,7 @@ class ModelView:
                     continue
                 raw = round(value / step)
                 if not low <= raw <= high:
-                    raise ValueError(f"{names[i]}: {value} at step {step} is outside its range")
+                    raise EncodingError(f"{names[i]}: {value} at step {step} is outside its range")
                 if size == 1:
                     regs[begin] = raw & 0xFFFF
                 else:
@@ -716,7 +718,7 @@ class ModelLocation(NamedTuple):
 def iter_chain(regs: Sequence[int], base: int = BASE_ADDRESS) -> Iterator[ModelLocation]:
     """Walk an in-memory device map (``regs[0]`` is at ``base``) and yield its models."""
     if tuple(regs[:2]) != SUNS_MARKER:
-        raise ValueError("no 'SunS' marker")
+        raise SunSpecDefinitionError("no 'SunS' marker")
     index = 2
     while index + 1 < len(regs):
         model_id, length = regs[index], regs[index + 1]
@@ -724,7 +726,7 @@ def iter_chain(regs: Sequence[int], base: int = BASE_ADDRESS) -> Iterator[ModelL
             return
         yield ModelLocation(model_id, base + index, length)
         index += 2 + length
-    raise ValueError("model chain runs past the image without an end marker")
+    raise SunSpecDefinitionError("model chain runs past the image without an end marker")
 
 
 class SunSpecImage:
@@ -740,7 +742,7 @@ class SunSpecImage:
         self.locations: list[ModelLocation] = []
         for model in models:
             if model.id in self.views:
-                raise ValueError(f"model {model.id} twice in one image")
+                raise SunSpecDefinitionError(f"model {model.id} twice in one image")
             start = len(self.registers)
             self.registers += [model.id, model.length]
             for point in model.points:
@@ -749,7 +751,7 @@ class SunSpecImage:
             self.locations.append(ModelLocation(model.id, base + start, model.length))
         self.registers += [END_MODEL_ID, 0]
         if base + len(self.registers) > 0x10000:
-            raise ValueError("image does not fit below register 65536")
+            raise EncodingError("image does not fit below register 65536")
         self._owner: list[tuple[int, PointDef] | None] = [None] * len(self.registers)
         for model_id, view in self.views.items():
             for point in view.model.points:

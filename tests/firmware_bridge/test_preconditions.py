@@ -54,3 +54,12 @@ def test_reads_refresh_only_what_they_cover() -> None:
     meas = device.image[701]
     assert isinstance(device.read(device.image.base + meas.start, 10), list)
     assert calls == 1
+
+
+def test_encoding_and_definition_errors_are_firmware_bridge_errors() -> None:
+    """Values that do not fit a point, and model definitions that cannot be laid out, are our errors (still
+    ValueErrors, as before)."""
+    from firmware_bridge import EncodingError, FirmwareBridgeError, SunSpecDefinitionError
+
+    for error in (EncodingError, SunSpecDefinitionError):
+        assert issubclass(error, FirmwareBridgeError) and issubclass(error, ValueError)
