@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 
 import numpy as np
 
@@ -49,6 +49,8 @@ from heron_edge.protocols.auction import orders_from_net
 if TYPE_CHECKING:  # the gateway side runs these roles without the simulator installed
     from sim.plant import Measurements, Plant
     from sim.scenario import Scenario
+
+PowerT = TypeVar("PowerT", float, np.ndarray)
 
 ProtocolName = Literal["setpoint", "price_signal", "p2p_trading", "consensus"]
 ConsensusForm = Literal["closed", "lockstep"]
@@ -165,10 +167,9 @@ class Coordination:
         return max(feeder_head_mw, 0.0) / self.scenario.feeder_head_rating_mva
 
     @staticmethod
-    def needs_mw(load_mw: np.ndarray, pv_mw: np.ndarray, wind_mw: np.ndarray) -> np.ndarray:
-        """Net need of each microgrid before its dispatchable devices (MW, + deficit)."""
-        need: np.ndarray = load_mw - pv_mw - wind_mw
-        return need
+    def needs_mw(load_mw: PowerT, pv_mw: PowerT, wind_mw: PowerT) -> PowerT:
+        """Net need of each microgrid (an array) or of one (a float) before its dispatchable devices (MW, + deficit)."""
+        return load_mw - pv_mw - wind_mw  # type: ignore[no-any-return]  # numpy types ndarray arithmetic as Any
 
 
     def demand_shares_mw(self, needs: np.ndarray) -> np.ndarray:

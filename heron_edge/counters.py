@@ -8,6 +8,7 @@ with :func:`int_fields` and carries the rejections as ``{source: {reason: count}
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter
 from typing import Literal
 
@@ -20,6 +21,11 @@ telemetry, the command guard, the clock, a protocol's link (setpoint, market, co
 
 class Rejections(Counter[str]):
     """Rejected messages by reason (a decode reason such as ``schema`` or ``bounds``, or a guard reason)."""
+
+    def record(self, reason: str, logger: logging.Logger, who: str, topic: str, detail: object) -> None:
+        """Count one rejected message and log it, as every receiver does: ``who: rejected a message on topic``."""
+        self[reason] += 1
+        logger.warning("%s: rejected a message on %s (%s): %s", who, topic, reason, detail)
 
     def as_dict(self) -> dict[str, int]:
         """The non-zero counts, for a status."""

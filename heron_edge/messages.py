@@ -37,7 +37,6 @@ __all__ = [
     "BODY_TYPES",
     "DECODE_REASONS",
     "LIMITS",
-    "MAX_STEP",
     "ROOT",
     "TOPICS",
     "TOPIC_KINDS",
@@ -105,7 +104,6 @@ class Limits:
 
 
 LIMITS: Final = Limits()
-MAX_STEP: Final = LIMITS.step
 
 _Power = Annotated[float, Field(ge=-LIMITS.power_mw, le=LIMITS.power_mw)]
 _Price = Annotated[float, Field(ge=-LIMITS.price_usd_per_mwh, le=LIMITS.price_usd_per_mwh)]

@@ -123,13 +123,12 @@ class SystemOperator:
             if any(abs(p) > limit for p in powers):
                 self._reject("bounds", delivery.topic, f"powers {powers} MW beyond +/-{limit:g} MW")
                 continue
-            self._needs[i] = float(self.coordination.needs_mw(*(np.array([p]) for p in powers))[0])
+            self._needs[i] = self.coordination.needs_mw(*powers)
             fresh[i] = True
         return self._needs.copy()
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
-        self.stats.rejected[reason] += 1
-        log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)
+        self.stats.rejected.record(reason, log, self.agent_id, topic, detail)
 
     def counters(self) -> dict[str, int]:
         """Telemetry and protocol-link counts for the status (late per microgrid as ``late_<agent>``)."""
@@ -140,7 +139,7 @@ class SystemOperator:
     def rejections(self) -> dict[RejectSource, dict[str, int]]:
         """Rejected telemetry (``message``) and protocol messages (orders: ``protocol``), by reason."""
         out: dict[RejectSource, dict[str, int]] = {"message": self.stats.rejected.as_dict(),
-                                                    "protocol": Rejections(self.roles.link.stats.rejected).as_dict()}
+                                                    "protocol": self.roles.link.stats.rejected.as_dict()}
         return {source: counts for source, counts in out.items() if counts}
 
     async def close(self) -> None:

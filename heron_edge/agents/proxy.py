@@ -314,5 +314,4 @@ class ProxyAgent:
         self.stats.ignored += 1  # well-formed, but not a price or telemetry (e.g. another body on these topics)
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
-        self.stats.rejected[reason] += 1
-        log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)
+        self.stats.rejected.record(reason, log, self.agent_id, topic, detail)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from heron_edge.brokers import Broker, Delivery, Subscription
 from heron_edge.brokers.base import get_any
+from heron_edge.counters import Rejections
 from heron_edge.errors import ConfigError
 from heron_edge.messages import AnyBody, DecodeError, Envelope, decode_on, make_envelope
 
@@ -71,17 +72,12 @@ class LinkStats:
 
     sent: int = 0
     received: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
+    rejected: Rejections = field(default_factory=Rejections)
     stale: int = 0
     ignored: int = 0
     duplicates: int = 0
     overflow: int = 0
     timeouts: int = 0
-
-    @property
-    def rejected_total(self) -> int:
-        """All rejected payloads, whatever the reason."""
-        return sum(self.rejected.values())
 
 
 @dataclass
@@ -175,8 +171,7 @@ class Link:
 
     def reject(self, reason: str, topic: str, detail: object) -> None:
         """Count and log one rejected message (every role's rejections go through here)."""
-        self.stats.rejected[reason] += 1
-        log.warning("%s: rejected a message on %s (%s): %s", self.agent_id, topic, reason, detail)
+        self.stats.rejected.record(reason, log, self.agent_id, topic, detail)
 
     def _accept(self, delivery: Delivery) -> Envelope | None:
         """The delivery's envelope if it decodes on its topic, is new and lies within the step window;

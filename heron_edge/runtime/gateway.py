@@ -619,7 +619,7 @@ class Gateway:
             "message": self.proxy.stats.rejected.as_dict(), "command": self.inbox.rejected.as_dict(),
             "clock": self.clock_rejected.as_dict()}
         if self.proxy.roles is not None:
-            out["protocol"] = Rejections(self.proxy.roles.link.stats.rejected).as_dict()
+            out["protocol"] = self.proxy.roles.link.stats.rejected.as_dict()
         return {source: counts for source, counts in out.items() if counts}
 
     def status(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ past validation fails where it is used, with firmware_bridge's own Configuration
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,11 @@ def test_encoding_and_definition_errors_are_firmware_bridge_errors() -> None:
     """Values that do not fit a point, and model definitions that cannot be laid out, are our errors (still
     ValueErrors, as before)."""
     from firmware_bridge import EncodingError, FirmwareBridgeError, SunSpecDefinitionError
+    from firmware_bridge.sunspec import to_raw
 
     for error in (EncodingError, SunSpecDefinitionError):
         assert issubclass(error, FirmwareBridgeError) and issubclass(error, ValueError)
+    for value in (math.inf, math.nan, 1e9):  # not finite; beyond an int16 at scale factor 0
+        with pytest.raises(EncodingError):
+            to_raw(value, 0, "int16")
+    assert to_raw(-2000.0, 1, "int16") == -200

@@ -115,7 +115,7 @@ def test_malformed_consensus_payloads_are_counted_and_ignored() -> None:
     assert all(r.value[0] == pytest.approx(6.0) and r.excluded == () for r in results)
     for agent, s in zip(IDS, stats):
         if agent == "mg2":  # mg2 does not listen to its own topic
-            assert s.rejected_total == 0
+            assert s.rejected.total() == 0
             continue
         assert s.rejected["not_json"] == 1 and s.rejected["schema"] == 1 and s.rejected["expired"] == 1
         assert s.rejected["sender"] == 1 and s.rejected["bounds"] == 1
