@@ -100,7 +100,9 @@ def test_pysunspec2_reads_every_point_we_serve(kind: str, profile: str) -> None:
                 assert theirs[model_id].keys() == mine.keys(), model_id
                 for name, value in mine.items():
                     other = theirs[model_id][name]
-                    if isinstance(value, float):
+                    if name.startswith("TotWh") and value is not None:  # an energy counter still counting: ours is read after
+                        assert 0.0 <= value - other <= 10.0, (model_id, name, value, other)
+                    elif isinstance(value, float):
                         assert other == pytest.approx(value, rel=1e-6), (model_id, name)
                     else:
                         assert other == value, (model_id, name)
