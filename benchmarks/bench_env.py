@@ -99,16 +99,19 @@ def run_sampling(env: Any, episodes: int, seed: int) -> int:
 
 def record_injections(env: Any, actions: list[list[dict[str, np.ndarray]]], seed: int,
                       n_steps: int) -> list[tuple[np.ndarray, ...]]:
-    """Replay (untimed) the first ``n_steps`` env steps, keeping each solve's injections and resulting voltages."""
+    """Replay (untimed) the first ``n_steps`` env steps, keeping each step's injections, regulator taps and resulting
+    voltages (of the step's last solve: after the regulators moved, the state the step reports)."""
     pf = env.plant.powerflow
     solve = pf.solve
     calls: list[tuple[np.ndarray, ...]] = []
     in_step = [False]  # resets also solve (at idle setpoints): keep only the solves made inside step()
+    last: list[tuple[np.ndarray, ...]] = []
 
     def recording(load_p: np.ndarray, load_q: np.ndarray, sgen_p: np.ndarray, storage_p: np.ndarray) -> bool:
         converged = solve(load_p, load_q, sgen_p, storage_p)
         if in_step[0]:
-            calls.append((load_p.copy(), load_q.copy(), sgen_p.copy(), storage_p.copy(), pf.vm_pu.copy(), np.array(converged)))
+            last[:] = [(load_p.copy(), load_q.copy(), sgen_p.copy(), storage_p.copy(), pf.vm_pu.copy(), np.array(converged),
+                        env.plant.regulator_taps())]
         return converged
 
     pf.solve = recording
@@ -121,6 +124,7 @@ def record_injections(env: Any, actions: list[list[dict[str, np.ndarray]]], seed
                 in_step[0] = True
                 env.step(action)
                 in_step[0] = False
+                calls += last
                 if len(calls) >= n_steps:
                     return calls[:n_steps]
     finally:
@@ -131,8 +135,10 @@ def record_injections(env: Any, actions: list[list[dict[str, np.ndarray]]], seed
 REFERENCE_OPTIONS: dict[str, Any] = {"numba": True}  # pandapower's defaults otherwise (tolerance_mva 1e-8, init "auto")
 
 
-def run_reference(net: Any, injections: list[tuple[np.ndarray, ...]], repeats: int) -> tuple[float, np.ndarray, bool]:
-    """Timed: write each step's injections into ``net`` and call runpp, ``repeats`` times over the steps.
+def run_reference(net: Any, injections: list[tuple[np.ndarray, ...]], repeats: int,
+                  regulators: list[int]) -> tuple[float, np.ndarray, bool]:
+    """Timed: write each step's injections (and the ``regulators``' taps) into ``net`` and call runpp, ``repeats``
+    times over the steps.
 
     Returns (best seconds for all the steps, vm_pu per step, whether runpp used numba).
     """
@@ -145,7 +151,8 @@ def run_reference(net: Any, injections: list[tuple[np.ndarray, ...]], repeats: i
         pp.runpp(net, **REFERENCE_OPTIONS)  # warm-up: numba compiles here
         for _ in range(repeats):
             start = time.perf_counter()
-            for k, (load_p, load_q, sgen_p, storage_p, *_) in enumerate(injections):
+            for k, (load_p, load_q, sgen_p, storage_p, _, _, taps) in enumerate(injections):
+                net.trafo.loc[regulators, "tap_pos"] = taps
                 net.load["p_mw"] = load_p
                 net.load["q_mvar"] = load_q
                 net.sgen["p_mw"] = sgen_p
@@ -197,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
     n_ref = min(args.reference_steps, steps)
     injections = record_injections(env, actions, args.seed, n_ref)
-    ref_s, ref_vm, numba_used = run_reference(env.plant.net, injections, max(1, args.repeats // 2))
+    ref_s, ref_vm, numba_used = run_reference(env.plant.net, injections, max(1, args.repeats // 2),
+                                              [r.trafo for r in env.plant.built.regulators])
     ref_sps = n_ref / ref_s
     fast_vm = np.stack([c[4] for c in injections])
     converged = np.array([bool(c[5]) for c in injections])

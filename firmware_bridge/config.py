@@ -26,6 +26,11 @@ class ModbusDeviceConfig(BaseModel):
     setpoint_revert_s when the gateway stops). ramp_w_per_s: the largest change of the commanded power
     per second (None: no ramp). min_limit_pct: the lowest output limit written to a PV / wind inverter
     (% of WMax); 0 allows a 0 % limit, which some inverters treat as a stop or a disconnect.
+
+    map: a register-map device instead of a SunSpec one: a shipped map's name (``eastron-sdm630``, see
+    ``firmware_bridge.regmap``) or a TOML file's path. link: the name of the shared link the device is reached
+    through (a gateway config's ``[links.NAME]``, whose transport fields are copied here); devices with the same
+    ``endpoint`` share one connection and request queue either way. bytesize: data bits of a serial line.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -37,6 +42,7 @@ class ModbusDeviceConfig(BaseModel):
     baudrate: int = Field(9600, gt=0)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
     unit_id: int = Field(1, ge=0, le=255)
     timeout_s: float = Field(1.0, gt=0, le=60)
     retries: int = Field(2, ge=0, le=10)
@@ -48,6 +54,8 @@ class ModbusDeviceConfig(BaseModel):
     keepalive: bool = False
     ramp_w_per_s: float | None = Field(None, gt=0, le=1e10, allow_inf_nan=False)
     min_limit_pct: float = Field(1.0, ge=0, le=100, allow_inf_nan=False)
+    map: str | None = Field(None, min_length=1)
+    link: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
 
     @model_validator(mode="after")
     def _rtu_needs_a_port(self) -> ModbusDeviceConfig:
@@ -61,3 +69,9 @@ class ModbusDeviceConfig(BaseModel):
     def link_name(self) -> str:
         """A readable name of the link, for messages and logs."""
         return f"{self.host}:{self.port}" if self.transport == "tcp" else f"{self.serial_port} (rtu)"
+
+    @property
+    def endpoint(self) -> tuple[str, str]:
+        """What identifies the link's medium: ("tcp", "host:port") or ("rtu", serial port); devices with the
+        same endpoint share one connection and one request queue."""
+        return ("tcp", f"{self.host}:{self.port}") if self.transport == "tcp" else ("rtu", self.serial_port or "")

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -28,7 +29,7 @@ from firmware_bridge.errors import (
     DeviceTimeoutError,
 )
 
-__all__ = ["LinkStats", "ModbusLink"]
+__all__ = ["LinkStats", "ModbusLink", "Table", "WriteFunction"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ _EXCEPTION_NAMES = {
 }
 
 _Client = AsyncModbusTcpClient | AsyncModbusSerialClient
+Table = Literal["holding", "input", "coil", "discrete"]
+"""The four Modbus data tables: holding registers (functions 3/6/16), input registers (4), coils (1/5),
+discrete inputs (2)."""
+WriteFunction = Literal[6, 16]
 
 
 @dataclass(slots=True)
@@ -61,7 +66,8 @@ class LinkStats:
 class ModbusLink:
     """A Modbus TCP or RTU link configured by a ``ModbusDeviceConfig`` (its transport fields).
 
-    Requests are serialized; ``read``/``write`` raise a ``DeviceError`` subclass after the last
+    Every device behind the link shares it (``firmware_bridge.links.LinkPool`` hands out one per endpoint):
+    requests are serialized; ``read``/``write`` raise a ``DeviceError`` subclass after the last
     retry. Use as an async context manager, or call ``close()``; closing twice is harmless.
     """
 
@@ -94,6 +100,7 @@ class ModbusLink:
             baudrate=c.baudrate,
             parity=c.parity,
             stopbits=c.stopbits,
+            bytesize=c.bytesize,
             timeout=c.timeout_s,
             retries=0,
             reconnect_delay=0,
@@ -189,27 +196,51 @@ class ModbusLink:
                         raise
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def read(self, address: int, count: int, *, unit_id: int) -> list[int]:
-        """Read ``count`` (1..125) holding registers starting at protocol address ``address``."""
-        if not 1 <= count <= 125:
-            raise ConfigurationError(f"count {count} outside 1..125")
-        response = await self._request(
-            f"read {count} @ {address}",
-            lambda client: client.read_holding_registers(address, count=count, device_id=unit_id),
-        )
-        registers = list(response.registers)
-        if len(registers) != count:
-            raise DeviceError(f"{self.config.link_name}: asked for {count} registers at {address}, got {len(registers)}")
-        return registers
+    async def read(self, address: int, count: int, *, unit_id: int, table: Table = "holding") -> list[int]:
+        """Read ``count`` holding (function 3) or input (4) registers, 1..125, or coils (1) or discrete inputs (2),
+        1..2000 (as 0 / 1), starting at protocol address ``address``."""
+        limit = 125 if table in ("holding", "input") else 2000
+        if not 1 <= count <= limit:
+            raise ConfigurationError(f"count {count} outside 1..{limit}")
+        if not 0 <= address <= 0xFFFF - count + 1:
+            raise ConfigurationError(f"address {address} + {count} outside the 16-bit address space")
+        readers = {
+            "holding": lambda client: client.read_holding_registers(address, count=count, device_id=unit_id),
+            "input": lambda client: client.read_input_registers(address, count=count, device_id=unit_id),
+            "coil": lambda client: client.read_coils(address, count=count, device_id=unit_id),
+            "discrete": lambda client: client.read_discrete_inputs(address, count=count, device_id=unit_id),
+        }
+        call = readers.get(table)
+        if call is None:
+            raise ConfigurationError(f"unknown table {table!r}")
+        response = await self._request(f"read {count} {table} @ {address} unit {unit_id}", call)
+        values = list(response.registers) if table in ("holding", "input") else [int(b) for b in response.bits[:count]]
+        if len(values) != count:
+            raise DeviceError(f"{self.config.link_name}: asked for {count} {table} at {address}, got {len(values)}")
+        return values
 
-    async def write(self, address: int, values: list[int], *, unit_id: int) -> None:
-        """Write holding registers (function 16) starting at protocol address ``address``."""
+    async def write(self, address: int, values: list[int], *, unit_id: int, function: WriteFunction = 16) -> None:
+        """Write holding registers starting at protocol address ``address``: function 16 (1..123 registers), or
+        function 6 (one register; a device that accepts only single-register writes)."""
         if not 1 <= len(values) <= 123 or any(not 0 <= v <= 0xFFFF for v in values):
             raise ConfigurationError("need 1..123 register values in 0..65535")
+        if function == 6:
+            if len(values) != 1:
+                raise ConfigurationError(f"function 6 writes one register, not {len(values)}")
+            await self._request(f"write @ {address} unit {unit_id} (06)",
+                                lambda client: client.write_register(address, values[0], device_id=unit_id))
+            return
+        if function != 16:
+            raise ConfigurationError(f"write function {function} is not 6 or 16")
         await self._request(
-            f"write {len(values)} @ {address}",
+            f"write {len(values)} @ {address} unit {unit_id}",
             lambda client: client.write_registers(address, values, device_id=unit_id),
         )
+
+    async def write_coil(self, address: int, value: bool, *, unit_id: int) -> None:
+        """Write one coil (function 5)."""
+        await self._request(f"write coil @ {address} unit {unit_id}",
+                            lambda client: client.write_coil(address, value, device_id=unit_id))
 
     async def close(self) -> None:
         """Close the transport; later requests raise DeviceClosedError. Closing twice is harmless."""

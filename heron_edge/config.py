@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from heron_edge.brokers.impaired import ImpairmentConfig
 from heron_edge.coordination import ProtocolName
 from heron_edge.errors import ConfigError
 
@@ -51,11 +52,21 @@ class EnvConfig(BaseModel):
         None, description="at the episode's last step each agent's reward gains the change of its battery's "
         "deliverable energy (MWh, from the first step to the last) times this value (USD/MWh; 'mean_price': the "
         "mean hourly price of the episode's steps), so draining is not free; None: no terminal value")
+    impairment: ImpairmentConfig | None = Field(
+        None, description="distributed mode: loss, latency_s, jitter_s, duplicate, reorder, seed, deadline_s and per "
+        "topic kind 'kinds' (heron_edge.brokers.impaired) applied to every message; lost and late counts in infos")
+
+    site_graph: Literal["feeder", "ring"] | dict[str, list[str]] = Field(
+        "feeder", description="whose telemetry each agent observes (neighbour aggregates): 'feeder', the microgrids "
+        "before and after it in the scenario's order along the feeder; 'ring'; or a mapping agent -> neighbours "
+        "(heron_edge.site_graph)")
 
     @model_validator(mode="after")
     def _broker_only_when_distributed(self) -> EnvConfig:
         if self.centralized and self.message_broker is not None:
             raise ValueError("message_broker is only used when centralized is False")
+        if self.centralized and self.impairment is not None:
+            raise ValueError("impairment acts on messages: it needs centralized False")
         if not self.centralized and self.observation == "global":
             raise ValueError("observation 'global' needs centralized True: a distributed agent sees local observations")
         if isinstance(self.terminal_energy_value, float) and not math.isfinite(self.terminal_energy_value):

@@ -14,9 +14,10 @@ from typing import Literal
 
 __all__ = ["RejectSource", "Rejections", "int_fields"]
 
-RejectSource = Literal["message", "command", "clock", "protocol", "meter"]
+RejectSource = Literal["message", "command", "clock", "protocol", "meter", "forecast"]
 """Where a rejection happened: the agent's per-step stream (price, peers' telemetry) or the operator's
-telemetry, the command guard, the clock, a protocol's link (setpoint, market, consensus), the feeder meter."""
+telemetry, the command guard, the clock, a protocol's link (setpoint, market, consensus), the feeder meter, a
+gateway's mqtt forecast source."""
 
 
 class Rejections(Counter[str]):

@@ -10,6 +10,7 @@ the dispatch consensus -> agents collect their observation; next call: agents ap
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import cast
 
 import gymnasium
@@ -19,13 +20,31 @@ from heron_edge import observations as ob
 from heron_edge.agents import ExternalPolicy, MicrogridAgent, ProxyAgent, Ratings, SystemOperator
 from heron_edge.agents.proxy import ProxyStats
 from heron_edge.brokers import Broker, InMemoryBroker
+from heron_edge.brokers.impaired import ImpairedBroker
 from heron_edge.config import EnvConfig, default_site
 from heron_edge.coordination import UPSTREAM_ID, Coordination, MicrogridRoles, Signals
 from heron_edge.deviceio import PlantDeviceIO
 from heron_edge.eager import gather_eagerly, run_eagerly
 from heron_edge.errors import UsageError
 from heron_edge.protocols import Clearing, Link, PriceSignal
+from heron_edge.simtime import SimulatedTimeLoop
+from heron_edge.site_graph import site_graph
 from sim.plant import Measurements, Plant, Setpoints
+
+
+@dataclass
+class Exchange:
+    """What one call's message exchange (a reset, a step) did per agent: messages on its topics lost and late
+    (NaN without an impairment), and whether it decided on fallback values (1.0) or not (0.0)."""
+
+    lost: np.ndarray
+    late: np.ndarray
+    fallback: np.ndarray
+
+    def fields(self, i: int) -> dict[str, float]:
+        """Agent ``i``'s entries of :class:`heron_edge.infos.StepInfo`."""
+        return {"messages_lost": float(self.lost[i]), "messages_late": float(self.late[i]),
+                "fallback": float(self.fallback[i])}
 
 
 class DistributedRunner:
@@ -38,13 +57,19 @@ class DistributedRunner:
         self.coordination = coordination
         self.site: str = config.site if config.site is not None else default_site()
         site = self.site
-        self.broker: Broker = config.message_broker if config.message_broker is not None else InMemoryBroker()
+        broker: Broker = config.message_broker if config.message_broker is not None else InMemoryBroker()
+        self.impaired: ImpairedBroker | None = None
+        """With ``config.impairment``: the wrapper every message goes through (its ``stats`` count the run)."""
+        if config.impairment is not None:
+            self.impaired = broker = ImpairedBroker(broker, config.impairment, deadline_s=config.step_timeout_s)
+        self.broker = broker
         self.request = Setpoints.zeros(plant.n)
         self.policies = [ExternalPolicy() for _ in plant.names]
         scenario = plant.scenario
+        graph = site_graph(plant.names, config.site_graph)
         self.proxies = [
             ProxyAgent(agent_id=name, broker=self.broker, upstream_id=UPSTREAM_ID, site=site, peers=plant.names,
-                       step_timeout_s=config.step_timeout_s,
+                       neighbours=graph.neighbours[name], step_timeout_s=config.step_timeout_s,
                        actual_agent=MicrogridAgent(name, PlantDeviceIO(plant, i, self.request), self.policies[i],
                                                    Ratings(mg.battery.p_max_mw, mg.generator.p_max_mw)),
                        roles=MicrogridRoles(coordination, Link(self.broker, site=site, agent_id=name,
@@ -52,16 +77,22 @@ class DistributedRunner:
             for i, (name, mg) in enumerate(zip(plant.names, scenario.microgrids, strict=True))
         ]
         self.operator = SystemOperator(UPSTREAM_ID, self.broker, coordination, site=site,
-                                       step_timeout_s=config.step_timeout_s)
-        n_extra = plant.n - 1 + coordination.n_features
+                                       step_timeout_s=config.step_timeout_s, price_of=plant.price)
+        k = coordination.n_features
         self.observation_spaces = {
             name: gymnasium.spaces.Box(
-                np.concatenate([ob.CONTEXT_LOW, low, np.full(n_extra, -np.inf)]).astype(np.float32),
-                np.concatenate([ob.CONTEXT_HIGH, high, np.full(n_extra, np.inf)]).astype(np.float32), dtype=np.float32)
+                np.concatenate([ob.CONTEXT_LOW, low, ob.AGGREGATES_LOW, np.full(k, -np.inf)]).astype(np.float32),
+                np.concatenate([ob.CONTEXT_HIGH, high, ob.AGGREGATES_HIGH, np.full(k, np.inf)]).astype(np.float32),
+                dtype=np.float32)
             for name, (low, high) in zip(plant.names, local_bounds, strict=True)
         }
         self.signals: Signals | None = None
-        self._loop = asyncio.new_event_loop()
+        nan = np.full(plant.n, np.nan)
+        self.exchange = Exchange(nan, nan.copy(), nan.copy())
+        """The last call's exchange, per agent."""
+        # impaired in memory, waits are simulated: which message beats which timeout never depends on the machine
+        in_memory = self.impaired is not None and isinstance(self.impaired.inner, InMemoryBroker)
+        self._loop = SimulatedTimeLoop() if in_memory else asyncio.new_event_loop()
         self._observations: list[np.ndarray] = []
         try:
             self._loop.run_until_complete(self._start())
@@ -81,7 +112,37 @@ class DistributedRunner:
         for proxy in self.proxies:
             proxy.steps_per_day = self.plant.profiles.steps_per_day
             proxy.reset(step)
-        return run_eagerly(self._loop, self._observe_all())
+        return run_eagerly(self._loop, self._reset_exchange())
+
+    async def _reset_exchange(self) -> dict[str, np.ndarray]:
+        before = await self._begin()
+        try:
+            return await self._observe_all()
+        finally:
+            self._end(before)
+
+    def _fallbacks(self) -> np.ndarray:
+        """Per agent, how often it fell back so far: steps with a price or peers' telemetry missing, protocol waits
+        that ended without their message."""
+        return np.array([proxy.stats.late + (proxy.roles.link.stats.timeouts if proxy.roles else 0)
+                         for proxy in self.proxies])
+
+    async def _begin(self) -> np.ndarray:
+        """Open one call's exchange (the impairment's step and deadline); the fallback counts before it."""
+        if self.impaired is not None:
+            await self.impaired.begin_step()
+        return self._fallbacks()
+
+    def _end(self, before: np.ndarray) -> None:
+        """Close the exchange: who fell back, what was lost or late."""
+        fallback = (self._fallbacks() > before).astype(np.float64)
+        if self.impaired is None:
+            self.exchange = Exchange(np.full(len(fallback), np.nan), np.full(len(fallback), np.nan), fallback)
+            return
+        self.impaired.end_step()
+        window = self.impaired.window
+        self.exchange = Exchange(np.array([float(window.lost_by_agent[name]) for name in self.plant.names]),
+                                 np.array([float(window.late_by_agent[name]) for name in self.plant.names]), fallback)
 
     async def _observe_all(self) -> dict[str, np.ndarray]:
         plant, step = self.plant, self.plant.t
@@ -114,6 +175,14 @@ class DistributedRunner:
         step, signals = self.plant.t, self.signals
         if signals is None:
             raise UsageError("step before reset(): call reset() first")
+        before = await self._begin()
+        try:
+            return await self._act_and_observe(step, signals, actions)
+        finally:
+            self._end(before)
+
+    async def _act_and_observe(self, step: int, signals: Signals, actions: np.ndarray
+                               ) -> tuple[Measurements, Signals, Clearing | None, dict[str, np.ndarray]]:
         for proxy, policy, action, observation in zip(self.proxies, self.policies, actions, self._observations, strict=True):
             policy.next_action = action
             await proxy.actual_agent.apply(proxy.actual_agent.act(observation))

@@ -8,7 +8,8 @@ One agent per microgrid. Its action is a Box(4) of normalised setpoints:
 The plant clamps what a device cannot do this step (state of charge, ramp) and reports it in infos.
 Reward (USD, per agent, per step): -(fuel cost + energy bought at the signalled price - energy sold
 at the export credit, net of peer-to-peer trades) minus penalties for its buses outside 0.95-1.05
-p.u., its branches over 100 % and a non-converged power flow; with ``share_reward`` every agent gets
+p.u., its lines and transformers over 100 % and a non-converged power flow (rates per hour times the step
+length, see ``sim.scenario.PenaltyConfig``); with ``share_reward`` every agent gets
 the mean. Observations: see ``heron_edge.observations``, plus the protocol features of
 ``heron_edge.coordination`` when ``protocol`` is set. ``"observation": "local"`` gives each agent, in the
 centralized loop too, exactly what its distributed twin sees (bit for bit: with consensus the centralized
@@ -38,6 +39,8 @@ from heron_edge.coordination import Coordination, Settlement, Signals
 from heron_edge.errors import ActionError, ConfigError, UsageError
 from heron_edge.infos import CLAMPED_FIELDS, StepInfo
 from heron_edge.protocols import Clearing, tracking_error
+from heron_edge.site_graph import site_graph
+from heron_edge.trajectory import tap_columns
 from sim.plant import Measurements, Plant, Setpoints
 
 ACTION_LOW = np.array([-1.0, 0.0, 0.0, 0.0], dtype=np.float32)
@@ -77,14 +80,15 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
         """Each microgrid's ratings: they scale its actions and, with ``normalize``, its observation."""
         self.action_spaces = {a: gymnasium.spaces.Box(ACTION_LOW, ACTION_HIGH, dtype=np.float32) for a in self.possible_agents}
         lows, highs = zip(*(ob.local_bounds(m.battery.p_max_mw, m.generator.p_max_mw, m.pv_mw, m.wind_mw) for m in sc.microgrids), strict=True)
-        self.layout = ob.local_layout(n, features) if local else ob.global_layout(self.possible_agents, features)
+        self.layout = ob.local_layout(features) if local else ob.global_layout(self.possible_agents, features)
         """Names and order of every agent's observation (the same for all agents)."""
         self.state_layout = ob.state_layout(self.possible_agents, features)
         self._scales = np.stack([ob.feature_scales(self.layout, self.ratings[a], self.ratings) for a in self.possible_agents])
         self._state_scales = ob.feature_scales(self.state_layout, self.ratings[self.possible_agents[0]], self.ratings)
         if local:
-            bounds = [(np.concatenate([ob.CONTEXT_LOW, lo, np.full(n - 1 + k, -np.inf)]),
-                       np.concatenate([ob.CONTEXT_HIGH, hi, np.full(n - 1 + k, np.inf)])) for lo, hi in zip(lows, highs, strict=True)]
+            bounds = [(np.concatenate([ob.CONTEXT_LOW, lo, ob.AGGREGATES_LOW, np.full(k, -np.inf)]),
+                       np.concatenate([ob.CONTEXT_HIGH, hi, ob.AGGREGATES_HIGH, np.full(k, np.inf)]))
+                      for lo, hi in zip(lows, highs, strict=True)]
         else:
             low = np.concatenate([ob.CONTEXT_LOW, *lows, np.zeros(n), np.full(n * k, -np.inf)])
             high = np.concatenate([ob.CONTEXT_HIGH, *highs, np.ones(n), np.full(n * k, np.inf)])
@@ -104,7 +108,11 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
             self._runner = DistributedRunner(self.plant, self.config, self.coordination, list(zip(lows, highs, strict=True)))
         self._actions = np.zeros((n, 4))
         self._one_hot = np.eye(n, dtype=np.float32)
-        self._peers = np.array([[j for j in range(n) if j != i] for i in range(n)], dtype=np.intp).reshape(n, n - 1)
+        self.site_graph = site_graph(self.possible_agents, self.config.site_graph)
+        """Whose telemetry each agent observes (``heron_edge.site_graph``): its neighbour aggregates."""
+        self._neighbours = self.site_graph.index_arrays()
+        self._operator = np.zeros(ob.N_OPERATOR)
+        self._day: tuple[tuple[int, int], np.ndarray] | None = None  # ((year, first step of the day), its prices)
         self._local = np.zeros((n, ob.N_LOCAL))
         self._context = np.zeros(ob.N_CONTEXT)
         self._signals: Signals | None = None
@@ -160,7 +168,7 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
             obs = self._normalized(self._runner.reset())
         else:
             obs = self._observe(last)
-        infos = {a: StepInfo(step_in_year=start).as_dict() for a in self.agents}
+        infos = {a: (StepInfo(step_in_year=start).as_dict() | self._exchange_fields(i)) for i, a in enumerate(self.agents)}
         return obs, infos
 
     def _initial_soc(self, soc: Any) -> np.ndarray | None:
@@ -274,9 +282,10 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
         if self.layout.kind == "local":  # what each ProxyAgent.collect builds from its devices and messages
             own = ob.N_CONTEXT + ob.N_LOCAL
             rows[:, ob.N_CONTEXT : own] = self._local
-            rows[:, own : own + n - 1] = self._local[self._peers, 6]  # the peers' exchange_mw, in agent order
+            rows[:, own : own + ob.N_NEIGHBOUR] = ob.neighbour_means(self._local, *self._neighbours)
+            rows[:, own + ob.N_NEIGHBOUR : ob.N_LOCAL_BASE] = self._operator_features(plant)
             if coordination.n_features:
-                rows[:, own + n - 1 :] = coordination.features(signals)
+                rows[:, ob.N_LOCAL_BASE :] = coordination.features(signals)
         else:
             one_hot = ob.N_CONTEXT + ob.N_LOCAL * n
             rows[:, ob.N_CONTEXT : one_hot] = self._local.reshape(-1)
@@ -286,6 +295,14 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
         if self.config.normalize:
             rows = ob.normalize(rows, self._scales)
         return {a: rows[i] for i, a in enumerate(self.possible_agents)}
+
+    def _operator_features(self, plant: Plant) -> np.ndarray:
+        """The operator's aggregates of this step as the distributed agents receive them (site means, the outlook)."""
+        per_day = plant.profiles.steps_per_day
+        key = (plant.year, plant.t - plant.t % per_day)
+        if self._day is None or self._day[0] != key:
+            self._day = (key, ob.day_prices(plant.price, plant.t, per_day))
+        return ob.operator_features(ob.site_means(self._local), ob.price_outlook(self._day[1], plant.t), self._operator)
 
     def _normalized(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The distributed agents' observations, normalised when configured."""
@@ -307,6 +324,7 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
         setpoint, dispatch = signals.setpoint_mw, signals.dispatch_mw
         errors = None if setpoint is None else tracking_error(setpoint, last.exchange_mw)
         p2p = self.coordination.p2p is not None
+        taps = tap_columns(last.regulator_taps, last.tap_changes)
         for a, i in self._index.items():
             info = StepInfo(
                 step_in_year=last.step, converged=bool(last.converged),
@@ -315,6 +333,7 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
                 fuel_cost_usd=float(last.fuel_cost_usd[i]), energy_cost_usd=float(settlement.energy_cost_usd[i]),
                 penalty_usd=float(last.penalty_usd[i]), violation_v_pu=float(last.violation_v_pu[i]),
                 overload_percent=float(last.overload_percent[i]), exchange_mw=float(last.exchange_mw[i]),
+                tap_changes=taps["tap_changes"], tap_min=taps["tap_min"], tap_max=taps["tap_max"],
                 soc=float(last.soc[i]),
                 **{CLAMPED_FIELDS[f]: float(mask[i]) for f, mask in last.clamped.items() if f in CLAMPED_FIELDS},
                 setpoint_mw=math.nan if setpoint is None else float(setpoint[i]),
@@ -326,10 +345,14 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
                 clearing_price_usd_per_mwh=math.nan if clearing is None or clearing.price_usd_per_mwh is None
                 else clearing.price_usd_per_mwh,
                 trades=(float(len(clearing.trades_of(a))) if clearing else 0.0) if p2p else math.nan,
-                terminal_value_usd=float(terminal[i]),
+                terminal_value_usd=float(terminal[i]), **self._exchange_fields(i),
             )
             infos[a] = info.as_dict()
         return infos
+
+    def _exchange_fields(self, i: int) -> dict[str, float]:
+        """Distributed mode: agent ``i``'s messages lost / late (with ``impairment``) and fallback flag of the last call."""
+        return self._runner.exchange.fields(i) if self._runner is not None else {}
 
     def state(self) -> np.ndarray:
         """The global state vector, whatever the mode (``state_layout``, in ``state_space``): context with the

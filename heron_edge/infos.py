@@ -35,6 +35,11 @@ class StepInfo:
     penalty_usd: float = NAN
     violation_v_pu: float = NAN
     overload_percent: float = NAN
+    tap_changes: float = 0.0
+    """Tap operations of the feeder's voltage regulators during the step, all regulators (the same for every agent)."""
+    tap_min: float = NAN
+    tap_max: float = NAN
+    """Lowest and highest tap position among the feeder's regulators after the step (NaN: the network has none)."""
     exchange_mw: float = NAN
     """Measured exchange with the feeder, MW (+ import)."""
     soc: float = NAN
@@ -57,6 +62,13 @@ class StepInfo:
     terminal_value_usd: float = 0.0
     """With ``terminal_energy_value``: at the episode's last step, the value of the change of stored energy added
     to the reward (USD, + stored more than at the start); 0 on every other step."""
+    messages_lost: float = NAN
+    """With ``impairment``: messages on this agent's topics (what it sent, commands to it) lost in this call's exchange."""
+    messages_late: float = NAN
+    """With ``impairment``: those that missed the step's decision deadline (delivered, stale, in the next step)."""
+    fallback: float = NAN
+    """Distributed mode: 1 when the agent decided on fallback values (a price, peers' telemetry or a protocol
+    message missed its wait: last values or the protocol's documented fallback), else 0."""
 
     def as_dict(self) -> dict[str, float | bool]:
         """The info dictionary the environment returns (a copy of the fields; this runs every step)."""

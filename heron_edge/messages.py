@@ -41,6 +41,7 @@ __all__ = [
     "TOPICS",
     "TOPIC_KINDS",
     "ActionBody",
+    "AggregatesBody",
     "AnyBody",
     "Body",
     "BodyKind",
@@ -50,6 +51,8 @@ __all__ = [
     "DecodeError",
     "DecodeReason",
     "Envelope",
+    "ForecastBody",
+    "ForecastValues",
     "Limits",
     "OrderBody",
     "PriceBody",
@@ -202,9 +205,48 @@ class StatusBody(BaseModel):
     counters: dict[_Id, int] = Field(default_factory=dict, max_length=LIMITS.items,
                                      description="Counters of the sender (cycles, late steps, outbox, ...).")
     rejected: dict[RejectSource, dict[_Id, int]] = Field(
-        default_factory=dict, description="Rejected messages by source (message, command, clock, protocol, meter) "
+        default_factory=dict, description="Rejected messages by source (message, command, clock, protocol, meter, forecast) "
         "and reason.")
     cycle_ms: float | None = Field(default=None, ge=0.0, le=LIMITS.value, description="Last measured cycle time, ms.")
+
+
+class ForecastValues(BaseModel):
+    """One microgrid's forecast for one step (MW): load (+ consumed), PV and wind power available."""
+
+    model_config = _FROZEN
+    load_mw: _Power
+    pv_mw: float = Field(ge=0.0, le=LIMITS.power_mw)
+    wind_mw: float = Field(ge=0.0, le=LIMITS.power_mw)
+
+
+class ForecastBody(BaseModel):
+    """An external forecaster's forecast of the envelope's step, per microgrid (a forecaster serving one
+    microgrid sends a mapping of one entry)."""
+
+    model_config = _FROZEN
+    kind: Literal["forecast"] = "forecast"
+    microgrids: dict[_Id, ForecastValues] = Field(max_length=LIMITS.items)
+
+
+class AggregatesBody(BaseModel):
+    """The system operator's per-step aggregates for every agent's observation: the site means of the microgrids'
+    telemetry of the step and the day-ahead price outlook of its calendar day (``heron_edge.observations``)."""
+
+    model_config = _FROZEN
+    kind: Literal["aggregates"] = "aggregates"
+    reporting: int = Field(ge=0, le=LIMITS.step, description="Microgrids whose telemetry of this step the means hold "
+                           "(the others' last values stand in).")
+    mean_load_mw: _Power = Field(description="Mean load of the step, MW.")
+    mean_pv_mw: _Power = Field(description="Mean PV power available, MW.")
+    mean_wind_mw: _Power = Field(description="Mean wind power available, MW.")
+    mean_soc: float = Field(ge=0.0, le=1.0, description="Mean battery state of charge, fraction.")
+    mean_exchange_mw: _Power = Field(description="Mean exchange of the last step, MW (+ import).")
+    price_day_min_usd_per_mwh: _Price
+    price_day_mean_usd_per_mwh: _Price
+    price_day_max_usd_per_mwh: _Price
+    price_quantile: float = Field(ge=0.0, le=1.0, description="Share of the day's prices below this step's.")
+    price_rest_min_usd_per_mwh: _Price = Field(description="Lowest price from this step to the day's end.")
+    price_rest_max_usd_per_mwh: _Price = Field(description="Highest price from this step to the day's end.")
 
 
 class ClockBody(BaseModel):
@@ -226,13 +268,16 @@ AnyBody = (
     | ActionBody
     | StatusBody
     | ClockBody
+    | AggregatesBody
+    | ForecastBody
 )
 """Any message body (for type hints)."""
 
 Body = Annotated[AnyBody, Field(discriminator="kind")]
 """Any message body, discriminated: pydantic picks the model from the ``kind`` field."""
 
-BodyKind = Literal["setpoint", "price", "order", "clearing", "consensus", "telemetry", "action", "status", "clock"]
+BodyKind = Literal["setpoint", "price", "order", "clearing", "consensus", "telemetry", "action", "status", "clock",
+                   "forecast", "aggregates"]
 
 BODY_TYPES: Final[dict[str, type[BaseModel]]] = {
     get_args(model.model_fields["kind"].annotation)[0]: model for model in get_args(AnyBody)
@@ -407,6 +452,8 @@ TOPIC_KINDS: Final[dict[str, frozenset[BodyKind]]] = {
     "clock": frozenset({"clock"}),
     "done": frozenset({"clock"}),
     "setpoint": frozenset({"setpoint"}),
+    "aggregates": frozenset({"aggregates"}),
+    "forecast": frozenset({"forecast"}),
 }
 """Topic kind (last level) -> the body kinds that may travel on it; anything else is rejected (``topic``)."""
 
@@ -514,7 +561,7 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
     TopicSpec("heron/{site}/{id}/status", ("status",), "every identity (last will: offline)",
               "upstream, operators, monitoring", 1, True,
               "online / offline / failsafe, counters, cycle time; a clean stop publishes its own offline"),
-    TopicSpec("heron/{site}/{agent}/telemetry", ("telemetry",), "the agent", "its upstream, its peers, loggers", 1,
+    TopicSpec("heron/{site}/{agent}/telemetry", ("telemetry",), "the agent", "its upstream, its site-graph neighbours, loggers", 1,
               False, "local measurements each cycle"),
     TopicSpec("heron/{site}/{agent}/action", ("action",), "the agent", "loggers", 1, False,
               "the action the agent applied this step"),
@@ -526,6 +573,8 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
               "price signal for the step"),
     TopicSpec("heron/{site}/{agent}/market", ("order",), "each trader", "the market (the operator)", 1, False,
               "peer-to-peer trading: the agent's bid or ask"),
+    TopicSpec("heron/{site}/{operator}/aggregates", ("aggregates",), "the system operator", "all agents", 1, False,
+              "once per step: site means of the telemetry and the day's price outlook (observation features)"),
     TopicSpec("heron/{site}/{operator}/clearing", ("clearing",), "the market (the operator)", "the traders", 1,
               False, "the step's clearing price and trades"),
     TopicSpec("heron/{site}/{agent}/consensus", ("consensus",), "each participant", "its neighbours", 1, False,
@@ -536,6 +585,9 @@ TOPICS: Final[tuple[TopicSpec, ...]] = (
               "lock-step: this identity finished step N"),
     TopicSpec("heron/{site}/{plant}/meter", ("telemetry",), "the feeder-head meter (the SIL plant)", "the operator",
               1, False, "feeder_head_mw of the last step (price_signal's congestion rule)"),
+    TopicSpec("heron/{site}/{forecaster}/forecast", ("forecast",), "an external forecaster (the SIL plant: exact)",
+              "gateways with an mqtt forecast", 1, False,
+              "load, PV and wind of the envelope's step per microgrid (MW), sent before the step starts"),
 )
 """The topic scheme as a table (the README lists it)."""
 

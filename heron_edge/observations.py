@@ -12,11 +12,26 @@ Local features of microgrid i (8 values, MW unless said):
 Context (3 values): sin and cos of the hour of day of the step about to be dispatched, price / 100
 (USD/MWh / 100) of that step.
 
+Neighbour aggregates (3 values, :func:`neighbour_means`): the mean over the agent's neighbours in the site
+graph (``heron_edge.site_graph``; 0 without neighbours) of
+  nbr.exchange_mw  their exchange in the last step (MW, + import)
+  nbr.soc          their state of charge (fraction)
+  nbr.need_mw      their load - PV - wind of the step about to be dispatched (MW, + deficit)
+Operator aggregates (11 values), published once per step by the system operator (``aggregates`` message):
+  site.load_mw, site.pv_mw, site.wind_mw, site.soc, site.exchange_mw   the mean of every microgrid's
+                   telemetry of this step (:func:`site_means`: MW, soc a fraction)
+  the day-ahead price outlook of the step's calendar day (:func:`price_outlook`; hourly prices, without
+  the congestion adder, which nobody knows ahead; USD/MWh / 100 like the context's price):
+  price_day_min, price_day_mean, price_day_max   the day's lowest, mean and highest price
+  price_quantile   the share of the day's prices below this step's (0: the cheapest hour)
+  price_rest_min, price_rest_max   the lowest and highest price from this step to the day's end
+
 Centralized observation (every agent the same global state, plus who it is):
   context (3) | local features of every microgrid (8 n) | one-hot agent index (n)
-Distributed observation (local state plus messages):
-  context (3, the price as received from the upstream) | own local features (8)
-  | peers' last reported exchange_mw (n - 1, in agent order, from their telemetry messages)
+Distributed (``local``) observation, layout v2: the same size for any number of microgrids, so one policy
+serves any site:
+  context (3, the price as received from the upstream) | own local features (8) | neighbour aggregates (3)
+  | operator aggregates (11)
 In both, the per-agent protocol features (``heron_edge.coordination``) follow when protocols run.
 
 Versioned layouts (:class:`ObservationLayout`): every vector above has a kind (``global``: the
@@ -29,9 +44,10 @@ Normalisation per rating (:func:`feature_scales`, :func:`normalize`): each entry
 rating of the microgrid it describes, so one shared policy fits microgrids of different sizes:
   battery_mw                                   / battery power rating (MW)
   generator_mw, dispatch_mw                    / generator rating (MW; 1 when there is none)
-  load_mw, pv_mw, wind_mw, exchange_mw (own and
-  peers'), setpoint_mw, traded_mw              / dispatchable rating: battery + generator rating (MW)
-  everything else (hour, price / 100, soc,
+  load_mw, pv_mw, wind_mw, exchange_mw, need_mw
+  (own, neighbours' and the site's means),
+  setpoint_mw, traded_mw                       / dispatchable rating: battery + generator rating (MW)
+  everything else (hour, prices / 100, soc,
   violation_pu, clearing_price, one-hot)       unchanged
 In a local layout every entry is divided by the observer's own ratings (a gateway does not know its
 peers'); in a global or state layout each microgrid's entries by that microgrid's.
@@ -39,7 +55,7 @@ peers'); in a global or state layout each microgrid's entries by that microgrid'
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -52,6 +68,7 @@ N_LOCAL = 8
 N_CONTEXT = 3
 LOCAL_NAMES = ("load_mw", "pv_mw", "wind_mw", "soc", "generator_mw", "battery_mw", "exchange_mw", "violation_pu")
 PRICE_SCALE = 100.0
+_COLUMN: Final = {name: k for k, name in enumerate(LOCAL_NAMES)}
 
 
 @dataclass(frozen=True)
@@ -75,9 +92,13 @@ class LocalTelemetry:
         return cls(**{name: values[name] for name in LOCAL_NAMES if name in values})
 
     @staticmethod
-    def exchange_of(values: Mapping[str, float]) -> float | None:
-        """Only ``exchange_mw`` (what a peer reads every step, without building the whole record)."""
-        return values.get("exchange_mw")
+    def into_row(values: Mapping[str, float], row: np.ndarray) -> None:
+        """Write a telemetry body's values into a local feature row (``local_features`` layout) in place: what a
+        neighbour and the operator keep of each report; a name the sender left out keeps its last value."""
+        for name, value in values.items():
+            k = _COLUMN.get(name)
+            if k is not None:
+                row[k] = value
 
     @staticmethod
     def values_of(local: np.ndarray) -> dict[str, float]:
@@ -119,9 +140,82 @@ CONTEXT_LOW = np.array([-1.0, -1.0, -np.inf])
 CONTEXT_HIGH = np.array([1.0, 1.0, np.inf])
 
 
+# ---------------------------------------------------------------------------------------------- aggregates
+NEIGHBOUR_NAMES: Final = ("nbr.exchange_mw", "nbr.soc", "nbr.need_mw")
+"""The neighbour aggregates: means over the agent's site-graph neighbours (see the module docstring)."""
+SITE_NAMES: Final = ("site.load_mw", "site.pv_mw", "site.wind_mw", "site.soc", "site.exchange_mw")
+"""The operator's site means of the microgrids' telemetry."""
+OUTLOOK_NAMES: Final = ("price_day_min", "price_day_mean", "price_day_max", "price_quantile", "price_rest_min",
+                        "price_rest_max")
+"""The operator's day-ahead price outlook (prices / 100, the quantile a fraction)."""
+OPERATOR_NAMES: Final = SITE_NAMES + OUTLOOK_NAMES
+N_NEIGHBOUR: Final = len(NEIGHBOUR_NAMES)
+N_OPERATOR: Final = len(OPERATOR_NAMES)
+N_LOCAL_BASE: Final = N_CONTEXT + N_LOCAL + N_NEIGHBOUR + N_OPERATOR
+"""Entries of a local observation before the protocol features (25, whatever the site's size)."""
+_INF = np.inf
+AGGREGATES_LOW: Final = np.array([-_INF, 0.0, -_INF, 0.0, 0.0, 0.0, 0.0, -_INF, -_INF, -_INF, -_INF, 0.0, -_INF, -_INF])
+"""Lower bounds of the neighbour and operator aggregates (in layout order)."""
+AGGREGATES_HIGH: Final = np.array([_INF, 1.0, _INF, _INF, _INF, _INF, 1.0, _INF, _INF, _INF, _INF, 1.0, _INF, _INF])
+_SITE_COLUMNS: Final = [0, 1, 2, 3, 6]  # load, pv, wind, soc, exchange in the local features
+_QUANTILE: Final = OUTLOOK_NAMES.index("price_quantile")
+
+
+def neighbour_means(local: np.ndarray, index: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The neighbour aggregates ``(m, 3)`` of ``m`` observers: ``local`` holds local feature rows (``(n, 8)``),
+    row i of ``index`` (``(m, d)``) the rows of observer i's neighbours where ``valid`` (``(m, d)``) is True.
+
+    Summed in neighbour order, then divided by the count (0 without neighbours): a ProxyAgent (one observer,
+    its received rows) and the centralized loop (every observer at once) get the same bits."""
+    m, d = index.shape
+    total = np.zeros((m, N_NEIGHBOUR))
+    values = np.empty((m, N_NEIGHBOUR))
+    for j in range(d):
+        rows = local[index[:, j]]
+        values[:, 0] = rows[:, 6]
+        values[:, 1] = rows[:, 3]
+        values[:, 2] = rows[:, 0] - rows[:, 1] - rows[:, 2]
+        np.add(total, values, out=total, where=valid[:, j, None])
+    count = valid.sum(axis=1, dtype=np.float64)[:, None]
+    out: np.ndarray = np.divide(total, count, out=np.zeros((m, N_NEIGHBOUR)), where=count > 0.0)
+    return out
+
+
+def site_means(local: np.ndarray) -> np.ndarray:
+    """The operator's site means ``(5,)`` (:data:`SITE_NAMES`) of every microgrid's local features ``(n, 8)``."""
+    means: np.ndarray = local[:, _SITE_COLUMNS].mean(axis=0)
+    return means
+
+
+def day_prices(price_of: Callable[[int], float], step: int, steps_per_day: int) -> np.ndarray:
+    """The hourly prices (USD/MWh) of the calendar day of ``step``: what a day-ahead market has published."""
+    start = step - step % steps_per_day
+    return np.array([price_of(start + k) for k in range(steps_per_day)], dtype=np.float64)
+
+
+def price_outlook(prices: np.ndarray, step: int) -> np.ndarray:
+    """The outlook ``(6,)`` (:data:`OUTLOOK_NAMES`, in USD/MWh, the quantile a fraction) of ``step`` from its day's
+    prices (:func:`day_prices`)."""
+    here = step % len(prices)
+    price, rest = prices[here], prices[here:]
+    return np.array([prices.min(), prices.mean(), prices.max(), float(np.count_nonzero(prices < price)) / len(prices),
+                     rest.min(), rest.max()])
+
+
+def operator_features(means: np.ndarray, outlook: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Fill ``out`` (11,) with the observation's operator aggregates: the site means as they are, the outlook's
+    prices / 100 (:data:`PRICE_SCALE`) and its quantile as it is."""
+    n = len(SITE_NAMES)
+    out[:n] = means
+    out[n:] = outlook / PRICE_SCALE
+    out[n + _QUANTILE] = outlook[_QUANTILE]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- layouts
-LAYOUT_VERSION: Final = 1
-"""Version of the layouts below: bumped whenever a name, its meaning or the order changes."""
+LAYOUT_VERSION: Final = 2
+"""Version of the layouts below: bumped whenever a name, its meaning or the order changes (v2: the local layout's
+peers' exchange, one entry per peer, became neighbour and operator aggregates of a fixed size)."""
 CONTEXT_NAMES: Final = ("hour_sin", "hour_cos", "price")
 """The context entries: sin and cos of the hour of day, the signalled price / 100 (USD/MWh / 100)."""
 
@@ -133,6 +227,7 @@ _SCALE_OF: Final[dict[str, ScaleRef]] = {
     "battery_mw": "battery_p_max_mw", "generator_mw": "generator_p_max_mw", "dispatch_mw": "generator_p_max_mw",
     "load_mw": "dispatchable_mw", "pv_mw": "dispatchable_mw", "wind_mw": "dispatchable_mw",
     "exchange_mw": "dispatchable_mw", "setpoint_mw": "dispatchable_mw", "traded_mw": "dispatchable_mw",
+    "need_mw": "dispatchable_mw",
 }
 
 
@@ -178,11 +273,11 @@ class ObservationLayout:
         return tuple(_SCALE_OF.get(name.rsplit(".", 1)[-1], "one") for name in self.names)
 
 
-def local_layout(n_agents: int, protocol_features: Sequence[str] = ()) -> ObservationLayout:
-    """What a distributed agent of a site of ``n_agents`` microgrids sees: context | own local features | peers'
-    exchange (``peer1.exchange_mw`` .. in agent order, without itself) | its protocol features."""
-    peers = tuple(f"peer{k}.exchange_mw" for k in range(1, n_agents))
-    return ObservationLayout("local", CONTEXT_NAMES + LOCAL_NAMES + peers + tuple(protocol_features))
+def local_layout(protocol_features: Sequence[str] = ()) -> ObservationLayout:
+    """What a distributed agent sees, whatever the size of its site: context | own local features | neighbour
+    aggregates | operator aggregates | its protocol features."""
+    return ObservationLayout("local", CONTEXT_NAMES + LOCAL_NAMES + NEIGHBOUR_NAMES + OPERATOR_NAMES
+                             + tuple(protocol_features))
 
 
 def global_layout(agents: Sequence[str], protocol_features: Sequence[str] = ()) -> ObservationLayout:

@@ -1,5 +1,7 @@
 """pandapower networks for the scenarios: IEEE 34 feeder with three IEEE 13 microgrids, and CIGRE MV.
 
+(The IEEE 123 feeder, built on this module's IEEE 13 microgrids, is in :mod:`sim.ieee123`.)
+
 Source of the feeder data: IEEE PES Distribution System Analysis Subcommittee, "IEEE 34 Node Test
 Feeder" and "IEEE 13 Node Test Feeder" (Kersting, 1991/2001 data sets: line segment data, line
 configurations' impedance and admittance matrices in ohm and microsiemens per mile, spot and
@@ -11,12 +13,16 @@ fast single-phase-equivalent solver can run them:
   the phases present; a one-phase section has Z1 = Zs) and its shunt susceptance B1 = Bs - Bm;
 - loads are the sum over phases, constant power (the published Z/I load models are not kept);
   a distributed load is split half and half between its section's end buses;
-- the IEEE 34 regulators are fixed-tap transformers (0.625 % a step on the load side). Their
-  published final taps (about +12 steps) were set for the unbalanced feeder with line-drop
-  compensation and push the balanced equivalent far above 1.05 p.u. at light load, so the tap is a
-  scenario parameter (default +8 steps, +5 %); the 671-692 switch is a 10 ft section of
-  configuration 601. (A fixed ratio, not vn_lv_kv off-nominal, because lightsim2grid reads taps
-  exactly like pandapower but not an off-nominal rated voltage.)
+- the IEEE 34 regulators (814-850, 852-832) are ganged three-phase transformers with a ratio tap
+  (0.625 % a step on the load side, +-16 steps) driven by the published relay settings
+  (``IEEE34_REGULATOR_SETTINGS``: band centre, bandwidth, PT ratio, CT rating and line-drop
+  compensation R, X; the published data give no time delay, see there) through ``sim.regulators``; the
+  per-phase taps of the published results become one tap per regulator, acting on the positive-sequence
+  voltage and current. The 671-692 switch is a 10 ft section of configuration 601. (A ratio tap, not
+  vn_lv_kv off-nominal, because lightsim2grid reads taps exactly like pandapower but not an off-nominal
+  rated voltage.)
+- the IEEE 34 shunt capacitors are the published ones, fixed: 844 100 kvar and 848 150 kvar a phase
+  (constant impedance, rated at 1 p.u.); each microgrid's (IEEE 13 675 and 611) scale with its loads.
 Each microgrid is an IEEE 13 feeder whose 115/4.16 kV substation becomes a 24.9/4.16 kV point of
 connection (PoC) transformer at a feeder bus; its loads are scaled by the scenario's load scale.
 """
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 import pandapower as pp
 
 from sim.errors import ScenarioError
+from sim.regulators import RegulatorSettings
 
 MILE_KM = 1.609344
 FT_KM = 0.0003048
@@ -83,9 +90,18 @@ IEEE34_LINES = [
     ("854", "852", 36830, "301"), ("858", "864", 1620, "302"), ("858", "834", 5830, "301"),
     ("860", "836", 2680, "301"), ("862", "838", 4860, "304"), ("888", "890", 10560, "300"),
 ]
-# Regulators (from, to); their fixed tap is a scenario parameter (see module docstring).
+# Regulators (from, to) and their relays' published settings (volts on the 120 V PT secondary, CT primary
+# amperes, compensator R and X in volts). The published feeder data give no time delays: 30 s for the
+# first regulator and 45 s for the second, downstream one (the usual coordination: the upstream unit acts
+# first), and OpenDSS's default of 2 s between successive operations.
 REGULATOR_STEP_PERCENT = 0.625
 IEEE34_REGULATORS = [("814", "850"), ("852", "832")]
+IEEE34_REGULATOR_SETTINGS = [
+    RegulatorSettings(name="reg814-850", band_center_v=122.0, bandwidth_v=2.0, time_delay_s=30.0, pt_ratio=120.0,
+                      ct_primary_a=100.0, r_v=2.7, x_v=1.6, step_percent=REGULATOR_STEP_PERCENT),
+    RegulatorSettings(name="reg852-832", band_center_v=124.0, bandwidth_v=2.0, time_delay_s=45.0, pt_ratio=120.0,
+                      ct_primary_a=100.0, r_v=2.5, x_v=1.5, step_percent=REGULATOR_STEP_PERCENT),
+]
 # Spot loads kW, kvar (sum over phases).
 IEEE34_SPOT_LOADS = {"860": (60, 48), "840": (27, 21), "844": (405, 315), "848": (60, 48), "890": (450, 225), "830": (45, 20)}
 # Distributed loads on sections (from, to): kW, kvar, half to each end.
@@ -121,6 +137,15 @@ class MicrogridZone:
     poc_trafo: int | None = None  # index in net.trafo; its HV side flow is the microgrid's exchange
     poc_line: int | None = None  # alternatively a line; flow at its from-side, into the microgrid
     lines: list[int] = field(default_factory=list)
+    trafos: list[int] = field(default_factory=list)  # transformers inside the zone (not the PoC), for overload
+
+
+@dataclass(frozen=True)
+class Regulator:
+    """A voltage regulator of a network: its transformer (index in net.trafo, tap on the LV = load side) and relay."""
+
+    trafo: int
+    settings: RegulatorSettings
 
 
 @dataclass
@@ -129,6 +154,7 @@ class BuiltNetwork:
 
     net: pp.pandapowerNet
     zones: list[MicrogridZone]
+    regulators: list[Regulator] = field(default_factory=list)
 
 
 def _add_line(net: pp.pandapowerNet, bus_of: dict[str, int], a: str, b: str, length_ft: float, cfg: str, prefix: str) -> int:
@@ -146,7 +172,7 @@ def _add_ieee13(net: pp.pandapowerNet, name: str, feeder_bus: int, load_scale: f
     poc = pp.create_transformer_from_parameters(
         net, feeder_bus, bus_of["650"], sn_mva=poc_mva, vn_hv_kv=24.9, vn_lv_kv=4.16, vk_percent=math.hypot(1, 8),
         vkr_percent=1.0, pfe_kw=0.0, i0_percent=0.0, name=f"{name}.poc")
-    pp.create_transformer_from_parameters(
+    xfm1 = pp.create_transformer_from_parameters(
         net, bus_of["633"], bus_of["634"], sn_mva=0.5, vn_hv_kv=4.16, vn_lv_kv=0.48, vk_percent=math.hypot(1.1, 2.0),
         vkr_percent=1.1, pfe_kw=0.0, i0_percent=0.0, name=f"{name}.xfm1")
     lines = [_add_line(net, bus_of, a, b, ft, cfg, f"{name}.") for a, b, ft, cfg in IEEE13_LINES]
@@ -155,13 +181,70 @@ def _add_ieee13(net: pp.pandapowerNet, name: str, feeder_bus: int, load_scale: f
     for n, kvar in IEEE13_CAPACITORS_KVAR.items():
         pp.create_shunt(net, bus_of[n], q_mvar=-kvar * 1e-3 * load_scale, p_mw=0.0, name=f"{name}.cap{n}")
     return MicrogridZone(name=name, buses=list(bus_of.values()), device_bus=bus_of["675"], loads=loads,
-                         poc_trafo=poc, lines=lines)
+                         poc_trafo=poc, lines=lines, trafos=[int(xfm1)])
+
+
+def add_ieee13_microgrids(net: pp.pandapowerNet, names: list[str], feeder_buses: list[int], load_scale: float,
+                          poc_mva: float, hv_kv: float = 24.9) -> list[MicrogridZone]:
+    """One IEEE 13 microgrid per name at each feeder bus (PoC transformer ``hv_kv``/4.16 kV), built table by
+    table: the same elements in the same order as :func:`_add_ieee13` called per microgrid, at a fraction
+    of the time (pandapower's per-element calls dominate once there are hundreds of microgrids)."""
+    m = len(names)
+    if m == 0:
+        return []
+    mg_buses = ["650", "632", "633", "634", "645", "646", "671", "680", "684", "611", "652", "692", "675"]
+    k_bus, k_line = len(mg_buses), len(IEEE13_LINES)
+    bus_ids = pp.create_buses(net, m * k_bus, vn_kv=[0.48 if b == "634" else 4.16 for _ in names for b in mg_buses],
+                              name=[f"{nm}.{b}" for nm in names for b in mg_buses],
+                              zone=[nm for nm in names for _ in mg_buses])
+    bus = {(nm, b): int(bus_ids[i * k_bus + j]) for i, nm in enumerate(names) for j, b in enumerate(mg_buses)}
+    hv, lv, sn, vhv, vlv, vk, vkr, tname = [], [], [], [], [], [], [], []
+    for nm, fb in zip(names, feeder_buses, strict=True):  # per microgrid: the PoC, then xfm1 (as _add_ieee13)
+        hv += [fb, bus[nm, "633"]]
+        lv += [bus[nm, "650"], bus[nm, "634"]]
+        sn += [poc_mva, 0.5]
+        vhv += [hv_kv, 4.16]
+        vlv += [4.16, 0.48]
+        vk += [math.hypot(1, 8), math.hypot(1.1, 2.0)]
+        vkr += [1.0, 1.1]
+        tname += [f"{nm}.poc", f"{nm}.xfm1"]
+    trafo_ids = pp.create_transformers_from_parameters(net, hv, lv, sn_mva=sn, vn_hv_kv=vhv, vn_lv_kv=vlv,
+                                                       vkr_percent=vkr, vk_percent=vk, pfe_kw=0.0, i0_percent=0.0,
+                                                       name=tname)
+    cfgs = [_CONFIGS[c] for _, _, _, c in IEEE13_LINES]
+    line_ids = pp.create_lines_from_parameters(
+        net, [bus[nm, a] for nm in names for a, _, _, _ in IEEE13_LINES],
+        [bus[nm, b] for nm in names for _, b, _, _ in IEEE13_LINES],
+        length_km=[ft * FT_KM for _ in names for _, _, ft, _ in IEEE13_LINES],
+        r_ohm_per_km=[r / MILE_KM for _ in names for r, _, _ in cfgs],
+        x_ohm_per_km=[x / MILE_KM for _ in names for _, x, _ in cfgs],
+        c_nf_per_km=[b_us / MILE_KM / (2 * math.pi * F_HZ) * 1e3 for _ in names for _, _, b_us in cfgs],
+        max_i_ka=[_AMPACITY[c] / 1000.0 for _ in names for _, _, _, c in IEEE13_LINES],
+        name=[f"{nm}.{a}-{b}" for nm in names for a, b, _, _ in IEEE13_LINES])
+    loads = list(IEEE13_SPOT_LOADS.items())
+    load_ids = pp.create_loads(net, [bus[nm, b] for nm in names for b, _ in loads],
+                               p_mw=[p * 1e-3 * load_scale for _ in names for _, (p, _) in loads],
+                               q_mvar=[q * 1e-3 * load_scale for _ in names for _, (_, q) in loads],
+                               name=[f"{nm}.load{b}" for nm in names for b, _ in loads])
+    caps = list(IEEE13_CAPACITORS_KVAR.items())
+    pp.create_shunts(net, [bus[nm, b] for nm in names for b, _ in caps],
+                     q_mvar=[-kvar * 1e-3 * load_scale for _ in names for _, kvar in caps], p_mw=0.0,
+                     name=[f"{nm}.cap{b}" for nm in names for b, _ in caps])
+    k_load = len(loads)
+    return [MicrogridZone(name=nm, buses=[int(b) for b in bus_ids[i * k_bus:(i + 1) * k_bus]],
+                          device_bus=bus[nm, "675"], loads=[int(x) for x in load_ids[i * k_load:(i + 1) * k_load]],
+                          poc_trafo=int(trafo_ids[2 * i]), lines=[int(x) for x in line_ids[i * k_line:(i + 1) * k_line]],
+                          trafos=[int(trafo_ids[2 * i + 1])])
+            for i, nm in enumerate(names)]
 
 
 def ieee34_3x13(*, attach_buses: list[str], microgrid_names: list[str], load_scale: float,
                 feeder_load_scale: float = 1.0, source_vm_pu: float = 1.05, poc_mva: float = 2.5,
                 regulator_taps: int = 8) -> BuiltNetwork:
-    """IEEE 34 feeder (24.9 kV) with one IEEE 13 microgrid (4.16 kV) at each of ``attach_buses``."""
+    """IEEE 34 feeder (24.9 kV) with one IEEE 13 microgrid (4.16 kV) at each of ``attach_buses``.
+
+    ``regulator_taps``: the regulators' tap position as built (both regulators), where automatic control starts.
+    """
     if len(attach_buses) != len(microgrid_names):
         raise ScenarioError("attach_buses and microgrid names must have the same length")
     net = pp.create_empty_network(name="ieee34_3x13", f_hz=F_HZ, sn_mva=1.0)
@@ -173,12 +256,14 @@ def ieee34_3x13(*, attach_buses: list[str], microgrid_names: list[str], load_sca
     pp.create_ext_grid(net, bus_of["800"], vm_pu=source_vm_pu, name="substation")
     for a, b, ft, cfg in IEEE34_LINES:
         _add_line(net, bus_of, a, b, ft, cfg, "")
-    for a, b in IEEE34_REGULATORS:
-        pp.create_transformer_from_parameters(
+    regulators = []
+    for (a, b), settings in zip(IEEE34_REGULATORS, IEEE34_REGULATOR_SETTINGS, strict=True):
+        trafo = pp.create_transformer_from_parameters(
             net, bus_of[a], bus_of[b], sn_mva=2.5, vn_hv_kv=24.9, vn_lv_kv=24.9, vk_percent=0.5,
             vkr_percent=0.05, pfe_kw=0.0, i0_percent=0.0, name=f"reg{a}-{b}", tap_side="lv", tap_neutral=0,
             tap_min=-16, tap_max=16, tap_step_percent=REGULATOR_STEP_PERCENT, tap_pos=regulator_taps,
             tap_step_degree=0.0, tap_changer_type="Ratio")
+        regulators.append(Regulator(trafo=int(trafo), settings=settings))
     pp.create_transformer_from_parameters(
         net, bus_of["832"], bus_of["888"], sn_mva=0.5, vn_hv_kv=24.9, vn_lv_kv=4.16, vk_percent=math.hypot(1.9, 4.08),
         vkr_percent=1.9, pfe_kw=0.0, i0_percent=0.0, name="xfm1")
@@ -197,8 +282,8 @@ def ieee34_3x13(*, attach_buses: list[str], microgrid_names: list[str], load_sca
                        name=f"load{n}")
     for n, kvar in IEEE34_CAPACITORS_KVAR.items():
         pp.create_shunt(net, bus_of[n], q_mvar=-kvar * 1e-3, p_mw=0.0, name=f"cap{n}")
-    zones = [_add_ieee13(net, name, bus_of[b], load_scale, poc_mva) for name, b in zip(microgrid_names, attach_buses, strict=True)]
-    return BuiltNetwork(net=net, zones=zones)
+    zones = add_ieee13_microgrids(net, microgrid_names, [bus_of[b] for b in attach_buses], load_scale, poc_mva)
+    return BuiltNetwork(net=net, zones=zones, regulators=regulators)
 
 
 def cigre_mv_der(*, zones: dict[str, list[int]], device_buses: dict[str, int], poc_lines: dict[str, int],
@@ -231,3 +316,4 @@ def cigre_mv_der(*, zones: dict[str, list[int]], device_buses: dict[str, int], p
         built_zones.append(MicrogridZone(name=name, buses=list(buses), device_bus=device_buses[name], loads=loads,
                                          poc_line=poc_lines[name], lines=lines))
     return BuiltNetwork(net=net, zones=built_zones)
+

@@ -3,6 +3,10 @@
 One ``Plant`` is the whole physical system of a scenario: the network, every microgrid's battery,
 generator, PV, wind and loads, the profiles and the clock. It knows nothing of agents or messages;
 the environment (centralized) and the SIL rig (behind emulated devices) drive the same object.
+
+The feeder's voltage regulators (if its network has any) are part of the plant: in each step their
+relays act on the step's power flow (``sim.regulators``), and the measurements are the state after
+they acted. Penalties are rates per hour (``PenaltyConfig``) times the step length.
 """
 from __future__ import annotations
 
@@ -14,12 +18,16 @@ import pandapower as pp
 
 from sim.devices import BatteryFleet, GeneratorFleet
 from sim.errors import PlantStateError, ScenarioError
+from sim.ieee123 import ieee123_13
 from sim.networks import BuiltNetwork, cigre_mv_der, ieee34_3x13
 from sim.powerflow import FastPowerFlow
 from sim.profiles import Profiles, load_profiles
-from sim.scenario import Ieee34Network, Scenario, load_scenario
+from sim.regulators import TapController
+from sim.scenario import Ieee34Network, Ieee123Network, Scenario, load_scenario
 
 SETPOINT_FIELDS = ("battery_mw", "generator_mw", "pv_curtailment", "wind_curtailment")
+SETTLE_AT_RESET_S = 3600.0
+"""At reset the regulators get this long to settle on the first step's power flow (an episode starts settled)."""
 
 
 @dataclass(frozen=True)
@@ -67,18 +75,24 @@ class Measurements:
     exchange_mw: np.ndarray  # import into each microgrid at its point of connection (+ import, - export)
     fuel_cost_usd: np.ndarray
     violation_v_pu: np.ndarray  # summed p.u. outside the voltage band over the microgrid's buses
-    overload_percent: np.ndarray  # summed percent above the loading limit over the microgrid's branches
-    penalty_usd: np.ndarray
+    overload_percent: np.ndarray  # summed percent above the loading limit over the microgrid's lines and transformers
+    penalty_usd: np.ndarray  # (rates per hour, PenaltyConfig) x the step length
     feeder_head_mw: float  # import from the upstream grid at the substation (NaN if not converged)
     vm_pu: np.ndarray  # every bus, net.bus order (NaN if not converged)
     line_loading_percent: np.ndarray  # every line (NaN if not converged)
+    regulator_taps: np.ndarray  # tap position of each of the network's regulators after the step (int; empty if none)
+    tap_changes: np.ndarray  # tap operations of each regulator during the step (int)
 
 
 def build_network(scenario: Scenario) -> BuiltNetwork:
     """The scenario's pandapower network with each microgrid's devices added at its device bus."""
     names = [m.name for m in scenario.microgrids]
     net_cfg = scenario.network
-    if isinstance(net_cfg, Ieee34Network):
+    if isinstance(net_cfg, Ieee123Network):
+        built = ieee123_13(attach_buses=[net_cfg.attach_buses[n] for n in names], microgrid_names=names,
+                           load_scale=net_cfg.load_scale, feeder_load_scale=net_cfg.feeder_load_scale,
+                           source_vm_pu=net_cfg.source_vm_pu, poc_mva=net_cfg.poc_mva)
+    elif isinstance(net_cfg, Ieee34Network):
         built = ieee34_3x13(attach_buses=[net_cfg.attach_buses[n] for n in names], microgrid_names=names,
                             load_scale=net_cfg.load_scale, feeder_load_scale=net_cfg.feeder_load_scale,
                             source_vm_pu=net_cfg.source_vm_pu, regulator_taps=net_cfg.regulator_taps,
@@ -91,12 +105,13 @@ def build_network(scenario: Scenario) -> BuiltNetwork:
     by_name = {z.name: z for z in built.zones}
     built.zones = [by_name[n] for n in names]
     # sgen order: all generators, then all PV, then all wind; storage: one battery per microgrid
-    for kind, rating in (("generator", None), ("pv", "pv_mw"), ("wind", "wind_mw")):
-        for mg, zone in zip(scenario.microgrids, built.zones, strict=True):
-            p_max = mg.generator.p_max_mw if rating is None else getattr(mg, rating)
-            pp.create_sgen(net, zone.device_bus, p_mw=0.0, max_p_mw=p_max, name=f"{mg.name}.{kind}")
-    for mg, zone in zip(scenario.microgrids, built.zones, strict=True):
-        pp.create_storage(net, zone.device_bus, p_mw=0.0, max_e_mwh=mg.battery.capacity_mwh, name=f"{mg.name}.battery")
+    # (one pandapower call per table: per-element calls cost seconds with hundreds of microgrids)
+    mgs, device_buses = scenario.microgrids, [zone.device_bus for zone in built.zones]
+    pp.create_sgens(net, device_buses * 3, p_mw=0.0,
+                    max_p_mw=[m.generator.p_max_mw for m in mgs] + [m.pv_mw for m in mgs] + [m.wind_mw for m in mgs],
+                    name=[f"{m.name}.{kind}" for kind in ("generator", "pv", "wind") for m in mgs])
+    pp.create_storages(net, device_buses, p_mw=0.0, max_e_mwh=[m.battery.capacity_mwh for m in mgs],
+                       name=[f"{m.name}.battery" for m in mgs])
     return built
 
 
@@ -112,6 +127,12 @@ class Plant:
         self.built = build_network(sc)
         self.net = self.built.net
         self.powerflow = FastPowerFlow(self.net)
+        regulators = self.built.regulators
+        self._reg_trafos = np.array([r.trafo for r in regulators], dtype=np.int64)
+        self._reg_taps0 = self.net.trafo.tap_pos.to_numpy()[self._reg_trafos].astype(np.int64)
+        auto = not isinstance(sc.network, Ieee34Network) or sc.network.regulator_control == "auto"
+        self.regulators: TapController | None = (
+            TapController([r.settings for r in regulators], self._reg_taps0) if regulators and auto else None)
         self.batteries = BatteryFleet.from_configs([m.battery for m in sc.microgrids])
         self.generators = GeneratorFleet.from_configs([m.generator for m in sc.microgrids])
         self.pv_rating = np.array([m.pv_mw for m in sc.microgrids])
@@ -147,6 +168,7 @@ class Plant:
         for i, z in enumerate(zones):
             self._bus_to_mg[i, z.buses] = 1.0
             self._line_to_mg[i, z.lines] = 1.0
+            self._trafo_to_mg[i, z.trafos] = 1.0
             if z.poc_trafo is not None:
                 self._trafo_to_mg[i, z.poc_trafo] = 1.0
                 self._poc.append(("trafo", z.poc_trafo))
@@ -187,7 +209,7 @@ class Plant:
     def load_year(self, year: int) -> None:
         """Load ``year``'s profiles (no-op if they are loaded already); the clock and the devices are left as they are."""
         if self._matrix is None or self.year != year:
-            profiles = load_profiles(year, self._profile_names, self.dt_h)
+            profiles = load_profiles(year, self._profile_names, self.dt_h, self.scenario.data)
             self._matrix = np.stack([profiles.series[n] for n in self._profile_names])
             self._profiles = profiles
             self.year = year
@@ -200,7 +222,10 @@ class Plant:
             raise ValueError(f"start_step {start_step} outside the year's {n_steps} steps")
         self.batteries.reset(soc)
         self.generators.reset()
-        self.powerflow.reset()
+        if self.regulators is not None:
+            self.regulators.reset(self._reg_taps0)
+            self.powerflow.set_taps(self._reg_trafos, self._reg_taps0)
+        self.powerflow.reset()  # after the taps: every episode starts from the same flat profile
         self.t = start_step
         self.last = self._simulate(Setpoints.zeros(self.n), advance=False)
         return self.last
@@ -267,7 +292,13 @@ class Plant:
         pv = pv_avail * (1.0 - applied.pv_curtailment)
         wind = wind_avail * (1.0 - applied.wind_curtailment)
         pf = self.powerflow
-        converged = pf.solve(load_p, load_q, np.concatenate((applied.generator_mw, pv, wind)), -applied.battery_mw)
+        sgen, storage = np.concatenate((applied.generator_mw, pv, wind)), -applied.battery_mw
+        converged = pf.solve(load_p, load_q, sgen, storage)
+        changes = np.zeros(len(self._reg_trafos), dtype=np.int64)
+        if converged and self.regulators is not None:
+            converged = self._regulate(self.regulators, load_p, load_q, sgen, storage,
+                                       dt * 3600.0 if advance else SETTLE_AT_RESET_S)
+            changes = self.regulators.changes.copy() if advance else changes
         if converged:
             exchange = np.array([self._poc_flow(kind, idx) for kind, idx in self._poc])
             violation_v, overload = self._violations()
@@ -278,10 +309,11 @@ class Plant:
             overload = np.zeros(n)
             vm_pu = np.full(len(pf.vm_pu), np.nan)
             line_loading = np.full(len(pf.line_loading_percent), np.nan)
-        p_cfg = self.scenario.penalties
+        p_cfg = self.scenario.penalties  # rates per hour
         penalty = p_cfg.usd_per_pu_voltage * violation_v + p_cfg.usd_per_percent_overload * overload
         if not converged:
             penalty = penalty + p_cfg.usd_divergence
+        penalty = penalty * dt
         price = float(col[self._price_row])
         fuel = self.generators.fuel_cost_usd(applied.generator_mw, dt)
         if advance:
@@ -293,7 +325,31 @@ class Plant:
             wind_available_mw=wind_avail, applied=applied, clamped=clamped, pv_mw=pv, wind_mw=wind,
             soc=self.batteries.soc.copy(), exchange_mw=exchange, fuel_cost_usd=fuel,
             violation_v_pu=violation_v, overload_percent=overload, penalty_usd=penalty,
-            feeder_head_mw=pf.slack_p_mw if converged else float(np.nan), vm_pu=vm_pu, line_loading_percent=line_loading)
+            feeder_head_mw=pf.slack_p_mw if converged else float(np.nan), vm_pu=vm_pu, line_loading_percent=line_loading,
+            regulator_taps=self.regulator_taps(), tap_changes=changes)
+
+    def regulator_taps(self) -> np.ndarray:
+        """Tap position of each of the network's regulators (``built.regulators`` order; fixed ones too)."""
+        taps: np.ndarray = (self._reg_taps0 if self.regulators is None else self.regulators.taps).copy()
+        return taps
+
+    def _regulate(self, ctl: TapController, load_p: np.ndarray, load_q: np.ndarray, sgen: np.ndarray,
+                  storage: np.ndarray, dt_s: float) -> bool:
+        """Let the regulators act on the solved network for ``dt_s`` seconds; False if a solve after a tap move diverged."""
+        pf, idx = self.powerflow, self._reg_trafos
+        converged = True
+
+        def relay_v() -> np.ndarray:
+            return ctl.relay_v(pf.trafo_v_lv_kv[idx], -pf.trafo_p_lv_mw[idx], -pf.trafo_q_lv_mvar[idx])
+
+        def solve(taps: np.ndarray) -> np.ndarray:
+            nonlocal converged
+            pf.set_taps(idx, taps)
+            converged = pf.solve(load_p, load_q, sgen, storage)
+            return relay_v() if converged else np.full(len(idx), np.nan)
+
+        ctl.settle(relay_v(), solve, dt_s)
+        return converged
 
     def _poc_flow(self, kind: str, idx: int) -> float:
         pf = self.powerflow

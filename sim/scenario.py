@@ -3,6 +3,11 @@
 A scenario is data: the network it builds, where each microgrid sits, its devices' ratings, which
 profile columns drive it, the step length and the penalty weights. Shipped scenarios live in
 ``sim/scenarios/*.toml``; a user passes a name or a path to their own file.
+
+The profiles come from the shipped data (CAISO 2023-2024, California local time) or, by name, from the
+user's own hourly CSV (``[data]``: path, time zone, and per series its column and unit; see
+``sim.user_data``). The scenario's :attr:`Scenario.time_zone` is its data's: the hour-of-day features a
+policy learns are hours of that zone's wall clock.
 """
 from __future__ import annotations
 
@@ -10,8 +15,16 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SHIPPED_TIME_ZONE = "America/Los_Angeles"
+"""The shipped data's time zone: CAISO publishes its hourly series in California local time."""
+PowerUnit = Literal["MW", "kW", "W", "pu"]
+PriceUnit = Literal["USD/MWh", "USD/kWh"]
+POWER_UNITS: tuple[str, ...] = ("MW", "kW", "W", "pu")
+PRICE_UNITS: tuple[str, ...] = ("USD/MWh", "USD/kWh")
 
 
 class _Model(BaseModel):
@@ -73,7 +86,21 @@ class Ieee34Network(_Model):
     load_scale: float = Field(0.3, gt=0, description="IEEE 13 loads (3.47 MW) times this = microgrid peak load")
     feeder_load_scale: float = Field(1.0, ge=0)
     source_vm_pu: float = Field(1.05, gt=0.8, lt=1.2)
-    regulator_taps: int = Field(8, ge=-16, le=16)
+    regulator_taps: int = Field(8, ge=-16, le=16, description="the regulators' tap at reset, before automatic control")
+    regulator_control: Literal["auto", "fixed"] = Field(
+        "auto", description="auto: the regulators' relays move the taps (sim.regulators); fixed: taps stay at regulator_taps")
+    poc_mva: float = Field(2.5, gt=0)
+
+
+class Ieee123Network(_Model):
+    """IEEE 123 feeder (4.16 kV) with an IEEE 13 microgrid at each of ``attach_buses`` (microgrid name -> a
+    bus of its three-phase trunk); its four regulators start at the published taps and move automatically."""
+
+    kind: Literal["ieee123_13"] = "ieee123_13"
+    attach_buses: dict[str, str]
+    load_scale: float = Field(0.3, gt=0, description="IEEE 13 loads (3.47 MW) times this = microgrid peak load")
+    feeder_load_scale: float = Field(1.0, ge=0)
+    source_vm_pu: float = Field(1.0, gt=0.8, lt=1.2)
     poc_mva: float = Field(2.5, gt=0)
 
 
@@ -94,21 +121,54 @@ class CigreNetwork(_Model):
 
 
 class PenaltyConfig(_Model):
-    """Penalties (USD) added to a microgrid's cost for violations inside its zone."""
+    """Penalties (USD) added to a microgrid's cost for violations inside its zone, as rates per hour: a step of
+    ``step_minutes`` is charged rate x violation x step_minutes / 60, so a violation costs the same per hour
+    whatever the step length."""
 
     v_min_pu: float = 0.95
     v_max_pu: float = 1.05
     loading_max_percent: float = 100.0
-    usd_per_pu_voltage: float = Field(1000.0, ge=0, description="per p.u. outside the band, summed over buses")
-    usd_per_percent_overload: float = Field(10.0, ge=0, description="per percent above the limit, summed over branches")
-    usd_divergence: float = Field(1000.0, ge=0, description="each agent, when the power flow does not converge")
+    usd_per_pu_voltage: float = Field(1000.0, ge=0, description="USD per p.u. outside the band (summed over buses) per hour")
+    usd_per_percent_overload: float = Field(
+        10.0, ge=0, description="USD per percent above the limit (summed over lines and transformers) per hour")
+    usd_divergence: float = Field(1000.0, ge=0, description="USD per hour, each agent, while the power flow does not converge")
+
+
+class SeriesConfig(_Model):
+    """One series of the user's CSV: its column and unit. Powers (``MW``, ``kW``, ``W``) are scaled to per unit of
+    their largest value (the microgrid's ratings scale them, as the shipped data's); ``pu`` is taken as is (0..1);
+    prices (``USD/MWh``, ``USD/kWh``) become USD/MWh."""
+
+    column: str = Field(min_length=1)
+    unit: PowerUnit | PriceUnit
+
+
+class DataConfig(_Model):
+    """The user's hourly data: a CSV file (relative paths: from the scenario file), its time column (ISO 8601
+    times, hourly, starting on 1 January 00:00; times without an offset are local times of ``time_zone``), the
+    IANA time zone of the data, and the series a scenario may name as profiles (name -> column and unit).
+    One calendar year of rows is used for training and testing; with two, the first trains and the second tests."""
+
+    path: str = Field(min_length=1)
+    time_column: str = Field("time", min_length=1)
+    time_zone: str = Field("UTC", min_length=1)
+    series: dict[str, SeriesConfig] = Field(min_length=1)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as 'Europe/Berlin' or 'UTC')") from exc
+        return value
 
 
 class Scenario(_Model):
     """A whole plant: network, microgrids, profiles, time step and penalties."""
 
     name: str
-    network: Annotated[Ieee34Network | CigreNetwork, Field(discriminator="kind")]
+    network: Annotated[Ieee34Network | Ieee123Network | CigreNetwork, Field(discriminator="kind")]
     microgrids: list[MicrogridConfig] = Field(min_length=1)
     feeder_load_profile: str = "load_caiso"
     price_profile: str = "price_usd_per_mwh"
@@ -116,18 +176,39 @@ class Scenario(_Model):
     export_price_ratio: float = Field(1.0, ge=0, le=1, description="exports are credited at this fraction of the hourly price")
     feeder_head_rating_mva: float = Field(2.5, gt=0, description="substation rating, for the feeder-head loading in p.u.")
     penalties: PenaltyConfig = PenaltyConfig()
+    data: DataConfig | None = Field(None, description="the user's own hourly series (None: the shipped data only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
         names = [m.name for m in self.microgrids]
         if len(set(names)) != len(names):
             raise ValueError(f"microgrid names must be unique, got {names}")
-        placed = self.network.attach_buses if isinstance(self.network, Ieee34Network) else self.network.zones
+        placed = self.network.zones if isinstance(self.network, CigreNetwork) else self.network.attach_buses
         if set(placed) != set(names):
             raise ValueError(f"network places microgrids {sorted(placed)} but the scenario defines {sorted(names)}")
         if (60 % self.step_minutes) and (self.step_minutes % 60):
             raise ValueError(f"step_minutes must divide an hour or be a whole number of hours, got {self.step_minutes}")
+        self._check_series_units()
         return self
+
+    def _check_series_units(self) -> None:
+        """A profile taken from the user's data has a unit of its kind: a power for loads, PV and wind, a price."""
+        if self.data is None:
+            return
+        uses = [("price_profile", self.price_profile, PRICE_UNITS), ("feeder_load_profile", self.feeder_load_profile,
+                                                                      POWER_UNITS)]
+        for m in self.microgrids:
+            uses += [(f"{m.name}.{field}", getattr(m, field), POWER_UNITS)
+                     for field in ("load_profile", "solar_profile", "wind_profile")]
+        for field, name, units in uses:
+            series = self.data.series.get(name)
+            if series is not None and series.unit not in units:
+                raise ValueError(f"{field} = {name!r}: data series in {series.unit}, expected one of {', '.join(units)}")
+
+    @property
+    def time_zone(self) -> str:
+        """The IANA time zone of the scenario's data (the shipped data: California local time)."""
+        return self.data.time_zone if self.data is not None else SHIPPED_TIME_ZONE
 
     @property
     def step_hours(self) -> float:
@@ -153,4 +234,13 @@ def load_scenario(name_or_path: str | Path | Scenario) -> Scenario:
         if not path.is_file():
             raise FileNotFoundError(f"no scenario named {name_or_path!r} (shipped: {', '.join(SHIPPED)}) and no such file")
         text = path.read_text()
+        scenario = Scenario.model_validate(tomllib.loads(text))
+        if scenario.data is not None and not Path(scenario.data.path).is_absolute():  # relative to the scenario file
+            data = scenario.data.model_copy(update={"path": str(path.parent / scenario.data.path)})
+            scenario = scenario.model_copy(update={"data": data})
+        if scenario.data is not None:  # the user's series checked now, not when a plant first loads a year
+            from sim.user_data import load_user_data
+
+            load_user_data(scenario.data)
+        return scenario
     return Scenario.model_validate(tomllib.loads(text))

@@ -65,9 +65,9 @@ def test_help_says_what_the_tool_is_and_groups_the_verbs_by_who_runs_them() -> N
         section = sections[title].split(f"{after}:")[0] if after else sections[title]
         for verb in verbs:
             assert f"\n  {verb.name} " in section and f"e.g. heron-edge {verb.name} " in section, (title, verb.name)
-    assert {v.name for _, verbs in GROUPS for v in verbs} == {"simulate", "train", "sil", "plant", "emulate", "probe",
+    assert {v.name for _, verbs in GROUPS for v in verbs} == {"simulate", "evaluate", "scenario", "train", "sil", "plant", "emulate", "probe",
                                                               "agent", "operator", "broker-config"}
-    assert [v.name for v in GROUPS[0][1]] == ["simulate", "train"]
+    assert [v.name for v in GROUPS[0][1]] == ["simulate", "evaluate", "scenario", "train"]
     assert {v.name for v in GROUPS[1][1]} == {"sil", "plant", "emulate"}
     assert {v.name for v in GROUPS[2][1]} == {"probe", "agent", "operator", "broker-config"}
 

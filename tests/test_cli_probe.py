@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -199,3 +200,44 @@ def test_the_cli_prints_text_or_json_and_exits_by_the_outcome() -> None:
     finally:
         emu.terminate()
         emu.wait(timeout=10)
+
+
+def test_emulate_and_probe_a_register_map_as_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``emulate --map`` serves a shipped map with plausible values and writable points; ``probe --map`` reads every
+    point (text and ``--json``), writes a point and reads it back; mistakes are one line and exit 2."""
+    from heron_edge.cli import main
+
+    emu = subprocess.Popen([sys.executable, "-m", "heron_edge.cli", "emulate", "--map", "victron-gx-ess", "--port", "0",
+                            "--log-level", "WARNING"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert emu.stdout is not None
+        line = emu.stdout.readline()
+        assert "writable ess_setpoint_l1, ess_disable_charge, ess_disable_feed_in" in line and "unit 227" in line
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1)  # type: ignore[union-attr]
+        probe_map = ["probe", "--map", "victron-gx-ess", "--host", "127.0.0.1", "--port", port, "--timeout-s", "0.5"]
+        done = subprocess.run([sys.executable, "-m", "heron_edge.cli", *probe_map, "--write", "ess_setpoint_l1=-1500"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "roles it can fill: battery" in done.stdout and "soc_pct              64 %" in done.stdout
+        assert "write ess_setpoint_l1=-1500: wrote -1500.0 via holding 37 (i16), function 06; read back: held" in done.stdout
+        assert main([*probe_map, "--json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        assert data["role"] == "battery" and data["points"]["ess_setpoint_l1"]["value"] == -1500.0
+        assert data["readings"]["p_w"]["value"] == -1500.0  # the emulated Multi follows its setpoint
+        for extra, said in ((["--write", "soc=50"], "no writable point 'soc'"),
+                            (["--map", "acme-x1"], "no shipped map 'acme-x1'"),
+                            (["--serial", "/dev/null"], "--host (Modbus TCP) or its --serial port")):
+            assert main([*probe_map, *extra]) == 2
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and said in err, err
+        with pytest.raises(SystemExit) as exited:
+            main([*probe_map, "--write", "ess_setpoint_l1=x"])
+        assert exited.value.code == 2 and "a number expected" in capsys.readouterr().err
+    finally:
+        emu.terminate()
+        emu.wait(timeout=10)
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[device]\nvendor = "a"\nmodel = "b"\n[[points]]\nname = "x"\naddress = 1\naccess = "rw"\n')
+    assert main(["emulate", "--map", str(broken), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{broken}: point x: min: a writable number needs write limits" in err

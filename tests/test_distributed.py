@@ -9,10 +9,32 @@ import pytest
 from pettingzoo.test import parallel_api_test
 
 from heron_edge import MultiAgentMicrogrids
+from heron_edge import observations as ob
 from heron_edge.brokers import InMemoryBroker, MqttBroker
-from heron_edge.messages import PriceBody, TelemetryBody, agent_topic, encode, make_envelope
+from heron_edge.brokers.base import Subscription
+from heron_edge.messages import PriceBody, TelemetryBody, agent_topic, decode, encode, make_envelope
+from sim.scenario import Scenario, load_scenario
 
 STEPS = 24
+_FEEDER_BUSES = ("806", "808", "812", "814", "816", "824", "828", "830", "854", "832", "858", "834", "842", "844",
+                 "846", "848", "860", "836", "840", "862", "838", "818", "820", "822")
+
+
+def many_microgrids(n: int) -> Scenario:
+    """``n`` IEEE 13 microgrids along the IEEE 34 feeder (the shipped three, repeated), their loads and ratings
+    scaled by 3 / n so the feeder carries what it carries with three (the power flow converges)."""
+    sc = load_scenario("ieee34_3x13")
+    share = 3 / n
+    mgs = []
+    for i in range(n):
+        base = sc.microgrids[i % 3]
+        mgs.append(base.model_copy(update={
+            "name": f"mg{i + 1}", "pv_mw": base.pv_mw * share, "wind_mw": base.wind_mw * share,
+            "battery": base.battery.model_copy(update={"p_max_mw": base.battery.p_max_mw * share,
+                                                       "capacity_mwh": base.battery.capacity_mwh * share})}))
+    network = sc.network.model_copy(update={"attach_buses": {m.name: bus for m, bus in zip(mgs, _FEEDER_BUSES, strict=False)},
+                                            "load_scale": sc.network.load_scale * share})
+    return sc.model_copy(update={"microgrids": mgs, "network": network})
 
 
 def trajectory(env: MultiAgentMicrogrids, seed: int = 5) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -33,17 +55,6 @@ def trajectory(env: MultiAgentMicrogrids, seed: int = 5) -> tuple[dict[str, np.n
     return plant, np.array(seen)
 
 
-def distributed_view(central: np.ndarray) -> np.ndarray:
-    """What each agent's distributed observation must hold, taken from the centralized observations:
-    the context, its own 8 local features and its peers' exchange_mw (the layout in heron_edge.observations)."""
-    steps, n, _ = central.shape
-    out = np.empty((steps, n, 3 + 8 + n - 1), dtype=central.dtype)
-    for i in range(n):
-        out[:, i, :11] = np.concatenate([central[:, i, :3], central[:, i, 3 + 8 * i : 11 + 8 * i]], axis=1)
-        out[:, i, 11:] = np.stack([central[:, i, 3 + 8 * p + 6] for p in range(n) if p != i], axis=1)  # 6: exchange_mw
-    return out
-
-
 def test_distributed_in_memory_api_and_layout() -> None:
     env = MultiAgentMicrogrids({"centralized": False, "message_broker": InMemoryBroker(), "max_episode_steps": STEPS})
     parallel_api_test(env, num_cycles=10)
@@ -51,13 +62,19 @@ def test_distributed_in_memory_api_and_layout() -> None:
     price = env.plant.price()
     for i, agent in enumerate(env.possible_agents):
         o = obs[agent]
-        assert o.shape == (3 + 8 + 2,)
+        assert o.shape == (ob.N_LOCAL_BASE,) == (3 + 8 + 3 + 11,)
         assert o[2] == pytest.approx(price / 100.0)  # the price as received from the operator
         local = env._runner._loop.run_until_complete(env._runner.proxies[i].actual_agent.observe_local())
         np.testing.assert_allclose(o[3:11], local, rtol=1e-6)
-        peers = [p for p in env.possible_agents if p != agent]
-        expected = [env.plant.last.exchange_mw[env.possible_agents.index(p)] for p in peers]
-        np.testing.assert_allclose(o[11:], expected, rtol=1e-5)  # peers' telemetry
+        neighbours = env.site_graph.neighbours[agent]  # the feeder's order: mg1 - mg2 - mg3
+        assert neighbours == {"mg1": ("mg2",), "mg2": ("mg1", "mg3"), "mg3": ("mg2",)}[agent]
+        expected = np.mean([env.plant.last.exchange_mw[env.possible_agents.index(p)] for p in neighbours])
+        assert o[11] == pytest.approx(expected, rel=1e-5)  # the neighbours' telemetry, aggregated
+        named = dict(zip(env.layout.names, o.tolist(), strict=True))
+        assert named["site.exchange_mw"] == pytest.approx(env.plant.last.exchange_mw.mean(), rel=1e-5)
+        day = [env.plant.price(env.plant.t - env.plant.t % 24 + k) for k in range(24)]
+        assert named["price_day_max"] == pytest.approx(max(day) / 100, rel=1e-6)
+        assert named["price_quantile"] == pytest.approx(sum(p < price for p in day) / 24)
     env.close()
     env.close()  # closing twice is harmless
 
@@ -72,7 +89,8 @@ def test_default_broker_is_in_memory() -> None:
 
 @pytest.mark.mqtt
 def test_modes_give_the_same_plant_trajectory(mosquitto) -> None:
-    central, central_obs = trajectory(MultiAgentMicrogrids({"centralized": True, "max_episode_steps": STEPS}))
+    central, central_obs = trajectory(MultiAgentMicrogrids({"centralized": True, "observation": "local",
+                                                            "max_episode_steps": STEPS}))
     memory_env = MultiAgentMicrogrids({"centralized": False, "message_broker": InMemoryBroker(), "max_episode_steps": STEPS})
     memory, memory_obs = trajectory(memory_env)
     mqtt_env = MultiAgentMicrogrids({"centralized": False, "message_broker": MqttBroker(mosquitto.url),
@@ -81,8 +99,8 @@ def test_modes_give_the_same_plant_trajectory(mosquitto) -> None:
     for key in central:
         np.testing.assert_array_equal(central[key], memory[key], err_msg=key)
         np.testing.assert_array_equal(central[key], mqtt[key], err_msg=key)
-    # and every agent saw, through messages, exactly what the centralized state says (price, own, peers)
-    np.testing.assert_array_equal(memory_obs, distributed_view(central_obs))
+    # and every agent saw, through messages, exactly what the centralized loop's local observation says
+    np.testing.assert_array_equal(memory_obs, central_obs)
     np.testing.assert_array_equal(mqtt_obs, memory_obs)
     # distributed agents really heard each other over Mosquitto, nothing was late
     for stats in mqtt_env._runner.stats.values():
@@ -227,3 +245,68 @@ def test_the_shared_decode_cache_is_bounded_in_bytes() -> None:
         cache(topic, encode(make_envelope("mg2", TelemetryBody(values=values), step=i)))
         assert cache.bytes <= _DECODED_BYTES
     assert cache.bytes > 0 and len(cache._envelopes) < 400
+
+
+def deliveries_per_agent_per_step(env: MultiAgentMicrogrids, steps: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """Every delivery to any of an agent's subscriptions (its ProxyAgent's streams and its protocols' Link), counted
+    by the broker's queue over ``steps`` steps, per step."""
+    counts: dict[int, int] = {}
+    put = Subscription._put
+
+    def counting_put(sub: Subscription, delivery) -> None:
+        counts[id(sub)] = counts.get(id(sub), 0) + 1
+        put(sub, delivery)
+
+    env.reset(seed=0)
+    monkeypatch.setattr(Subscription, "_put", counting_put)
+    for _ in range(steps):
+        env.step({a: np.zeros(4, np.float32) for a in env.agents})
+    monkeypatch.undo()
+    out = {}
+    for proxy in env._runner.proxies:
+        subs = [*proxy._streams, *(box.sub for box in proxy.roles.link._boxes.values())]
+        out[proxy.agent_id] = sum(counts.get(id(sub), 0) for sub in subs) / steps
+    return out
+
+
+@pytest.mark.parametrize("protocol", [None, ["setpoint", "p2p_trading"]], ids=str)
+def test_what_an_agent_receives_per_step_does_not_grow_with_the_site(protocol, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subscriptions by need: the price, the operator's aggregates, the site-graph neighbours' telemetry and the
+    protocols' own messages (a setpoint, the one clearing): the same at N = 3 and N = 12."""
+    per_agent = {}
+    for n in (3, 12):
+        scenario = load_scenario("ieee34_3x13") if n == 3 else many_microgrids(n)
+        env = MultiAgentMicrogrids({"centralized": False, "scenario": scenario, "protocol": protocol,
+                                    "max_episode_steps": 4})
+        per_agent[n] = deliveries_per_agent_per_step(env, 3, monkeypatch)
+        assert all(s.late == 0 for s in env._runner.stats.values())
+        env.close()
+    expected = 2 + 2 + (2 if protocol else 0)  # price, aggregates, two neighbours (+ setpoint, clearing)
+    assert max(per_agent[3].values()) == max(per_agent[12].values()) == expected
+    assert per_agent[12]["mg1"] == per_agent[3]["mg1"] == expected - 1  # the feeder's first microgrid: one neighbour
+
+
+def test_the_operator_aggregates_what_came_and_says_how_many() -> None:
+    """A microgrid whose telemetry does not come: the operator's aggregates keep its last values, count the others
+    (``reporting``), and every agent still gets them, once per step."""
+    env = MultiAgentMicrogrids({"centralized": False, "max_episode_steps": 3, "step_timeout_s": 0.1})
+    env.reset(seed=0)
+    runner = env._runner
+    seen: list = []
+    publish = runner.broker.publish
+
+    async def spying_publish(topic, payload, *, qos=1, retain=False):
+        if topic == agent_topic(env.config.site, "mg3", "telemetry"):
+            return None  # mg3's reports are lost
+        if topic.endswith("/aggregates"):
+            seen.append(decode(payload) if isinstance(payload, bytes) else payload)  # an Envelope from a Link
+        return await publish(topic, payload, qos=qos, retain=retain)
+
+    runner.broker.publish = spying_publish
+    env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
+    assert [e.body.reporting for e in seen] == [2]
+    assert runner.operator.stats.late_by_agent == {"mg3": 1}
+    body, rows = seen[0].body, runner.operator._rows
+    assert body.mean_soc == pytest.approx(rows[:, 3].mean()) and rows[2, 3] == pytest.approx(0.5)  # mg3's last soc
+    assert all(p._aggregates_step == env.plant.t for p in runner.proxies)
+    env.close()

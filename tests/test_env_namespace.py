@@ -13,7 +13,6 @@ from heron_edge.config import EnvConfig, default_site
 from heron_edge.distributed import DistributedRunner
 from heron_edge.errors import ConfigError
 from heron_edge.runtime.mosquitto import MosquittoProcess
-from tests.test_distributed import distributed_view
 
 STEPS = 6
 
@@ -64,7 +63,8 @@ def test_two_environments_on_one_mosquitto_do_not_hear_each_other(mosquitto: Mos
     step (stale)."""
     envs = [MultiAgentMicrogrids({"centralized": False, "message_broker": MqttBroker(mosquitto.url),
                                   "max_episode_steps": STEPS, "step_timeout_s": 2.0}) for _ in range(2)]
-    twins = [MultiAgentMicrogrids({"centralized": True, "max_episode_steps": STEPS}) for _ in range(2)]
+    twins = [MultiAgentMicrogrids({"centralized": True, "observation": "local", "max_episode_steps": STEPS})
+             for _ in range(2)]  # ``local``: exactly what each distributed agent must see
     try:
         assert envs[0].config.site != envs[1].config.site
         days = (3, 3) if same_day else (3, 4)
@@ -80,8 +80,8 @@ def test_two_environments_on_one_mosquitto_do_not_hear_each_other(mosquitto: Mos
                 twin_obs, twin_rewards, *_ = twin.step(actions)
                 assert rewards == twin_rewards
                 seen = np.array([[obs[a] for a in env.possible_agents]])
-                expected = distributed_view(np.array([[twin_obs[a] for a in twin.possible_agents]]))
-                np.testing.assert_array_equal(seen, expected, err_msg=env.config.site)  # price, own, peers
+                expected = np.array([[twin_obs[a] for a in twin.possible_agents]])
+                np.testing.assert_array_equal(seen, expected, err_msg=env.config.site)  # price, own, neighbours, site
         for env in envs:
             for agent, stats in _runner(env).stats.items():
                 assert stats.received >= STEPS * 3, (agent, stats)

@@ -34,8 +34,16 @@ def rollout(config: dict, steps: int = 4, seed: int = 3) -> tuple[list, list, li
     return observations, all_infos, rewards, states
 
 
-def same_infos(a: dict, b: dict) -> bool:
-    return all(x == y or (np.isnan(x) and np.isnan(y)) for agent in a for x, y in zip(a[agent].values(), b[agent].values()))
+DISTRIBUTED_ONLY = {"messages_lost", "messages_late", "fallback"}
+"""Info keys about the message exchange: NaN in the centralized loop, which exchanges none."""
+
+
+def same_infos(central: dict, distributed: dict) -> bool:
+    """The same infos, the exchange's own keys aside (where the distributed run must report no fallback)."""
+    assert all(distributed[agent]["fallback"] == 0.0 for agent in distributed)
+    return all(x == y or (np.isnan(x) and np.isnan(y)) for agent in central
+               for (key, x), y in zip(central[agent].items(), distributed[agent].values(), strict=True)
+               if key not in DISTRIBUTED_ONLY)
 
 
 @pytest.mark.parametrize("protocol", COMBINATIONS, ids=str)
@@ -67,7 +75,7 @@ def test_normalised_local_observations_share_one_space_across_ratings_and_pass_t
     spaces = {id(env.observation_space(a)) for a in env.possible_agents}
     assert len(spaces) == 1  # one policy can be shared
     assert env.layout.kind == "local" and env.layout.version == ob.LAYOUT_VERSION
-    assert env.layout.names[-5:] == ("peer1.exchange_mw", "peer2.exchange_mw", "setpoint_mw", "traded_mw", "clearing_price")
+    assert env.layout.names[-4:] == ("price_rest_max", "setpoint_mw", "traded_mw", "clearing_price")
     assert env.observation_space("mg1").shape == (env.layout.size,)
     obs, _ = env.reset(seed=0, options={"soc": 0.9})
     battery = env.layout.names.index("battery_mw")
@@ -82,8 +90,15 @@ def test_normalised_local_observations_share_one_space_across_ratings_and_pass_t
 
 
 def test_layout_names_match_every_mode_and_the_rule_of_scales() -> None:
-    assert ob.local_layout(3, ("setpoint_mw",)).names == (
-        "hour_sin", "hour_cos", "price", *ob.LOCAL_NAMES, "peer1.exchange_mw", "peer2.exchange_mw", "setpoint_mw")
+    assert ob.local_layout(("setpoint_mw",)).names == (
+        "hour_sin", "hour_cos", "price", *ob.LOCAL_NAMES, "nbr.exchange_mw", "nbr.soc", "nbr.need_mw",
+        "site.load_mw", "site.pv_mw", "site.wind_mw", "site.soc", "site.exchange_mw", "price_day_min",
+        "price_day_mean", "price_day_max", "price_quantile", "price_rest_min", "price_rest_max", "setpoint_mw")
+    assert ob.LAYOUT_VERSION == 2
+    local = ob.feature_scales(ob.local_layout(), ob.Ratings(0.5, 1.5))
+    named_local = dict(zip(ob.local_layout().names, local.tolist()))
+    assert named_local["nbr.exchange_mw"] == named_local["nbr.need_mw"] == named_local["site.load_mw"] == 2.0
+    assert named_local["nbr.soc"] == named_local["site.soc"] == named_local["price_day_max"] == 1.0
     layout = ob.global_layout(["a", "b"], ("dispatch_mw",))
     assert layout.size == 3 + 16 + 2 + 2 and layout.names[19:21] == ("is.a", "is.b")
     scales = ob.feature_scales(layout, ob.Ratings(1.0, 1.0), {"a": ob.Ratings(0.5, 0.0), "b": ob.Ratings(2.0, 1.0)})
@@ -155,3 +170,44 @@ def test_an_environment_on_mqtt_refuses_to_pickle() -> None:
     env.config = parse_config({"centralized": False, "message_broker": MqttBroker("mqtt://127.0.0.1:1")})
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(env)
+
+
+def test_the_local_layout_is_the_same_at_any_site_size_and_still_equals_the_distributed_one() -> None:
+    """12 microgrids on a configured ring: the same 25 + protocol entries as 3, bit for bit what the agents see."""
+    from tests.test_distributed import many_microgrids
+
+    config = {"scenario": many_microgrids(12), "site_graph": "ring", "protocol": "setpoint", "normalize": True,
+              "max_episode_steps": 2}
+    central = rollout({**config, "observation": "local"}, steps=2)
+    distributed = rollout({**config, "centralized": False}, steps=2)
+    small = MultiAgentMicrogrids({"observation": "local", "protocol": "setpoint"})
+    big = MultiAgentMicrogrids({**config, "observation": "local"})
+    assert big.layout == small.layout and big.layout.size == ob.N_LOCAL_BASE + 1
+    assert big.site_graph.neighbours["mg1"] == ("mg2", "mg12") and big.site_graph.max_degree == 2
+    for step_c, step_d in zip(central[0], distributed[0], strict=True):
+        assert len(step_c) == 12
+        for agent in step_c:
+            assert step_c[agent].tobytes() == step_d[agent].tobytes(), agent
+    assert central[2] == distributed[2]
+
+
+def test_site_graphs_and_the_neighbour_means() -> None:
+    from heron_edge.site_graph import site_graph
+
+    agents = ["a", "b", "c", "d"]
+    assert site_graph(agents).neighbours == {"a": ("b",), "b": ("a", "c"), "c": ("b", "d"), "d": ("c",)}
+    assert site_graph(agents, "ring").neighbours["a"] == ("b", "d")
+    configured = site_graph(agents, {"d": ["a"], "b": []})
+    assert configured.neighbours == {"a": ("d",), "b": (), "c": (), "d": ("a",)}  # made symmetric
+    for bad, message in (("star", "use 'feeder', 'ring'"), ({"x": []}, "not an agent"), ({"a": ["a"]}, "itself")):
+        with pytest.raises(ConfigError, match=message):
+            site_graph(agents, bad)
+    index, valid = site_graph(agents).index_arrays()
+    local = np.arange(32, dtype=np.float64).reshape(4, 8)
+    means = ob.neighbour_means(local, index, valid)
+    # b's neighbours a and c: exchange (column 6), soc (3), load - pv - wind (0 - 1 - 2), averaged
+    assert means[1].tolist() == [(6 + 22) / 2, (3 + 19) / 2, ((0 - 1 - 2) + (16 - 17 - 18)) / 2]
+    assert ob.neighbour_means(local, *configured.index_arrays())[1].tolist() == [0.0, 0.0, 0.0]  # no neighbours
+    prices = np.array([30.0, 10.0, 50.0, 20.0])
+    assert ob.price_outlook(prices, 5).tolist() == [10.0, 27.5, 50.0, 0.0, 10.0, 50.0]  # step 5 = hour 1 of its day
+    assert ob.price_outlook(prices, 3).tolist() == [10.0, 27.5, 50.0, 0.25, 20.0, 20.0]

@@ -16,11 +16,14 @@ from heron_edge.messages import (
     DECODE_REASONS,
     TOPICS,
     ActionBody,
+    AggregatesBody,
     ClearingBody,
     ClockBody,
     ConsensusBody,
     DecodeError,
     Envelope,
+    ForecastBody,
+    ForecastValues,
     OrderBody,
     PriceBody,
     SetpointBody,
@@ -53,8 +56,13 @@ SAMPLES: dict[str, BaseModel] = {
     "consensus": ConsensusBody(round=3, values=[1.0, 2.5], converged=True),
     "telemetry": TelemetryBody(values={"load_mw": 1.2, "soc": 0.55}),
     "action": ActionBody(values=[0.1, -0.9]),
+    "forecast": ForecastBody(microgrids={"mg1": ForecastValues(load_mw=0.9, pv_mw=0.05, wind_mw=0.0)}),
     "status": StatusBody(state="failsafe", detail="upstream silent", counters={"rejected": 2}, cycle_ms=3.5),
     "clock": ClockBody(step=12, done=True),
+    "aggregates": AggregatesBody(reporting=3, mean_load_mw=0.4, mean_pv_mw=0.02, mean_wind_mw=0.05, mean_soc=0.6,
+                                 mean_exchange_mw=0.3, price_day_min_usd_per_mwh=20.8, price_day_mean_usd_per_mwh=48.7,
+                                 price_day_max_usd_per_mwh=74.8, price_quantile=0.42, price_rest_min_usd_per_mwh=30.0,
+                                 price_rest_max_usd_per_mwh=74.8),
 }
 
 
@@ -192,7 +200,7 @@ def test_a_well_addressed_message_passes_the_topic_check() -> None:
 
 def test_topic_table_is_consistent() -> None:
     for spec in TOPICS:
-        concrete = spec.pattern.format(site="s", agent="a", id="a", operator="a", plant="a")
+        concrete = spec.pattern.format(site="s", agent="a", id="a", operator="a", plant="a", forecaster="a")
         parts = parse_topic(concrete)
         assert parts is not None, spec.pattern
         assert set(spec.body_kinds) <= set(BODY_TYPES)

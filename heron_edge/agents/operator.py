@@ -1,5 +1,8 @@
-"""SystemOperator: the microgrids' upstream. Every step it broadcasts the price, and runs the operator
-side of the configured protocols (setpoints from the microgrids' reported needs, the market).
+"""SystemOperator: the microgrids' upstream. Every step it collects the microgrids' telemetry, broadcasts
+the price, runs the operator side of the configured protocols (setpoints from the microgrids' reported
+needs, the market) and publishes the step's aggregates (one ``aggregates`` message: the site means of the
+telemetry and the day-ahead price outlook, ``heron_edge.observations``), so no agent needs every peer's
+telemetry: the operator's work per step grows with the site, each agent's does not.
 
 The microgrid agents accept price and commands only from their configured upstream id.
 
@@ -11,19 +14,20 @@ beyond ``Coordination.power_limit_mw`` is rejected (``rejected_bounds``).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from heron_edge import observations as ob
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.coordination import Coordination, OperatorRoles
 from heron_edge.counters import Rejections, RejectSource, int_fields
 from heron_edge.errors import UsageError
-from heron_edge.messages import DecodeError, TelemetryBody, agent_filter, decode_on
-from heron_edge.observations import LocalTelemetry
+from heron_edge.messages import AggregatesBody, DecodeError, TelemetryBody, agent_filter, agent_topic, decode_on
 from heron_edge.protocols import Clearing, Link, PriceSignal
 
 log = logging.getLogger(__name__)
@@ -45,10 +49,14 @@ class OperatorStats:
 
 
 class SystemOperator:
-    """The operator role over a broker: price broadcast, setpoints, market clearing."""
+    """The operator role over a broker: price broadcast, setpoints, aggregates, market clearing.
+
+    ``price_of(step)`` is the hourly price (USD/MWh) of any step of the year: the day-ahead outlook of the
+    aggregates comes from it (without it, the outlook is the current price alone)."""
 
     def __init__(self, agent_id: str, broker: Broker, coordination: Coordination, *, site: str = "sim",
-                 step_timeout_s: float = 2.0, telemetry_wait_s: float | None = None) -> None:
+                 step_timeout_s: float = 2.0, telemetry_wait_s: float | None = None,
+                 price_of: Callable[[int], float] | None = None) -> None:
         self.agent_id = agent_id
         self.broker = broker
         self.coordination = coordination
@@ -59,8 +67,14 @@ class SystemOperator:
         self.stats = OperatorStats()
         self._telemetry: Subscription | None = None
         self._started = False
-        self._needs = np.zeros(len(coordination.names))
+        self.price_of = price_of
+        self.steps_per_day = coordination.scenario.steps_per_day
+        self.last_aggregates: AggregatesBody | None = None
+        """What the last step's aggregates said (re-sent as they were when a step is announced again)."""
+        self._rows = np.zeros((len(coordination.names), ob.N_LOCAL))  # each microgrid's last telemetry
         self._index = {name: i for i, name in enumerate(coordination.names)}
+        self._day: tuple[int, np.ndarray] | None = None  # (first step of the day, its prices)
+        self._aggregates_topic = agent_topic(site, agent_id, "aggregates")
 
     async def start(self) -> None:
         """Subscribe what the operator listens to (idempotent: every step calls it)."""
@@ -68,38 +82,85 @@ class SystemOperator:
             return
         await self.broker.connect()
         await self.roles.prepare()
-        if self.coordination.setpoint:
-            self._telemetry = await self.broker.subscribe(agent_filter(self.site, "telemetry"))
+        self._telemetry = await self.broker.subscribe(agent_filter(self.site, "telemetry"))
         self._started = True
 
     def reset(self, step: int) -> None:
         self.roles.reset(step)
+        self._day = None  # a new episode may run on another year's prices
 
     async def before_decision(self, step: int, hourly_price: float, head_loading_pu: float) -> tuple[PriceSignal, np.ndarray | None]:
-        """Broadcast this step's price, and the setpoints when that protocol runs."""
+        """Broadcast this step's price (and, with the setpoint protocol, the setpoints: after the telemetry they
+        come from), then the aggregates of the step's telemetry. Without setpoints the price goes out first: it
+        never waits for a microgrid's telemetry."""
         await self.start()
-        needs = await self._collect_needs(step) if self.coordination.setpoint else None
-        return await self.roles.before_decision(step, hourly_price, head_loading_pu, needs)
+        c = self.coordination
+        if c.setpoint:
+            fresh = await self._collect(step)
+            needs = c.needs_mw(self._rows[:, 0], self._rows[:, 1], self._rows[:, 2])
+            result = await self.roles.before_decision(step, hourly_price, head_loading_pu, needs)
+        else:
+            result = await self.roles.before_decision(step, hourly_price, head_loading_pu, None)
+            fresh = await self._collect(step)
+        await self.publish_aggregates(step, hourly_price, reporting=fresh)
+        return result
+
+    def _outlook(self, step: int, hourly_price: float) -> np.ndarray:
+        if self.price_of is None:
+            return ob.price_outlook(np.array([hourly_price]), 0)
+        start = step - step % self.steps_per_day
+        if self._day is None or self._day[0] != start:
+            self._day = (start, ob.day_prices(self.price_of, step, self.steps_per_day))
+        return ob.price_outlook(self._day[1], step)
+
+    def aggregates(self, step: int, hourly_price: float, reporting: int) -> AggregatesBody:
+        """The step's aggregates from the telemetry collected (:func:`heron_edge.observations.site_means`) and
+        the price outlook (:func:`heron_edge.observations.price_outlook`)."""
+        load, pv, wind, soc, exchange = ob.site_means(self._rows).tolist()
+        low, mean, high, quantile, rest_low, rest_high = self._outlook(step, hourly_price).tolist()
+        return AggregatesBody(reporting=reporting, mean_load_mw=load, mean_pv_mw=pv, mean_wind_mw=wind,
+                              mean_soc=min(max(soc, 0.0), 1.0), mean_exchange_mw=exchange,
+                              price_day_min_usd_per_mwh=low, price_day_mean_usd_per_mwh=mean,
+                              price_day_max_usd_per_mwh=high, price_quantile=quantile,
+                              price_rest_min_usd_per_mwh=rest_low, price_rest_max_usd_per_mwh=rest_high)
+
+    async def publish_aggregates(self, step: int, hourly_price: float, *, reporting: int) -> AggregatesBody:
+        """Publish the step's aggregates once (every agent subscribes to them); returns them."""
+        body = self.aggregates(step, hourly_price, reporting)
+        link = self.roles.link
+        link.step = step
+        await link.send(self._aggregates_topic, body, ttl_s=self.coordination.price.config.ttl_s)
+        self.last_aggregates = body
+        return body
+
+    async def resend_aggregates(self, step: int) -> None:
+        """The last aggregates again (a step announced again: the telemetry they came from is gone)."""
+        if self.last_aggregates is not None:
+            link = self.roles.link
+            link.step = step
+            await link.send(self._aggregates_topic, self.last_aggregates, ttl_s=self.coordination.price.config.ttl_s)
 
     async def market(self, step: int) -> Clearing | None:
         return await self.roles.market(step)
 
-    async def _collect_needs(self, step: int) -> np.ndarray:
-        """Each microgrid's need (load - PV - wind, MW) from its telemetry of ``step``; last value if late."""
+    async def _collect(self, step: int) -> int:
+        """Each microgrid's telemetry of ``step`` into its row (the last values stand in for one that is late);
+        how many came in time."""
         if self._telemetry is None:
             raise UsageError("SystemOperator.start() was not awaited")
-        fresh = np.zeros(len(self._needs), dtype=bool)
-        deadline = time.monotonic() + self.telemetry_wait_s
+        fresh = np.zeros(len(self._rows), dtype=bool)
+        clock = asyncio.get_running_loop().time  # the loop's clock: simulated on a SimulatedTimeLoop
+        deadline = clock() + self.telemetry_wait_s
         limit = self.coordination.power_limit_mw
         while not fresh.all():
             delivery = self._telemetry.get_nowait()
             if delivery is None:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - clock()
                 if remaining <= 0:
                     missing = [n for n, ok in zip(self.coordination.names, fresh, strict=True) if not ok]
                     self.stats.late += 1
                     self.stats.late_by_agent.update(missing)
-                    log.warning("%s: telemetry of step %d missing from %s after %.2f s; using their last needs",
+                    log.warning("%s: telemetry of step %d missing from %s after %.2f s; using their last values",
                                 self.agent_id, step, missing, self.telemetry_wait_s)
                     break
                 try:
@@ -118,14 +179,14 @@ class SystemOperator:
             if envelope.step != step:
                 self.stats.stale += 1
                 continue
-            reported = LocalTelemetry.from_values(envelope.body.values)
-            powers = [p or 0.0 for p in (reported.load_mw, reported.pv_mw, reported.wind_mw)]
+            values = envelope.body.values
+            powers = [values.get(name, 0.0) for name in ("load_mw", "pv_mw", "wind_mw", "exchange_mw")]
             if any(abs(p) > limit for p in powers):
                 self._reject("bounds", delivery.topic, f"powers {powers} MW beyond +/-{limit:g} MW")
                 continue
-            self._needs[i] = self.coordination.needs_mw(*powers)
+            ob.LocalTelemetry.into_row(values, self._rows[i])
             fresh[i] = True
-        return self._needs.copy()
+        return int(fresh.sum())
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
         self.stats.rejected.record(reason, log, self.agent_id, topic, detail)

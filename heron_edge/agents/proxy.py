@@ -1,8 +1,9 @@
 """ProxyAgent: turns any agent into a distributed one that sees only local state plus messages.
 
 Each step it publishes its local telemetry, runs its side of the configured protocols (setpoint,
-consensus), takes what the upstream (price) and its peers (telemetry) sent for this step, builds the
-distributed observation (layouts in ``heron_edge.observations`` and ``heron_edge.coordination``),
+consensus), takes what the upstream (price, aggregates) and its site-graph neighbours (telemetry) sent
+for this step, builds the distributed observation (layouts in ``heron_edge.observations`` and
+``heron_edge.coordination``),
 asks the wrapped agent for an action, applies it to the devices and, when trading runs, posts its
 order and takes the clearing back.
 Every received payload is decoded and validated; a malformed, unknown, expired or unexpected one
@@ -13,10 +14,11 @@ arrive within ``step_timeout_s`` is replaced by the last value received (counted
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,17 +27,18 @@ import numpy as np
 from heron_edge import observations as ob
 from heron_edge.agents.microgrid import MicrogridAgent
 from heron_edge.brokers import Broker, Subscription
+from heron_edge.brokers.base import get_any
 from heron_edge.coordination import MicrogridRoles
 from heron_edge.counters import Rejections, int_fields
 from heron_edge.errors import BrokerError, UsageError
 from heron_edge.messages import (
     LIMITS,
+    AggregatesBody,
     DecodeError,
     Envelope,
     PriceBody,
     StatusBody,
     TelemetryBody,
-    agent_filter,
     agent_topic,
     check_topic,
     decode,
@@ -44,6 +47,7 @@ from heron_edge.messages import (
     require_unexpired,
 )
 from heron_edge.protocols import Clearing
+from heron_edge.site_graph import site_graph
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +88,13 @@ _decode_once = _DecodeOnce()
 
 @dataclass
 class ProxyStats:
-    """What a ProxyAgent did with its per-step stream (the upstream's price, the peers' telemetry)."""
+    """What a ProxyAgent did with its per-step stream (the upstream's price and aggregates, the neighbours'
+    telemetry)."""
 
     received: int = 0
     late: int = 0
-    """Steps whose price or peers' telemetry did not all come within the step timeout (last values used)."""
+    """Steps whose price, aggregates or neighbours' telemetry did not all come within the step timeout (last values
+    used)."""
     stale: int = 0
     """Messages of another step."""
     ignored: int = 0
@@ -96,38 +102,54 @@ class ProxyStats:
 
 
 class ProxyAgent:
-    """A distributed wrapper of ``actual_agent``: messages in, local devices, decision, messages out."""
+    """A distributed wrapper of ``actual_agent``: messages in, local devices, decision, messages out.
+
+    ``peers`` are the site's agents in feeder order (itself among them); it subscribes to the telemetry of its
+    ``neighbours`` only: given, or its site-graph neighbours in that order (``heron_edge.site_graph``, "feeder":
+    the agents before and after it)."""
 
     def __init__(self, agent_id: str, actual_agent: MicrogridAgent, broker: Broker, upstream_id: str, *,
                  site: str = "sim", peers: Sequence[str] = (), steps_per_day: int = 24, step_timeout_s: float = 2.0,
-                 roles: MicrogridRoles | None = None) -> None:
+                 roles: MicrogridRoles | None = None, step_of_day: Callable[[int], int] | None = None,
+                 neighbours: Sequence[str] | None = None) -> None:
         self.agent_id = agent_id
         self.actual_agent = actual_agent
         self.broker = broker
         self.upstream_id = upstream_id
         self.site = site
         self.peers = [p for p in peers if p != agent_id]
+        if neighbours is None:
+            order = list(peers) if agent_id in peers else [agent_id, *self.peers]
+            neighbours = site_graph(order).neighbours[agent_id]
+        self.neighbours = [p for p in neighbours if p != agent_id]
         self.steps_per_day = steps_per_day
+        self.step_of_day = step_of_day  # the hour features' step of the day (a field gateway: its data's time zone)
         self.step_timeout_s = step_timeout_s
         self.stats = ProxyStats()
         self.next_step = 0
         self._price = 0.0
         self._price_step = -1
         self.price_received_at = -math.inf  # time.monotonic() of the last price accepted for its step
-        self._peer_exchange = np.zeros(len(self.peers))
-        self._peer_step = [-1] * len(self.peers)  # a list, not an array: scalar updates on every message
+        d = len(self.neighbours)
+        self._neighbour_rows = np.zeros((d, ob.N_LOCAL))  # each neighbour's last telemetry (local feature layout)
+        self._neighbour_step = [-1] * d  # a list, not an array: scalar updates on every message
+        self._neighbour_index = np.arange(d, dtype=np.intp)[None, :]
+        self._neighbour_valid = np.ones((1, d), dtype=bool)
+        self._operator = np.zeros(ob.N_OPERATOR)  # the last aggregates, as observation entries
+        self._aggregates_step = -1
         self.roles = roles
         self._local = np.zeros(ob.N_LOCAL)
         self.setpoint_mw: float | None = None
         self.dispatch_mw: float | None = None
         self.consensus_rounds = 0
         self.last_clearing: Clearing | None = None
-        self._streams: tuple[Subscription, Subscription] | None = None  # (price, every agent's telemetry)
+        self._streams: tuple[Subscription, ...] | None = None  # (price, aggregates, each neighbour's telemetry)
         self._telemetry_topic = agent_topic(site, agent_id, "telemetry")
         self._price_topic = agent_topic(site, upstream_id, "price")
+        self._aggregates_topic = agent_topic(site, upstream_id, "aggregates")
         self._power_limit_mw = roles.coordination.power_limit_mw if roles else LIMITS.power_mw
-        self._peer_of_topic = {agent_topic(site, p, "telemetry"): i for i, p in enumerate(self.peers)}
-        self._protocol_start = ob.N_CONTEXT + ob.N_LOCAL + len(self.peers)
+        self._neighbour_of_topic = {agent_topic(site, p, "telemetry"): i for i, p in enumerate(self.neighbours)}
+        self._protocol_start = ob.N_LOCAL_BASE
         self._n_observation = self._protocol_start + (roles.coordination.n_features if roles else 0)
 
     @property
@@ -145,8 +167,8 @@ class ProxyAgent:
         return self._n_observation
 
     async def start(self) -> None:
-        """Connect, subscribe to the price and the peers' telemetry (and, through the roles, our commands),
-        announce ourselves online."""
+        """Connect, subscribe to the price, the aggregates and the neighbours' telemetry (and, through the roles,
+        our commands), announce ourselves online."""
         if self._streams is not None:
             return
         await self.broker.connect()
@@ -154,7 +176,8 @@ class ProxyAgent:
         # QoS 1 delivery is never resent and its PUBACK would buy nothing; what does not arrive is the
         # step timeout's business (last value, counted late).
         self._streams = (await self.broker.subscribe(self._price_topic, qos=0),
-                         await self.broker.subscribe(agent_filter(self.site, "telemetry"), qos=0))
+                         await self.broker.subscribe(self._aggregates_topic, qos=0),
+                         *[await self.broker.subscribe(topic, qos=0) for topic in self._neighbour_of_topic])
         if self.roles:
             await self.roles.prepare()  # commands (setpoints), market and consensus arrive on the roles' link
         await self._publish_status("online")
@@ -229,13 +252,16 @@ class ProxyAgent:
         await self.broker.publish(self._telemetry_topic, encode(make_envelope(self.agent_id, body, step=step)))
 
     async def collect(self, step: int) -> np.ndarray:
-        """Wait (bounded) for this step's price and peers' telemetry; the observation of ``step``."""
+        """Wait (bounded) for this step's price, aggregates and neighbours' telemetry; the observation of ``step``."""
         await self._receive(step)
         obs = np.empty(self._n_observation, dtype=np.float32)
-        ob.context(step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
+        day_step = step if self.step_of_day is None else self.step_of_day(step)
+        ob.context(day_step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
         start, protocol = ob.N_CONTEXT + ob.N_LOCAL, self._protocol_start
         obs[ob.N_CONTEXT : start] = self._local
-        obs[start:protocol] = self._peer_exchange
+        neighbours = ob.neighbour_means(self._neighbour_rows, self._neighbour_index, self._neighbour_valid)
+        obs[start : start + ob.N_NEIGHBOUR] = neighbours[0]
+        obs[start + ob.N_NEIGHBOUR : protocol] = self._operator
         if protocol < self._n_observation:
             assert self.roles is not None
             clearing = self.last_clearing
@@ -245,9 +271,19 @@ class ProxyAgent:
         return obs
 
     def _complete(self, step: int) -> bool:
-        return self._price_step == step and self._peer_step.count(step) == len(self._peer_step)
+        return (self._price_step == step and self._aggregates_step == step
+                and self._neighbour_step.count(step) == len(self._neighbour_step))
 
-    def _started_streams(self) -> tuple[Subscription, Subscription]:
+    def _missing(self, step: int) -> list[Subscription]:
+        """The streams still owing this step's message."""
+        price, aggregates, *telemetry = self._started_streams()
+        missing = [price] if self._price_step != step else []
+        if self._aggregates_step != step:
+            missing.append(aggregates)
+        missing += [sub for sub, seen in zip(telemetry, self._neighbour_step, strict=True) if seen != step]
+        return missing
+
+    def _started_streams(self) -> tuple[Subscription, ...]:
         if self._streams is None:
             raise UsageError(f"{self.agent_id}: the ProxyAgent was not started: await start() (or report()) first")
         return self._streams
@@ -259,18 +295,20 @@ class ProxyAgent:
                 self._handle(delivery.topic, delivery.payload, step)
 
     async def _receive(self, step: int) -> None:
-        price, telemetry = self._started_streams()
-        deadline = time.monotonic() + self.step_timeout_s
+        self._started_streams()
+        clock = asyncio.get_running_loop().time  # the loop's clock: simulated on a SimulatedTimeLoop
+        deadline = clock() + self.step_timeout_s
         self.take_queued(step)
         while not self._complete(step):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - clock()
             if remaining <= 0:
                 self.stats.late += 1
-                log.warning("%s: step %d incomplete after %.2fs (price step %d, peers %s); using last values",
-                            self.agent_id, step, self.step_timeout_s, self._price_step, self._peer_step)
+                log.warning("%s: step %d incomplete after %.2fs (price step %d, aggregates step %d, neighbours %s); "
+                            "using last values", self.agent_id, step, self.step_timeout_s, self._price_step,
+                            self._aggregates_step, dict(zip(self.neighbours, self._neighbour_step, strict=True)))
                 return
             try:  # wait on whichever is still missing, then take everything that came
-                delivery = await (price if self._price_step != step else telemetry).get(timeout=remaining)
+                _, delivery = await get_any(self._missing(step), remaining)
             except TimeoutError:
                 continue
             self._handle(delivery.topic, delivery.payload, step)
@@ -295,23 +333,39 @@ class ProxyAgent:
             else:
                 self.stats.stale += 1
             return
+        if topic == self._aggregates_topic and isinstance(body, AggregatesBody):
+            if envelope.step != step:
+                self.stats.stale += 1
+                return
+            means = (body.mean_load_mw, body.mean_pv_mw, body.mean_wind_mw, body.mean_exchange_mw)
+            if any(abs(x) > self._power_limit_mw for x in means):
+                self._reject("bounds", topic, f"site means {means} MW beyond +/-{self._power_limit_mw:g} MW")
+                return
+            site = np.array([body.mean_load_mw, body.mean_pv_mw, body.mean_wind_mw, body.mean_soc,
+                             body.mean_exchange_mw])
+            outlook = np.array([body.price_day_min_usd_per_mwh, body.price_day_mean_usd_per_mwh,
+                                body.price_day_max_usd_per_mwh, body.price_quantile, body.price_rest_min_usd_per_mwh,
+                                body.price_rest_max_usd_per_mwh])
+            ob.operator_features(site, outlook, self._operator)
+            self._aggregates_step = step
+            return
         if isinstance(body, TelemetryBody) and topic.endswith("/telemetry"):
-            i = self._peer_of_topic.get(topic)
+            i = self._neighbour_of_topic.get(topic)
             if i is None:
-                self._reject("sender", topic, f"telemetry from {envelope.sender!r}, not a known peer")
+                self._reject("sender", topic, f"telemetry from {envelope.sender!r}, not a neighbour")
                 return
             if envelope.step != step:
                 self.stats.stale += 1
                 return
-            reported = ob.LocalTelemetry.exchange_of(body.values)
-            exchange = self._peer_exchange[i] if reported is None else reported
-            if abs(exchange) > self._power_limit_mw:
-                self._reject("bounds", topic, f"exchange {exchange} MW beyond +/-{self._power_limit_mw:g} MW")
+            values = body.values
+            powers = [values.get(name, 0.0) for name in ("load_mw", "pv_mw", "wind_mw", "exchange_mw")]
+            if any(abs(x) > self._power_limit_mw for x in powers):
+                self._reject("bounds", topic, f"powers {powers} MW beyond +/-{self._power_limit_mw:g} MW")
                 return
-            self._peer_exchange[i] = exchange
-            self._peer_step[i] = step
+            ob.LocalTelemetry.into_row(values, self._neighbour_rows[i])
+            self._neighbour_step[i] = step
             return
-        self.stats.ignored += 1  # well-formed, but not a price or telemetry (e.g. another body on these topics)
+        self.stats.ignored += 1  # well-formed, but not a price, aggregates or telemetry (another body on these topics)
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
         self.stats.rejected.record(reason, log, self.agent_id, topic, detail)

@@ -1,15 +1,18 @@
-"""Message brokers: one async port, an in-process twin and MQTT over paho-mqtt driven by asyncio.
+"""Message brokers: one async port, an in-process twin, MQTT over paho-mqtt driven by asyncio, and a wrapper that
+impairs either (loss, latency, jitter, duplication, reordering; seeded).
 
-``from heron_edge.brokers import Broker, InMemoryBroker, MqttBroker, Subscription, Delivery``
+``from heron_edge.brokers import Broker, InMemoryBroker, MqttBroker, ImpairedBroker, Subscription, Delivery``
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from heron_edge.brokers.base import Broker, Delivery, Subscription, topic_matches
+from heron_edge.brokers.impaired import ImpairedBroker, ImpairmentConfig
 from heron_edge.brokers.memory import InMemoryBroker
 
-__all__ = ["Broker", "Delivery", "InMemoryBroker", "MqttBroker", "Subscription", "TlsOptions", "topic_matches"]
+__all__ = ["Broker", "Delivery", "ImpairedBroker", "ImpairmentConfig", "InMemoryBroker", "MqttBroker", "Subscription",
+           "TlsOptions", "topic_matches"]
 
 if TYPE_CHECKING:
     from heron_edge.brokers.mqtt import MqttBroker, TlsOptions

@@ -3,6 +3,8 @@
 With ``--self-signed-ca`` every user gets a client certificate, so certificates are required by default
 (the certificate's CN is then the identity); ``--no-require-certificate`` falls back to passwords only.
 A read-only user ``monitor`` (``--monitor NAME``, ``--no-monitor``) reads the whole site and writes nothing.
+``--bridge-to mqtts://central:8883`` adds a bridge to a central broker (many sites, one fleet): statuses and the
+operator's summaries go out, commands to the site's operator come in, nothing else crosses.
 
 Run as root, the files Mosquitto reads after dropping its privileges (``passwd``, ``acl``,
 ``server.key``) are given to the user it runs as (``--run-as-user``, default Mosquitto's own
@@ -53,15 +55,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-dir", type=Path, default=None, metavar="DIR",
                         help="where the files will live on the broker host (paths in mosquitto.conf; default: --out)")
     parser.add_argument("--force", action="store_true", help="replace existing credentials in --out")
+    bridge = parser.add_argument_group("bridge to a central broker (many sites)")
+    bridge.add_argument("--bridge-to", default=None, metavar="URL",
+                        help="the central broker, mqtts://HOST[:PORT]: forward statuses and the operator's summaries "
+                             "there, and its commands to this site's operator here")
+    bridge.add_argument("--bridge-user", default=None, metavar="NAME",
+                        help="this site's identity on the central broker (default: SITE-bridge)")
+    bridge.add_argument("--bridge-ca", type=Path, default=None, metavar="FILE",
+                        help="the central broker's CA certificate (default: this site's ca.crt)")
+    bridge.add_argument("--bridge-cert", type=Path, default=None, metavar="FILE",
+                        help="a client certificate for the central broker (with --bridge-key)")
+    bridge.add_argument("--bridge-key", type=Path, default=None, metavar="FILE", help="its key")
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate the site, write its files to ``--out`` and say what to do with them; 0 on success. A bad value,
     an ``--out`` that is a file, or existing credentials without ``--force`` raise a ConfigError: ``heron_edge.cli``
     says it in one line, exit 2."""
-    from heron_edge.security.broker_config import BrokerSiteConfig, broker_user, write_broker_config
+    from heron_edge.security.broker_config import BridgeConfig, BrokerSiteConfig, broker_user, write_broker_config
 
+    bridge_flags = ("--bridge-user", "--bridge-ca", "--bridge-cert", "--bridge-key")
+    if args.bridge_to is None and any(getattr(args, f[2:].replace("-", "_")) is not None for f in bridge_flags):
+        raise ConfigError(f"{'/'.join(bridge_flags)} need --bridge-to URL")
+    for flag in ("--bridge-ca", "--bridge-cert", "--bridge-key"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None and not path.is_file():
+            raise ConfigError(f"{flag} {path}: no such file")
     try:
+        bridge = None if args.bridge_to is None else BridgeConfig(
+            url=args.bridge_to, username=args.bridge_user or f"{args.site}-bridge", ca_file=args.bridge_ca,
+            cert_file=args.bridge_cert, key_file=args.bridge_key)
         config = BrokerSiteConfig(
             site=args.site,
             agents=args.agents,
@@ -74,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             require_certificate=(args.self_signed_ca if args.require_certificate is None
                                  else args.require_certificate),
             config_dir=args.config_dir,
+            bridge=bridge,
         )
     except ValidationError as exc:
         raise ConfigError(validation_summary(exc)) from None
@@ -105,5 +129,10 @@ def run(args: argparse.Namespace) -> int:
               f"server.key; on the broker host run:\n  sudo chown {user}: {broker_files}")
     if config.config_dir is not None and config.config_dir != files.directory:
         print(f"copy the files to {config.config_dir} keeping their owner and mode (e.g. 'sudo cp -a')")
+    if files.credentials.bridge is not None:
+        b = files.credentials.bridge
+        print(f"bridge to {b.url} as {b.username!r}: on the central broker add that user with the password in "
+              f"{files.credentials_file} (bridge.password), e.g. 'mosquitto_passwd PASSWD {b.username}', and the "
+              f"ACL lines in {files.directory / 'central-acl'}")
     print(f"run: sudo mosquitto -c {(config.config_dir or files.directory) / files.conf.name}")
     return 0

@@ -113,10 +113,12 @@ async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str,
     from heron_edge.messages import agent_topic
     from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
     from heron_edge.runtime.secure import SigningBroker, broker_from_args, signer_from_env
-    from heron_edge.runtime.wallclock import hour_of_year_index
+    from heron_edge.runtime.wallclock import hour_of_year_index, zone
     from sim.profiles import load_profiles
 
-    prices = load_profiles(args.year, [scenario.price_profile], scenario.step_hours).series[scenario.price_profile]
+    prices = load_profiles(args.year, [scenario.price_profile], scenario.step_hours,
+                           scenario.data).series[scenario.price_profile]
+    data_zone = zone(scenario.time_zone)  # the data's rows are hours of its own zone's wall clock
     broker = broker_from_args(args, client_id=f"heron-{args.site}-{args.operator_id}",
                               status_topic=agent_topic(args.site, args.operator_id, "status"), reconnect_max_delay_s=1.0)
     signer = signer_from_env(args.command_keys_env)
@@ -126,13 +128,15 @@ async def _main(args: argparse.Namespace, scenario: Scenario, options: dict[str,
     except ConfigError as exc:
         raise ConfigError(f"{'--protocol-options' if options else '--protocol'}: {exc}") from exc
     telemetry_wait_s = TELEMETRY_WAIT_SHARE * args.upstream_timeout_s
+    if args.clock == "timer":  # the step's aggregates wait for telemetry: done before the next period starts
+        telemetry_wait_s = min(telemetry_wait_s, TELEMETRY_WAIT_SHARE * args.period_s)
     operator = SystemOperator(args.operator_id, commands, coordination, site=args.site,
                               step_timeout_s=args.step_timeout_s, telemetry_wait_s=telemetry_wait_s)
     meter = FeederMeter(broker, site=args.site, meter_id=args.meter_id, timeout_s=min(args.step_timeout_s, telemetry_wait_s),
                         limit_mw=coordination.power_limit_mw)
-    if args.clock == "timer":  # a wall-clock step: the price at the same time of the profile's year
+    if args.clock == "timer":  # a wall-clock step: the price at the same local time of the profile's year
         def price_of(step: int) -> float:
-            return float(prices[hour_of_year_index(step * args.period_s, scenario.step_hours, len(prices))])
+            return float(prices[hour_of_year_index(step * args.period_s, scenario.step_hours, len(prices), data_zone)])
     else:  # the bus clock counts the profile's own steps
         def price_of(step: int) -> float:
             return float(prices[step])

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("lockstep", "realtime"), default="lockstep", help="(default: %(default)s)")
     parser.add_argument("--period-s", type=seconds(), default=1.0, metavar="S",
                         help="realtime mode: seconds per step (default: %(default)s)")
+    parser.add_argument("--agent-every", type=agent_every, action="append", default=None, metavar="AGENT=N",
+                        help="realtime mode, repeatable: this agent cycles on every N-th step only (its period N x "
+                             "--period-s; its devices hold their setpoints in between) (default: every step)")
     parser.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                         help="configs, logs, outboxes, status files and trajectory.npz (default: a temporary directory)")
     parser.add_argument("--timeout-s", type=seconds(), default=600.0, metavar="S",
@@ -75,6 +78,14 @@ def sil_policy(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is neither rule nor a policy bundle directory")
 
 
+def agent_every(text: str) -> tuple[str, int]:
+    """argparse type of ``--agent-every``: ``AGENT=N``, N a positive integer."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not AGENT=N (e.g. mg2=3)")
+    return name, positive_int(value)
+
+
 def run(args: argparse.Namespace) -> int:
     """0: the run finished (and, in lock-step, matched the centralized run); 1: mismatch or failure. Bad input
     (scenario, options, ``--workdir``) raises a ConfigError and an unreachable ``--broker`` a BrokerError before
@@ -95,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.secure and args.broker:
         raise ConfigError("--secure starts its own broker; do not give --broker")
     parse_protocols(args.protocol)
+    _every_steps(args, [mg.name for mg in scenario.microgrids])  # a bad --agent-every: ConfigError before anything
     workdir = output_dir("--workdir", args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="heron-sil-"))
     if args.broker:
         _probe_broker(args.broker)
@@ -135,6 +147,16 @@ def run(args: argparse.Namespace) -> int:
     if not comparison.ok or rig.health.degraded:
         print(rig.health.report())
     return 0 if comparison.ok else 1
+
+
+def _every_steps(args: argparse.Namespace, names: list[str]) -> dict[str, int]:
+    """Each agent's cycle in plant steps (``--agent-every``; real time only)."""
+    from heron_edge.runtime.sil import agent_every_steps
+
+    every = dict(getattr(args, "agent_every", None) or [])
+    if every and args.mode != "realtime":
+        raise ConfigError("--agent-every needs --mode realtime (a lock-step plant waits for every agent each step)")
+    return agent_every_steps(every, names=names)
 
 
 def _probe_broker(url: str) -> None:
@@ -306,11 +328,12 @@ def execute_rig(args: argparse.Namespace, scenario: Scenario, starts: list[int],
                 env=operator_env))
             wait_for_file(files.endpoints, timeout=60.0, process=plant)
             endpoints = json.loads(files.endpoints.read_text())
+            every = _every_steps(args, names)
             for i, mg in enumerate(scenario.microgrids):
                 policy = getattr(args, "policy", "rule")
                 config = agent_config(scenario, i, site=args.site, broker_url=url, endpoints=endpoints, workdir=workdir,
                                       protocols=args.protocol, max_step=last_step,
-                                      policy=None if policy == "rule" else policy)
+                                      policy=None if policy == "rule" else policy, every_steps=every[mg.name])
                 if secure is not None:  # TLS + own user; password and command key from its environment only
                     config["broker"].update(secure.gateway_broker(mg.name))
                     config["command_key_env"] = COMMAND_KEY_ENV

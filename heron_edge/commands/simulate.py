@@ -9,17 +9,19 @@ from typing import TYPE_CHECKING, Any, Literal
 from heron_edge.commands import PROTOCOLS as _PROTOCOLS
 from heron_edge.commands import add_protocol, add_scenario, non_negative_int, output_dir, positive_int
 from heron_edge.errors import ScenarioError
-from heron_edge.trajectory import COLUMNS, Trajectory
+from heron_edge.trajectory import COLUMNS, Trajectory, tap_columns
 
 if TYPE_CHECKING:
     import numpy as np
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from heron_edge.policies.optimal import PlayedComparison
     from sim.scenario import Scenario
 
 CSV_NAME = "trajectory.csv"
 PNG_NAME = "trajectory.png"
+SUMMARY_NAME = "summary.json"
 CSV_COLUMNS = ("step", "timestamp", *COLUMNS[1:])
 """The CSV's header: ``COLUMNS`` with ``timestamp`` after ``step``, the ISO 8601 UTC start of the step
 (e.g. 2023-01-05T13:00:00Z), so the rows can be joined with other time series without the profile year."""
@@ -32,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scenario(parser)
     parser.add_argument("--days", type=positive_int, default=1, metavar="N", help="one-day episodes (default: %(default)s)")
     parser.add_argument("--policy", type=policy_spec, default="rule", metavar="POLICY",
-                        help="rule, random, idle, or the directory of a policy bundle (heron-edge "
+                        help="rule, random, idle, optimal (the perfect-foresight dispatch of each day, planned "
+                             "with HiGHS; centralized only), or the directory of a policy bundle (heron-edge "
                              "train --out DIR) (default: %(default)s)")
     parser.add_argument("--seed", type=non_negative_int, default=0, metavar="N",
                         help="picks the training days and seeds the random policy (default: %(default)s)")
@@ -43,7 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", metavar="URL", default=None,
                         help="run distributed over this MQTT broker, e.g. mqtt://127.0.0.1:1883 (implies --distributed)")
     parser.add_argument("--out", type=Path, default=Path("out"), metavar="DIR",
-                        help=f"directory for {CSV_NAME} and {PNG_NAME}, made if missing (default: %(default)s)")
+                        help=f"directory for {CSV_NAME}, {PNG_NAME} and {SUMMARY_NAME}, made if missing "
+                             "(default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,15 +56,21 @@ def run(args: argparse.Namespace) -> int:
     ``heron_edge.cli`` says them in one line. ``--out`` is made first, so a mistake there costs no run."""
     scenario = _load_scenario(args.scenario)
     out = output_dir("--out", Path(args.out))
+    optimum: list[PlayedComparison] = []
     trajectory = simulate(scenario, days=args.days, policy=args.policy, seed=args.seed, test_year=args.test_year,
                           protocol=args.protocol, distributed=args.distributed or args.broker is not None,
-                          broker_url=args.broker)
-    print(summary_table(summarize(trajectory)))
+                          broker_url=args.broker, optimum=optimum)
+    summary = summarize(trajectory)
+    print(summary_table(summary))
     print(protocol_summary(trajectory))
+    for played in optimum:
+        print(played.describe())
+    write_summary(out / SUMMARY_NAME, summary, scenario=scenario.name, policy=str(args.policy), days=args.days,
+                  trajectory=trajectory, optimum=optimum[0] if optimum else None)
     csv_path = write_csv(trajectory, out / CSV_NAME)
     png_path = plot(trajectory, out / PNG_NAME, title=f"{scenario.name}, {args.policy} policy, {args.days} day(s), {trajectory.mode}"
                     + (f", {' + '.join(trajectory.protocols)}" if trajectory.protocols else ""))
-    print(f"trajectory: {csv_path}\nplot:       {png_path}")
+    print(f"trajectory: {csv_path}\nplot:       {png_path}\nsummary:    {out / SUMMARY_NAME}")
     return 0
 
 
@@ -69,10 +79,13 @@ def _load_scenario(name_or_path: str) -> Scenario:
     TOML, which field); shared by every verb that takes ``--scenario``."""
     from pydantic import ValidationError
 
+    from sim.errors import ScenarioError as SimScenarioError
     from sim.scenario import load_scenario
 
     try:
         return load_scenario(name_or_path)
+    except SimScenarioError as exc:  # the user's data series (sim.user_data): file and row in one line
+        raise ScenarioError(str(exc)) from exc
     except FileNotFoundError as exc:
         raise ScenarioError(str(exc)) from exc
     except OSError as exc:  # a directory, no permission
@@ -97,13 +110,14 @@ def policy_spec(text: str) -> str:
 
 def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year: bool = False,
              progress: bool = True, protocol: list[str] | None = None, distributed: bool = False,
-             broker_url: str | None = None) -> Trajectory:
+             broker_url: str | None = None, optimum: list[PlayedComparison] | None = None) -> Trajectory:
     """Run ``days`` one-day episodes with ``policy`` ("rule", "random", "idle" or a policy bundle directory) and
     record every step.
 
     Centralized by default; ``distributed`` runs the same agents behind ProxyAgents over an in-memory
     broker, or over MQTT at ``broker_url``. A bundle reads the observation layout its manifest names (a ``local``
-    one in the centralized loop too); the rule reads the global one when centralized.
+    one in the centralized loop too); the rule reads the global one when centralized. With the ``optimal`` policy,
+    ``optimum`` (if given) receives its plans compared with what the plant did (:func:`~heron_edge.policies.optimal.compare`).
     """
     import numpy as np
     from tqdm import tqdm
@@ -163,7 +177,7 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
                         "cost_usd": m.fuel_cost_usd + energy, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
                         "overload_percent": m.overload_percent,
                         "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
-                        "converged": float(m.converged),
+                        "converged": float(m.converged), **tap_columns(m.regulator_taps, m.tap_changes),
                         **{key: info(key) for key in ("congestion_adder_usd_per_mwh", "setpoint_mw", "tracking_error_mw",
                                                       "dispatch_mw", "consensus_rounds", "traded_mw", "trade_cash_usd",
                                                       "clearing_price_usd_per_mwh")},
@@ -172,6 +186,10 @@ def simulate(scenario: Scenario, *, days: int, policy: str, seed: int, test_year
                         records[name][k] = value
                     k += 1
                     bar.update()
+        if policy == "optimal" and optimum is not None:
+            from heron_edge.policies.optimal import compare_trajectory
+
+            optimum.append(compare_trajectory(policies, records))
         messages = int(getattr(broker, "published", 0))
         protocols = env.coordination.protocols
         year = env.plant.year  # constant over a run: 2023 (training) or 2024 (test year)
@@ -245,6 +263,24 @@ def summary_table(summary: dict[str, dict[str, float]]) -> str:
     lines.insert(1, "-" * len(lines[0]))
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def write_summary(path: Path, summary: dict[str, dict[str, float]], *, scenario: str, policy: str, days: int,
+                  trajectory: Trajectory, optimum: PlayedComparison | None = None) -> Path:
+    """Write the run's figures as JSON: ``total_cost_usd`` (fuel + energy + penalties, every microgrid, USD), the
+    summary table per microgrid and in total, the run's setting, and for the optimal policy its plan against the
+    plant (``optimal``: plan and plant cost, their gap, the linear model's error); returns the path."""
+    import json
+
+    total = summary["total"]
+    document: dict[str, Any] = {
+        "scenario": scenario, "policy": policy, "days": days, "steps": trajectory.n_steps, "year": trajectory.year,
+        "mode": trajectory.mode, "protocols": list(trajectory.protocols),
+        "total_cost_usd": total["cost_usd"] + total["penalty_usd"], "summary": summary}
+    if optimum is not None:
+        document["optimal"] = optimum.as_dict()
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
 
 
 _INTEGER_COLUMNS = {"step", "day", "step_in_year", "converged"}

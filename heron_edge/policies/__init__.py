@@ -1,6 +1,8 @@
 """Policies: anything with ``act(observation) -> action`` and ``reset()`` (``heron_edge.agents.Policy``).
 
 - ``RulePolicy``, ``RandomPolicy``, ``IdlePolicy`` (``baselines``): numpy only.
+- ``OptimalPolicy`` (``optimal``): the perfect-foresight dispatch of each episode, planned with HiGHS (scipy) on the
+  simulator; centralized runs only. A reference for costs, not a controller.
 - ``OnnxPolicy`` from a policy bundle (``bundle``: ``policy.onnx`` + ``manifest.json``), run by onnxruntime
   (the ``policy`` extra): what ``heron-edge train`` writes and what simulate, SIL and gateways run.
 
@@ -20,13 +22,14 @@ if TYPE_CHECKING:
 
 __all__ = ["BASELINES", "IdlePolicy", "Layout", "Policy", "RandomPolicy", "RulePolicy", "make_policies"]
 
-BASELINES = ("rule", "random", "idle")
+BASELINES = ("rule", "random", "idle", "optimal")
 """Policy names :func:`make_policies` takes besides a bundle directory."""
 
 
 def make_policies(spec: str | Path, env: MultiAgentMicrogrids, *, seed: int = 0) -> dict[str, Policy]:
-    """One policy per agent of ``env``: ``rule``, ``random`` (seeded per agent from ``seed``), ``idle``, or the path
-    of a policy bundle (checked against the env's layout, protocols and ratings: ConfigError naming a mismatch)."""
+    """One policy per agent of ``env``: ``rule``, ``random`` (seeded per agent from ``seed``), ``idle``, ``optimal``
+    (one shared planner; ConfigError on a distributed env or with protocols), or the path of a policy bundle
+    (checked against the env's layout, protocols and ratings: ConfigError naming a mismatch)."""
     agents = list(env.possible_agents)
     if str(spec) in BASELINES and not Path(spec).is_dir():
         if spec == "rule":
@@ -39,6 +42,11 @@ def make_policies(spec: str | Path, env: MultiAgentMicrogrids, *, seed: int = 0)
         if spec == "random":
             return {a: RandomPolicy(env.action_space(a).low, env.action_space(a).high, seed=seed * 1000 + i)
                     for i, a in enumerate(agents)}
+        if spec == "optimal":
+            from heron_edge.policies.optimal import optimal_policies
+
+            planned: dict[str, Policy] = dict(optimal_policies(env))
+            return planned
         return {a: IdlePolicy() for a in agents}
     from heron_edge.policies.bundle import check_compatible, load_bundle
 

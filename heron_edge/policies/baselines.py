@@ -9,12 +9,13 @@ Finding its own slice (see ``heron_edge.observations``): a ``RulePolicy`` is tol
 ``agent_index``, the number of agents ``n_agents`` and the ``layout`` of the observation it gets:
   "centralized": context (3) | local features of every microgrid (8 n) | one-hot agent index (n);
                  its local features are entries 3 + 8 i .. 3 + 8 i + 8, and the one-hot must say i.
-  "distributed": context (3) | own local features (8) | peers' exchange (n - 1) (the ``local`` layout, which the
-                 centralized loop also gives with ``"observation": "local"``).
+  "distributed": context (3) | own local features (8) | neighbour aggregates (3) | operator aggregates (11) (the
+                 ``local`` layout, the same size for any n, which the centralized loop also gives with
+                 ``"observation": "local"``).
 In both, the price of the step being dispatched is context[2] * 100 USD/MWh. When coordination
 protocols run, their per-agent features (``protocol_features``, names from
 ``heron_edge.coordination``) follow: after the one-hot, every agent's block in agent order
-(centralized), or after the peers (distributed).
+(centralized), or after the operator aggregates (distributed).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from heron_edge.errors import ActionError, ConfigError
-from heron_edge.observations import N_CONTEXT, N_LOCAL, PRICE_SCALE
+from heron_edge.observations import N_CONTEXT, N_LOCAL, N_LOCAL_BASE, PRICE_SCALE
 
 if TYPE_CHECKING:
     from sim.scenario import Scenario
@@ -90,7 +91,7 @@ class RulePolicy:
             self._local = slice(N_CONTEXT + N_LOCAL * agent_index, N_CONTEXT + N_LOCAL * (agent_index + 1))
             self._protocol = base + k * agent_index
         else:
-            self._protocol = N_CONTEXT + N_LOCAL + n_agents - 1
+            self._protocol = N_LOCAL_BASE
             self.obs_size = self._protocol + k
             self._local = slice(N_CONTEXT, N_CONTEXT + N_LOCAL)
 

@@ -198,7 +198,8 @@ def write_bundle(directory: str | Path, onnx_file: str | Path, manifest: PolicyM
 
 
 def load_manifest(directory: str | Path) -> PolicyManifest:
-    """The bundle's manifest, validated (ConfigError naming the problem: no such folder, not JSON, a bad field)."""
+    """The bundle's manifest, validated (ConfigError naming the problem: no such folder, not JSON, a bad field, an
+    observation layout of another version than :data:`heron_edge.observations.LAYOUT_VERSION`)."""
     path = Path(directory) / MANIFEST_NAME
     if not Path(directory).is_dir():
         raise ConfigError(f"policy bundle {directory}: no such directory")
@@ -209,11 +210,15 @@ def load_manifest(directory: str | Path) -> PolicyManifest:
     if len(raw) > _MAX_MANIFEST_BYTES:
         raise ConfigError(f"policy bundle {directory}: {MANIFEST_NAME} is larger than {_MAX_MANIFEST_BYTES} bytes")
     try:
-        return PolicyManifest.model_validate_json(raw)
+        manifest = PolicyManifest.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}"
                              for e in exc.errors(include_url=False))
         raise ConfigError(f"policy bundle {directory}: invalid {MANIFEST_NAME}: {problems}") from None
+    if manifest.layout.version != ob.LAYOUT_VERSION:
+        raise ConfigError(f"policy bundle {directory} reads observation layout v{manifest.layout.version}; this "
+                          f"heron-edge builds v{ob.LAYOUT_VERSION} (see docs/policies.md): train it again")
+    return manifest
 
 
 def check_compatible(manifest: PolicyManifest, *, layout: ob.ObservationLayout, protocols: Sequence[str],

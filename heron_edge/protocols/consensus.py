@@ -1,24 +1,33 @@
 """ConsensusProtocol (horizontal): average consensus, and economic dispatch built on it.
 
-**Average consensus.** Node ``i`` holds a vector ``x_i`` and repeats ``x_i <- W_ii x_i + sum_j W_ij x_j``
-over its neighbours with Metropolis weights (:mod:`heron_edge.protocols.topology`); ``W`` is
-doubly stochastic, so every ``x_i`` tends to the true average. The centralized form is that fixed
-point at once (:meth:`ConsensusProtocol.average`).
+**Average consensus.** Node ``i`` holds a vector ``x_i``; every round it sends ``x_i`` to its
+neighbours and computes ``(W x)_i = W_ii x_i + sum_j W_ij x_j`` with Metropolis weights
+(:mod:`heron_edge.protocols.topology`). ``W`` is doubly stochastic, so the average is preserved.
+The iteration is **Chebyshev-accelerated**: ``x(k) = T_k(W') x(0) / T_k(mu)`` by the three-term
+recurrence ``x(k+1) = r(k+1) (2 W' x(k) - r(k) x(k-1))``, ``r(k+1) = 1 / (2 mu - r(k))``, where ``W'`` maps
+the interval holding ``W``'s other eigenvalues, ``[lambda_min, lambda2]`` (padded), onto ``[-1, 1]``
+and ``mu`` is where 1 lands. Every node knows the node list, hence the graph and its spectrum, so
+all use the same coefficients. The error shrinks like ``(mu + sqrt(mu^2 - 1))^-k`` instead of
+``lambda2^k``: on the default expander graph (bounded degree, gap ~0.3 at any N) about 20-40 rounds
+reach 1e-6 at N = 1000, against thousands on a ring. Why this and not an operator-assisted sum: it
+stays horizontal (no node sees everyone) and needs nothing but each node's neighbours.
 
-**Stopping rule** (each node evaluates it locally and all stop at the same round). Rounds are
-grouped in epochs of ``E = diameter + 1``. At an epoch's first round each node records its own
-change ``d_i = max |x_i(t+1) - x_i(t)|``; during the next ``diameter`` rounds the nodes flood the
-maximum of those records (sent along with ``x``). At the epoch's last round every node therefore
-holds the same ``g = max_i d_i`` and stops if ``g <= tol * (1 - lambda2) / sqrt(n)``, which
-guarantees ``max_i |x_i - average| <= tol`` (``lambda2``: second largest eigenvalue of ``W``,
-since ``||x - avg||_2 <= ||W x - x||_2 / (1 - lambda2)`` and later rounds only shrink it).
-Otherwise it runs until ``max_rounds`` and reports ``converged=False``.
+**Stopping rule** (each node evaluates it locally and all stop at the same round). After round
+``t`` node ``i`` knows its residual ``rho_i(t) = max |(W x(t))_i - x_i(t)|``; residuals are flooded
+along with ``x`` in a pipeline of ``diameter + 1`` slots (slot ``j`` holds the largest residual of
+round ``t - j`` within ``j`` hops), so at round ``t`` every node holds the same global maximum ``g``
+for round ``t - diameter`` and stops, returning that round's ``x``, if ``g <= tol (1 - lambda2) / sqrt(n)``.
+That certifies ``max_i |x_i - average| <= tol`` for any vector (``||x - avg||_2 <= ||W x - x||_2 / (1 - lambda2)``),
+whatever the iteration. Otherwise it runs until ``max_rounds`` and reports ``converged=False``.
+``max_rounds`` defaults to twice what the graph needs (:meth:`Graph.rounds_to_certify`) for values
+that differ by up to ``1e9 * tol`` (room for runs slowed by a lost neighbour); a configured value
+below the need itself is accepted with a warning (:class:`RoundsWarning`).
 
 **Wire.** One ``consensus`` message per node per round on its own ``heron/{site}/{node}/consensus``;
 each node subscribes to its neighbours' topics only;
 ``round`` counts rounds within the step (it keeps increasing across the consensus runs of a
-dispatch). ``values`` is ``[*x_i, flooded max change]`` during averaging, and ``x_i`` alone during
-the agreement floods that follow a converged average (marked ``converged=True``).
+dispatch). ``values`` is ``[*x_i, *residual slots]`` during averaging (``diameter + 1`` slots, 1e9 =
+not known yet), and ``x_i`` alone during the agreement floods of the dispatch (marked ``converged=True``).
 
 **Loss.** A node waits ``timeout_s`` per round for its neighbours. A neighbour whose message did not
 arrive is **excluded** for the rest of the step and its weight moves to the node's self weight
@@ -41,20 +50,31 @@ All nodes run the same incremental-cost (lambda) iteration in lock step:
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Mapping, Sequence
+import warnings
+from collections import deque
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from heron_edge.errors import ActionError, ConfigError, UsageError
-from heron_edge.messages import ConsensusBody, agent_topic
+from heron_edge.messages import LIMITS, ConsensusBody, agent_topic
 from heron_edge.protocols.base import Link, ProtocolConfig, load_config
 from heron_edge.protocols.dispatch import DispatchResult, GeneratorCost, economic_dispatch
-from heron_edge.protocols.topology import Graph, TopologyName, build_graph
+from heron_edge.protocols.topology import DEFAULT_DEGREE, Graph, TopologyName, build_graph
 
-__all__ = ["ConsensusConfig", "ConsensusProtocol", "ConsensusResult", "NodeDispatch"]
+__all__ = ["ConsensusConfig", "ConsensusProtocol", "ConsensusResult", "NodeDispatch", "RoundsWarning"]
+
+_R = TypeVar("_R")
+# max_rounds by default covers initial values that differ by up to this many tolerances.
+SPREAD_OVER_TOL = 1e9
+_UNKNOWN = LIMITS.value  # a residual slot not filled yet (the largest value a message may carry)
+
+
+class RoundsWarning(UserWarning):
+    """A configured ``max_rounds`` is below what the consensus graph needs."""
 
 
 class ConsensusConfig(ProtocolConfig):
@@ -62,11 +82,24 @@ class ConsensusConfig(ProtocolConfig):
 
     nodes: tuple[str, ...] = Field(min_length=1, description="Participating agent ids, in array order.")
     topology: TopologyName | dict[str, list[str]] = Field(
-        default="ring", description="ring, complete, path, star (centre = first node) or an adjacency list.")
+        default="expander",
+        description="expander (bounded degree, rounds flat in N), ring, complete, path, star (centre = first node) "
+                    "or an adjacency list.")
+    degree: int | None = Field(default=None, ge=2, description=f"Neighbours per node of the expander (even; "
+                               f"default {DEFAULT_DEGREE}); only for topology 'expander'.")
     tol: float = Field(default=1e-6, gt=0.0, description="Max |x_i - average| at stop, in the values' units.")
-    max_rounds: int = Field(default=1000, ge=1, description="Round limit of one averaging run.")
+    max_rounds: int | None = Field(
+        default=None, ge=1,
+        description="Round limit of one averaging run; default: twice what the graph needs for values spread over "
+                    "1e9 tol.")
     balance_tol_mw: float = Field(default=1e-4, gt=0.0, description="Dispatch: allowed total power mismatch, MW.")
     max_iterations: int = Field(default=60, ge=1, description="Dispatch: limit of lambda iterations.")
+
+    @model_validator(mode="after")
+    def _degree_is_for_the_expander(self) -> ConsensusConfig:
+        if self.degree is not None and self.topology != "expander":
+            raise ValueError(f"degree applies to the expander topology only, not {self.topology!r}")
+        return self
 
     @field_validator("nodes")
     @classmethod
@@ -106,24 +139,22 @@ def neighbour_topics(graph: Graph, link: Link) -> tuple[str, ...]:
 
 
 class _Session:
-    """One node's rounds within one step: neighbours still talking, round counter, exclusions.
+    """One node's rounds within one step over a Link: neighbours still talking, round counter, exclusions.
+    :class:`_Lockstep` is every node's session at once, with the same arithmetic and no messages."""
 
-    Over a Link (distributed), or, without one, driven in lock step with the other nodes' sessions by
-    :meth:`ConsensusProtocol.dispatch_lockstep` (the same arithmetic, no messages)."""
-
-    def __init__(self, proto: ConsensusProtocol, link: Link | None, me: str | None = None) -> None:
+    def __init__(self, proto: ConsensusProtocol, link: Link) -> None:
         self.graph = proto.graph
         self.config = proto.config
         self.link = link
-        self.me = link.agent_id if link is not None else str(me)
+        self.me = link.agent_id
         self.graph.index(self.me)  # raises ConfigError for a node outside the topology
         self.present: list[str] = list(self.graph.neighbours[self.me])
         self.excluded: list[str] = []
         self.round = 0
-        if link is not None:
-            self.topic = agent_topic(link.site, self.me, "consensus")
-            self.inbox = neighbour_topics(self.graph, link)
+        self.topic = agent_topic(link.site, self.me, "consensus")
+        self.inbox = neighbour_topics(self.graph, link)
         self.threshold = self.config.tol * (1.0 - self.graph.lambda2) / math.sqrt(len(self.graph.nodes))
+        self.max_rounds = proto.max_rounds
         self.w = {j: self.graph.weight(self.me, j) for j in self.graph.neighbours[self.me]}
 
     async def exchange(self, values: np.ndarray, *, flood: bool) -> dict[str, np.ndarray]:
@@ -133,12 +164,9 @@ class _Session:
         if not self.present:
             return {}
         link = self.link
-        if link is None:  # lock step: the driver hands every node its neighbours' values of this round
-            got: dict[str, np.ndarray] = await _LockstepRound(self.me, values)
-            return {j: got[j] for j in self.present}
         await link.send(self.topic, ConsensusBody(round=t, values=values.tolist(), converged=flood),
                         ttl_s=self.config.ttl_s)
-        got = {}
+        got: dict[str, np.ndarray] = {}
         deadline = link.deadline()
         while len(got) < len(self.present):
             env = await link.receive(self.inbox, ConsensusBody, deadline=deadline, senders=self.present,
@@ -159,23 +187,39 @@ class _Session:
         return got
 
     async def average(self, x0: np.ndarray) -> tuple[np.ndarray, int, bool]:
-        """Average consensus from ``x0`` with the stopping rule; (estimate, rounds, converged)."""
-        epoch = self.graph.diameter + 1
+        """Chebyshev-accelerated average consensus from ``x0`` with the stopping rule; (estimate, rounds, converged)."""
+        d = self.graph.diameter
+        a, b = self.graph.chebyshev_interval
+        alpha, beta = 2.0 / (b - a), -(a + b) / (b - a)
+        mu = alpha + beta
+        k = x0.size
         x = x0.astype(float, copy=True)
-        g = 0.0
-        for s in range(self.config.max_rounds):
-            got = await self.exchange(np.append(x, g), flood=False)
+        x_prev = x
+        r = 0.0
+        slots = np.full(d + 1, _UNKNOWN)  # slots[j]: largest residual of round t-1-j within j hops
+        history: deque[np.ndarray] = deque(maxlen=d + 1)
+        for t in range(self.max_rounds):
+            got = await self.exchange(np.concatenate([x, slots]), flood=False)
             w_self = 1.0 - sum(w for j, w in self.w.items() if j in got)  # neighbour order, not arrival order
-            x_new = w_self * x
+            wx = w_self * x
             for j, w in self.w.items():  # fixed neighbour order: the same sums on every run
                 if j in got:
-                    x_new = x_new + w * got[j][:-1]
-            change = float(np.max(np.abs(x_new - x))) if x.size else 0.0
-            g = change if s % epoch == 0 else max([g, *(float(v[-1]) for v in got.values())])
-            x = x_new
-            if s % epoch == epoch - 1 and g <= self.threshold:
-                return x, s + 1, True
-        return x, self.config.max_rounds, False
+                    wx = wx + w * got[j][:k]
+            residual = float(np.max(np.abs(wx - x))) if k else 0.0
+            new_slots = np.empty(d + 1)
+            new_slots[0] = min(residual, _UNKNOWN)
+            if d:
+                new_slots[1:] = slots[:-1]
+                for v in got.values():
+                    np.maximum(new_slots[1:], v[k:k + d], out=new_slots[1:])
+            history.append(x)
+            if new_slots[d] <= self.threshold:  # every node holds the same value: all stop at this round
+                return history[0], t + 1, True
+            w_prime_x = alpha * wx + beta * x
+            r_next = 1.0 / mu if t == 0 else 1.0 / (2.0 * mu - r)
+            x_next = r_next * w_prime_x if t == 0 else r_next * (2.0 * w_prime_x - r * x_prev)
+            x_prev, x, r, slots = x, x_next, r_next, new_slots
+        return x, self.max_rounds, False
 
     async def flood_max(self, y: np.ndarray) -> np.ndarray:
         """Elementwise max over the graph in ``diameter`` rounds (identical on every node)."""
@@ -187,18 +231,86 @@ class _Session:
         return y
 
 
-class _LockstepRound:
-    """What a node's session awaits in lock step: its values of this round out, every node's values back."""
+class _Lockstep:
+    """Every node's :class:`_Session` at once on a lossless link, as arrays (one row per node): each operation is
+    the one each node makes, elementwise and in the same order, so the results are bit for bit the nodes'."""
 
-    __slots__ = ("node", "values")
+    def __init__(self, proto: ConsensusProtocol) -> None:
+        g = self.graph = proto.graph
+        self.config = proto.config
+        self.max_rounds = proto.max_rounds
+        self.threshold = self.config.tol * (1.0 - g.lambda2) / math.sqrt(len(g.nodes))
+        self.round = 0
+        self.excluded: tuple[str, ...] = ()
+        n = len(g.nodes)
+        nbrs = [[g.index(j) for j in g.neighbours[v]] for v in g.nodes]
+        # per neighbour position k: the nodes that have a k-th neighbour, that neighbour, and its weight
+        self.columns: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        for k in range(max((len(x) for x in nbrs), default=0)):
+            rows = np.array([i for i in range(n) if len(nbrs[i]) > k], dtype=np.int64)
+            cols = np.array([nbrs[i][k] for i in rows], dtype=np.int64)
+            self.columns.append((rows, cols, g.weights[rows, cols]))
+        total = np.zeros(n)
+        for rows, _, w in self.columns:  # 0 + w_1 + w_2 + ... in neighbour order, as each node sums
+            total[rows] = total[rows] + w
+        self.w_self = 1.0 - total
 
-    def __init__(self, node: str, values: np.ndarray) -> None:
-        self.node = node
-        self.values = values
+    async def average(self, x0: np.ndarray) -> tuple[np.ndarray, int, bool]:
+        """:meth:`_Session.average` of every node; ``x0`` is (nodes, k)."""
+        d = self.graph.diameter
+        a, b = self.graph.chebyshev_interval
+        alpha, beta = 2.0 / (b - a), -(a + b) / (b - a)
+        mu = alpha + beta
+        k = x0.shape[1]
+        x = x0.astype(float, copy=True)
+        x_prev = x
+        r = 0.0
+        slots = np.full((x.shape[0], d + 1), _UNKNOWN)
+        history: deque[np.ndarray] = deque(maxlen=d + 1)
+        for t in range(self.max_rounds):
+            self.round += 1
+            wx = self.w_self[:, None] * x
+            for rows, cols, w in self.columns:
+                wx[rows] = wx[rows] + w[:, None] * x[cols]
+            residual = np.max(np.abs(wx - x), axis=1) if k else np.zeros(x.shape[0])
+            new_slots = np.empty_like(slots)
+            new_slots[:, 0] = np.minimum(residual, _UNKNOWN)
+            if d:
+                new_slots[:, 1:] = slots[:, :-1]
+                for rows, cols, _ in self.columns:
+                    new_slots[rows, 1:] = np.maximum(new_slots[rows, 1:], slots[cols, :d])
+            history.append(x)
+            stop = new_slots[:, d] <= self.threshold
+            if stop.any():
+                if not stop.all():
+                    raise UsageError("consensus nodes left the lock step at different rounds")
+                return history[0], t + 1, True
+            w_prime_x = alpha * wx + beta * x
+            r_next = 1.0 / mu if t == 0 else 1.0 / (2.0 * mu - r)
+            x_next = r_next * w_prime_x if t == 0 else r_next * (2.0 * w_prime_x - r * x_prev)
+            x_prev, x, r, slots = x, x_next, r_next, new_slots
+        return x, self.max_rounds, False
 
-    def __await__(self) -> Generator[_LockstepRound, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        got = yield self
-        return got
+    async def flood_max(self, y: np.ndarray) -> np.ndarray:
+        """:meth:`_Session.flood_max` of every node; ``y`` is (nodes, k)."""
+        y = y.astype(float, copy=True)
+        for _ in range(self.graph.diameter):
+            self.round += 1
+            sent = y
+            y = sent.copy()
+            for rows, cols, _ in self.columns:
+                y[rows] = np.maximum(y[rows], sent[cols])
+        return y
+
+
+def _run_now(coro: Coroutine[Any, Any, _R]) -> _R:
+    """The result of a coroutine that never suspends (the lock-step forms: no messages to wait for)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise UsageError("a lock-step consensus coroutine waited for something")
 
 
 class ConsensusProtocol:
@@ -210,7 +322,18 @@ class ConsensusProtocol:
 
     def __init__(self, config: ConsensusConfig | Mapping[str, Any]) -> None:
         self.config: ConsensusConfig = load_config(ConsensusConfig, config)
-        self.graph: Graph = build_graph(self.config.nodes, self.config.topology)
+        self.graph: Graph = build_graph(self.config.nodes, self.config.topology,
+                                        degree=self.config.degree or DEFAULT_DEGREE)
+        self.needed_rounds = self.graph.rounds_to_certify(SPREAD_OVER_TOL)
+        # twice the intact graph's need: a run that lost a neighbour converges slower but still has room
+        self.max_rounds: int = self.config.max_rounds or 2 * self.needed_rounds
+        if self.max_rounds < self.needed_rounds:
+            warnings.warn(
+                f"consensus max_rounds={self.max_rounds} is below the {self.needed_rounds} rounds this "
+                f"{self.config.topology if isinstance(self.config.topology, str) else 'configured'} graph of "
+                f"{len(self.graph.nodes)} nodes needs (spectral gap {1.0 - self.graph.lambda2:.3g}) for values spread "
+                f"over {SPREAD_OVER_TOL:.0e} x tol: runs may stop unconverged; leave max_rounds unset to derive it",
+                RoundsWarning, stacklevel=2)
 
     def __repr__(self) -> str:
         return f"ConsensusProtocol(nodes={list(self.config.nodes)}, topology={self.config.topology!r})"
@@ -261,59 +384,55 @@ class ConsensusProtocol:
         """This node's share of the distributed economic dispatch (see the module docstring)."""
         if not math.isfinite(demand_mw):
             raise ActionError(f"demand must be finite, got {demand_mw!r}")
-        return await self._dispatch(_Session(self, link), generator, demand_mw)
+        return (await self._dispatch(_Session(self, link), [generator], [demand_mw]))[0]
 
     def dispatch_lockstep(self, generators: Sequence[GeneratorCost], demands_mw: Sequence[float]) -> list[NodeDispatch]:
         """Every node's :meth:`dispatch_node` result on a lossless link, computed in one process without messages:
-        the nodes' iterations run in lock step, round by round, each with exactly its own arithmetic (the values a
-        message would carry are passed as they are; JSON carries float64 exactly). Bit for bit what the
-        distributed nodes return when no message is lost (``generators`` and ``demands_mw`` in node order)."""
+        all nodes' iterations run at once as arrays, round by round, each row with exactly its node's arithmetic (the
+        values a message would carry are used as they are; JSON carries float64 exactly). Bit for bit what the
+        distributed nodes return when no message is lost (``generators`` and ``demands_mw`` in node order);
+        ~0.4 s for 1000 nodes."""
         nodes = self.graph.nodes
         if len(generators) != len(nodes) or len(demands_mw) != len(nodes):
             raise ActionError(f"need one generator and one demand per node ({len(nodes)})")
         if not all(math.isfinite(d) for d in demands_mw):
             raise ActionError(f"demands must be finite, got {list(demands_mw)!r}")
-        runs = [self._dispatch(_Session(self, None, node), g, float(d))
-                for node, g, d in zip(nodes, generators, demands_mw, strict=True)]
-        results: list[NodeDispatch | None] = [None] * len(runs)
-        inbox: list[object] = [None] * len(runs)
-        while True:
-            sent: dict[str, np.ndarray] = {}
-            for i, run in enumerate(runs):
-                if results[i] is not None:
-                    continue
-                try:
-                    request = run.send(inbox[i])
-                except StopIteration as stop:
-                    results[i] = stop.value
-                    continue
-                if not isinstance(request, _LockstepRound):
-                    raise UsageError(f"consensus node {nodes[i]} awaited {request!r} in lock step")
-                sent[request.node] = request.values
-            if not sent:
-                break
-            if len(sent) != len(runs):  # the stopping rule makes every node stop at the same round
-                for run in runs:
-                    run.close()
-                raise UsageError("consensus nodes left the lock step at different rounds")
-            inbox = [sent] * len(runs)
-        return [r for r in results if r is not None]
+        return _run_now(self._dispatch(_Lockstep(self), list(generators), [float(d) for d in demands_mw]))
 
-    async def _dispatch(self, session: _Session, generator: GeneratorCost, demand_mw: float) -> NodeDispatch:
+    def average_lockstep(self, values: np.ndarray) -> list[ConsensusResult]:
+        """Every node's :meth:`node` result on a lossless link, in one process without messages (as
+        :meth:`dispatch_lockstep`): ``values`` has one row (or scalar) per node in ``config.nodes`` order."""
+        x = np.asarray(values, dtype=float)
+        if x.ndim not in (1, 2) or x.shape[0] != len(self.graph.nodes) or not np.isfinite(x).all():
+            raise ActionError(f"values must be finite with {len(self.graph.nodes)} rows, got shape {x.shape}")
+        est, rounds, converged = _run_now(_Lockstep(self).average(x.reshape(x.shape[0], -1)))
+        return [ConsensusResult(value=row.copy(), rounds=rounds, converged=converged, excluded=()) for row in est]
+
+    async def _dispatch(self, session: _Session | _Lockstep, generators: Sequence[GeneratorCost],
+                        demands_mw: Sequence[float]) -> list[NodeDispatch]:
+        """The lambda iteration of one node (a :class:`_Session`, one generator) or of all (:class:`_Lockstep`)."""
         n = len(self.graph.nodes)
-        lam_min, lam_max = generator.lambda_range_usd_per_mwh
-        bracket = await session.flood_max(np.array([-lam_min, lam_max]))
+        one = isinstance(session, _Session)
+
+        def rows(values: list[list[float]]) -> np.ndarray:  # one node: its vector; all: one row per node
+            table = np.array(values)
+            return table[0] if one else table
+
+        def agreed(values: np.ndarray) -> np.ndarray:  # identical on every node after the flood
+            return values if one else values[0]
+
+        bracket = agreed(await session.flood_max(rows([[-g.lambda_range_usd_per_mwh[0], g.lambda_range_usd_per_mwh[1]]
+                                                       for g in generators])))
         lo, hi = float(-bracket[0]), float(bracket[1])
         lam = 0.5 * (lo + hi)
         prev_abs_m = math.inf
         converged = False
         iterations = 0
         for iterations in range(1, self.config.max_iterations + 1):  # noqa: B007 - the count is reported after
-            p = generator.output_mw(lam)
-            local = np.array([p - demand_mw, generator.slope_mw_per_usd(lam),
-                              generator.p_min_mw - demand_mw, generator.p_max_mw - demand_mw])
+            local = rows([[g.output_mw(lam) - d, g.slope_mw_per_usd(lam), g.p_min_mw - d, g.p_max_mw - d]
+                          for g, d in zip(generators, demands_mw, strict=True)])
             est, _, _ = await session.average(local)
-            m, s, m_min, m_max = (float(v) for v in await session.flood_max(est))
+            m, s, m_min, m_max = (float(v) for v in agreed(await session.flood_max(est)))
             if n * abs(m) <= self.config.balance_tol_mw:
                 converged = True
                 break
@@ -335,5 +454,6 @@ class ConsensusProtocol:
             prev_abs_m = abs(m)
             if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):
                 break
-        return NodeDispatch(p_mw=generator.output_mw(lam), lambda_usd_per_mwh=lam, iterations=iterations,
-                            rounds=session.round, converged=converged, excluded=tuple(session.excluded))
+        return [NodeDispatch(p_mw=g.output_mw(lam), lambda_usd_per_mwh=lam, iterations=iterations,
+                             rounds=session.round, converged=converged, excluded=tuple(session.excluded))
+                for g in generators]

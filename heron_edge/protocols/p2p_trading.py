@@ -12,6 +12,12 @@ Centralized: :meth:`P2PTradingProtocol.clear` on one order book (the rule is in
    trade (the confirmations, batched);
 4. a participant waits for the clearing at most ``order_window_s + timeout_s``; without it, it
    trades nothing this step (``Confirmation.clearing is None``).
+
+Who hears what (so a round costs each participant the same at any market size): only the market
+subscribes to the orders (``heron/{site}/+/market``); a participant subscribes to the market's clearing
+topic alone, so it sends one message and decodes one message a round. The market decodes the n orders
+and sends one clearing; it lists every trade (at most n - 1 with one order per participant, within the
+wire's 1,024 entries), which is what lets every participant check the price and its own fills.
 """
 from __future__ import annotations
 

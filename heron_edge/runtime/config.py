@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from heron_edge.coordination import Coordination
 
 __all__ = ["MAX_FILE_BYTES", "MAX_MW", "MAX_S", "BrokerSettings", "CoordinationSettings", "CycleSettings",
-           "DeviceSettings", "FailsafeSettings", "GatewayConfig", "OnnxPolicySettings", "OutboxSettings", "PolicySettings",
-           "RulePolicySettings", "SiteBattery",
+           "DeviceSettings", "FailsafeSettings", "ForecastSettings", "GatewayConfig", "LinkSettings",
+           "MqttForecastSettings",
+           "OnnxPolicySettings", "OutboxSettings", "PersistenceForecastSettings", "PolicySettings",
+           "ProfileForecastSettings", "RulePolicySettings", "SiteBattery",
            "SiteGenerator", "SiteMicrogrid", "TlsSettings", "check_files", "load_gateway_config",
            "parse_gateway_config"]
 
@@ -94,12 +96,71 @@ class BrokerSettings(_Model):
         return value
 
 
+class LinkSettings(_Model):
+    """A shared Modbus link, ``[links.NAME]``: a TCP endpoint (host, port) or an RS-485 port (transport = "rtu":
+    serial_port, baudrate, parity, stopbits, bytesize), and how patiently it is used (timeout_s, retries,
+    backoff_s, backoff_max_s, min_gap_s: the least idle time between two requests on the line). Devices name it
+    (``link = "NAME"``) with their own ``unit_id``; however many they are, they share one connection and one request
+    queue. The fields mean what they mean on a device (``firmware_bridge.ModbusDeviceConfig``)."""
+
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = None
+    baudrate: int = Field(9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.05, ge=0, le=10)
+    backoff_max_s: float = Field(2.0, ge=0, le=60)
+    min_gap_s: float = Field(0.0, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _rtu_needs_a_port(self) -> LinkSettings:
+        if self.transport == "rtu" and not self.serial_port:
+            raise ValueError("transport 'rtu' needs serial_port")
+        return self
+
+
+_LINK_FIELDS = tuple(LinkSettings.model_fields)
+_ROLES = ("battery", "generator", "pv", "wind", "meter")
+
+
+def _apply_links(data: Any) -> Any:
+    """A gateway config's raw data with each device that names a ``link`` given that link's fields; ValueError for
+    an undeclared link or a device that sets a link field itself."""
+    if not isinstance(data, dict) or not isinstance(data.get("devices"), dict):
+        return data
+    links = data.get("links") or {}
+    devices = dict(data["devices"])
+    for role in _ROLES:
+        device = devices.get(role)
+        if not isinstance(device, dict) or device.get("link") is None:
+            continue
+        name = device["link"]
+        link = links.get(name) if isinstance(links, dict) and isinstance(name, str) else None
+        if not isinstance(link, dict):
+            declared = ", ".join(sorted(links)) if isinstance(links, dict) and links else "none"
+            raise ValueError(f"devices.{role}.link: no [links.{name}] (declared: {declared})")
+        both = sorted(set(device) & set(_LINK_FIELDS))
+        if both:
+            raise ValueError(f"devices.{role}: {', '.join(both)}: set in [links.{name}], not on a device that names it")
+        devices[role] = {**link, **device}
+    return {**data, "devices": devices}
+
+
 class DeviceSettings(_Model):
     """The microgrid's Modbus devices. The battery and the meter are required; the others are optional.
 
     battery, generator, pv, wind: SunSpec devices, each used in its role with whatever models it has (legacy
     1xx or IEEE 1547 7xx: ``firmware_bridge.capabilities``; ``heron-edge probe`` shows what a device offers);
-    meter: a device serving the heron meter map (``heron_edge.runtime.meter``).
+    meter: the site meter at the point of connection, a standard one: SunSpec 201-204 / 211-214, or a register
+    map (``map = "eastron-sdm630"``); its power is the exchange (+ import), its voltage the band check
+    (``heron_edge.runtime.meter``). The next step's load, PV and wind come from ``[forecast]``, not from a device.
+    meter_v_nom_v: the meter's nominal line-to-line voltage (V); with it the voltage outside
+    [v_min_pu, v_max_pu] is the local ``violation_pu`` feature, without it that feature is 0.
     write_mismatches_to_failsafe: a device whose read-back differs from what was written this many times in a
     row is a failsafe reason (it acknowledges commands it does not hold).
     """
@@ -109,7 +170,16 @@ class DeviceSettings(_Model):
     generator: ModbusDeviceConfig | None = None
     pv: ModbusDeviceConfig | None = None
     wind: ModbusDeviceConfig | None = None
+    meter_v_nom_v: float | None = Field(None, gt=0, le=1e6)
+    v_min_pu: float = Field(0.95, gt=0, le=2)
+    v_max_pu: float = Field(1.05, gt=0, le=2)
     write_mismatches_to_failsafe: int = Field(3, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _band(self) -> DeviceSettings:
+        if self.v_min_pu >= self.v_max_pu:
+            raise ValueError(f"v_min_pu ({self.v_min_pu}) must be below v_max_pu ({self.v_max_pu})")
+        return self
 
 
 class RulePolicySettings(_Model):
@@ -156,14 +226,73 @@ class CycleSettings(_Model):
     on the same timer clock (``heron-edge operator --clock timer``) meet on it. In both, ``period_s`` is the watchdog
     tick: without a clock message for that long, a failsafe check (and, if due, a failsafe cycle) runs.
     step_timeout_s: the longest a cycle waits for this step's price and the peers' telemetry.
+    time_zone: the IANA zone of the data the policy was trained on (the shipped data: California local time); with
+    the timer clock the hour-of-day features (and a profile forecast's step of the day) are wall-clock times there.
+    A bus clock's steps are steps of the data's own year, already in its zone.
     """
 
     clock: Literal["bus", "timer"] = "timer"
+    time_zone: str = Field("America/Los_Angeles", min_length=1, max_length=64)
     period_s: float = Field(1.0, gt=0, le=MAX_S)
     step_timeout_s: float = Field(0.5, gt=0, le=MAX_S)
     steps_per_day: int = Field(24, ge=1, le=86_400)
     clock_sender: str = Field("plant", pattern=_ID, description="bus clock: the only accepted announcer")
     max_step: int | None = Field(None, ge=0, description="bus clock: the last step an announcement may name")
+    every_steps: int = Field(1, ge=1, le=86_400, description=(
+        "a slower agent: a cycle only on a step at least this many after the last one it ran (a new episode or a "
+        "failsafe cycle: at once); its devices hold their setpoints in between. Real time: a lock-step plant waits for "
+        "every agent's done, so there keep 1"))
+
+    @model_validator(mode="after")
+    def _zone(self) -> CycleSettings:
+        from heron_edge.runtime.wallclock import zone
+
+        zone(self.time_zone)  # ValueError naming the zone
+        return self
+
+
+class PersistenceForecastSettings(_Model):
+    """The next step as the last one was measured (``heron_edge.runtime.forecast``)."""
+
+    kind: Literal["persistence"] = "persistence"
+
+
+class ProfileForecastSettings(_Model):
+    """A daily shape per series (one value per step of the day, ``cycle.steps_per_day`` values, in the time zone
+    ``cycle.time_zone``; any unit: only the shape counts) scaled by the last ``window_steps`` measurements."""
+
+    kind: Literal["profile"]
+    load: list[Annotated[float, Field(ge=0, le=1e9)]] = Field(min_length=1, max_length=86_400)
+    pv: list[Annotated[float, Field(ge=0, le=1e9)]] = Field(min_length=1, max_length=86_400)
+    wind: list[Annotated[float, Field(ge=0, le=1e9)]] = Field(min_length=1, max_length=86_400)
+    window_steps: int = Field(24, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _same_length(self) -> ProfileForecastSettings:
+        if not len(self.load) == len(self.pv) == len(self.wind):
+            raise ValueError(f"load, pv and wind need as many values each, got {len(self.load)}, {len(self.pv)}, "
+                             f"{len(self.wind)}")
+        return self
+
+
+class MqttForecastSettings(_Model):
+    """An external forecaster's ``heron/{site}/{sender}/forecast``; persistence (counted late) when a step's forecast
+    is not there within ``timeout_s`` (default: ``cycle.step_timeout_s``)."""
+
+    kind: Literal["mqtt"]
+    sender: str = Field(pattern=_ID, description="the forecaster's identity (SIL: plant)")
+    timeout_s: float | None = Field(None, gt=0, le=MAX_S)
+
+
+def _forecast_kind(value: Any) -> str:
+    kind = value.get("kind", "persistence") if isinstance(value, dict) else getattr(value, "kind", "persistence")
+    return kind if kind in ("persistence", "profile", "mqtt") else "persistence"
+
+
+ForecastSettings = Annotated[Annotated[PersistenceForecastSettings, Tag("persistence")]
+                             | Annotated[ProfileForecastSettings, Tag("profile")]
+                             | Annotated[MqttForecastSettings, Tag("mqtt")], Discriminator(_forecast_kind)]
+"""``[forecast]``: ``kind = "persistence"`` (default), ``"profile"`` or ``"mqtt"``."""
 
 
 class FailsafeSettings(_Model):
@@ -259,14 +388,21 @@ class GatewayConfig(_Model):
     site: str = Field(pattern=_ID)
     upstream_id: str = Field("system_operator", pattern=_ID, description="the only accepted sender of prices and commands")
     peers: list[str] = Field(default_factory=list, description="every microgrid agent of the site, in agent order")
+    neighbours: list[str] | None = Field(None, description="whose telemetry this agent observes (its site-graph "
+                                         "neighbours, among peers); None: the agents before and after it in peers "
+                                         "order (the 'feeder' site graph of heron_edge.site_graph)")
     battery_p_max_mw: float = Field(gt=0, le=MAX_MW, description="scales the normalised battery action")
     generator_p_max_mw: float = Field(0.0, ge=0, le=MAX_MW,
                                       description="scales the normalised generator action (0: none)")
     broker: BrokerSettings
+    links: dict[Annotated[str, Field(pattern=_ID)], LinkSettings] = Field(
+        default_factory=dict, description="shared Modbus links (RS-485 buses, TCP gateways) that devices name")
     devices: DeviceSettings
     policy: PolicySettings
     cycle: CycleSettings = CycleSettings()
     failsafe: FailsafeSettings = FailsafeSettings()
+    forecast: ForecastSettings = Field(default_factory=PersistenceForecastSettings,
+                                       description="where the next step's load, PV and wind come from")
     outbox: OutboxSettings = OutboxSettings()
     status_file: str | None = Field(None, min_length=1, description="also write the status as JSON here every cycle")
     command_key_env: str | None = Field(None, description="environment variable holding this agent's command key "
@@ -274,6 +410,41 @@ class GatewayConfig(_Model):
     coordination: CoordinationSettings | None = Field(None, description="the coordination protocols (None: price only)")
     journal_file: str | None = Field(None, min_length=1, description="append one JSON line per completed step here "
                                      "(what the protocols said and the action taken)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _links(cls, data: Any) -> Any:
+        return _apply_links(data)
+
+    @model_validator(mode="after")
+    def _maps(self) -> GatewayConfig:
+        """Every register map loads and fills its device's role, and devices on one serial port drive it alike (said
+        at load time, not at the first cycle)."""
+        from firmware_bridge.regmap import MapError, load_map
+
+        lines: dict[str, tuple[str, tuple[object, ...]]] = {}
+        for role in _ROLES:
+            device = getattr(self.devices, role)
+            if device is None or device.transport != "rtu":
+                continue
+            line = (device.baudrate, device.parity, device.stopbits, device.bytesize)
+            first = lines.setdefault(device.serial_port or "", (role, line))
+            if first[1] != line:
+                raise ValueError(f"devices.{role}: {device.serial_port} is driven as (baudrate, parity, stopbits, "
+                                 f"bytesize) {line} here but {first[1]} by devices.{first[0]}; declare it once in "
+                                 "[links.NAME]")
+        for role in _ROLES:
+            device = getattr(self.devices, role)
+            if device is None or device.map is None:
+                continue
+            try:
+                regmap = load_map(device.map)
+            except MapError as exc:
+                raise ValueError(f"devices.{role}.map: {exc}") from None
+            if regmap.missing(role):  # type: ignore[arg-type]
+                raise ValueError(f"devices.{role}.map: {regmap.name} cannot fill the {role} role: it has no point for "
+                                 f"{', '.join(regmap.missing(role))}")  # type: ignore[arg-type]
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> GatewayConfig:
@@ -289,8 +460,14 @@ class GatewayConfig(_Model):
                                  "setpoint_revert_s >= cycle.period_s")
         if len(set(self.peers)) != len(self.peers):
             raise ValueError("peers has duplicates")
+        strangers = sorted(set(self.neighbours or ()) - set(self.agents) | ({self.agent_id} & set(self.neighbours or ())))
+        if strangers:
+            raise ValueError(f"neighbours {strangers} must be other agents listed in peers")
         if self.cycle.step_timeout_s > self.failsafe.upstream_timeout_s:
             raise ValueError("cycle.step_timeout_s must not exceed failsafe.upstream_timeout_s")
+        if isinstance(self.forecast, ProfileForecastSettings) and len(self.forecast.load) != self.cycle.steps_per_day:
+            raise ValueError(f"forecast: a profile needs cycle.steps_per_day ({self.cycle.steps_per_day}) values per "
+                             f"series, got {len(self.forecast.load)}")
         f = self.failsafe
         if abs(f.battery_mw) > self.battery_p_max_mw:
             raise ValueError(f"failsafe.battery_mw ({f.battery_mw}) must be within +/- battery_p_max_mw "

@@ -1,7 +1,8 @@
 """The edge gateway: one microgrid agent as one asyncio process (``heron-edge agent --config FILE``).
 
 Built on the environment's own agents: a ``MicrogridAgent`` (policy + DeviceIO) inside a
-``ProxyAgent`` (telemetry out, price and peers' telemetry in), with a Modbus DeviceIO. With
+``ProxyAgent`` (telemetry out; price, the operator's aggregates and its site-graph neighbours' telemetry in:
+never the whole site), with a Modbus DeviceIO. With
 ``coordination`` configured the ProxyAgent carries the environment's ``MicrogridRoles`` (setpoint,
 consensus, p2p trading: the very classes the environment's distributed mode runs). Each cycle:
 read devices -> publish telemetry -> receive the setpoint / run the consensus -> collect price and
@@ -49,9 +50,10 @@ from heron_edge.protocols import Link
 from heron_edge.runtime.commands import CommandInbox, GuardedBroker
 from heron_edge.runtime.config import GatewayConfig, OnnxPolicySettings
 from heron_edge.runtime.failsafe import FailsafeState, safe_setpoints
+from heron_edge.runtime.forecast import forecast_source
 from heron_edge.runtime.modbus_io import ModbusDeviceIO
 from heron_edge.runtime.outbox import Outbox
-from heron_edge.runtime.wallclock import timer_steps
+from heron_edge.runtime.wallclock import step_of_day_function, timer_steps
 
 __all__ = ["CycleTiming", "Gateway", "OutboxBroker", "make_broker", "make_policy"]
 
@@ -75,7 +77,7 @@ def make_policy(config: GatewayConfig, coordination: Coordination | None = None)
         ratings = Ratings(config.battery_p_max_mw, config.generator_p_max_mw)
         try:
             bundle = load_bundle(p.path)
-            check_compatible(bundle.manifest, layout=local_layout(len(agents), features),
+            check_compatible(bundle.manifest, layout=local_layout(features),
                              protocols=list(coordination.protocols) if coordination is not None else [],
                              ratings={config.agent_id: ratings}, where=f"gateway {config.agent_id}")
         except ConfigError as exc:
@@ -145,7 +147,7 @@ class OutboxBroker(BrokerWrapper):
 @dataclass
 class CycleTiming:
     """Cumulated cycle time split, seconds: Modbus requests, the decision (policy), messaging (the rest:
-    MQTT publishes and the wait for this step's price and peers' telemetry)."""
+    MQTT publishes and the wait for this step's price, aggregates and neighbours' telemetry)."""
 
     cycles: int = 0
     total_s: float = 0.0
@@ -196,8 +198,13 @@ class Gateway:
         self.raw_broker = broker if broker is not None else make_broker(config)
         self.outbox = Outbox(config.outbox.path, max_records=config.outbox.max_records)
         self.broker = OutboxBroker(self.raw_broker, self.outbox, agent_topic(config.site, config.agent_id, "telemetry"))
-        self.devices = ModbusDeviceIO(config.devices)
         self.coordination = config.coordination.build() if config.coordination is not None else None
+        cycle = config.cycle
+        self.step_of_day = step_of_day_function(timer=cycle.clock == "timer", period_s=cycle.period_s,
+                                                steps_per_day=cycle.steps_per_day, time_zone=cycle.time_zone)
+        limit_mw = self.coordination.power_limit_mw if self.coordination is not None else None
+        self.forecast = forecast_source(config, self.step_of_day, **({} if limit_mw is None else {"limit_mw": limit_mw}))
+        self.devices = ModbusDeviceIO(config.devices, self.forecast)
         self.ratings = Ratings(config.battery_p_max_mw, config.generator_p_max_mw)
         self.policy = make_policy(config, self.coordination)
         self.agent = MicrogridAgent(config.agent_id, self.devices, self.policy, self.ratings)
@@ -209,7 +216,8 @@ class Gateway:
             roles = MicrogridRoles(self.coordination, link, agents.index(config.agent_id))
         self.proxy = ProxyAgent(config.agent_id, self.agent, self.broker, config.upstream_id,
                                 site=config.site, peers=agents, steps_per_day=config.cycle.steps_per_day,
-                                step_timeout_s=config.cycle.step_timeout_s, roles=roles)
+                                step_timeout_s=config.cycle.step_timeout_s, roles=roles, step_of_day=self.step_of_day,
+                                neighbours=config.neighbours)
         self._setpoint_protocol = self.coordination is not None and self.coordination.setpoint is not None
         self.failsafe = FailsafeState()
         self.stats = GatewayStats()
@@ -250,6 +258,7 @@ class Gateway:
             if self.config.cycle.clock == "bus":
                 self._clock_sub = await self.raw_broker.subscribe(self._clock_topic)
             self._cmd_sub = await self.raw_broker.subscribe(command_filter(self.site, self.agent_id))
+            await self.forecast.start(self.raw_broker)
             await self.proxy.start()
         except BrokerError as exc:
             self.stats.connect_failures += 1
@@ -271,6 +280,7 @@ class Gateway:
         if self._started:
             self._started = False
             try:
+                await self.forecast.close()
                 await self.proxy.close()  # its own "offline" (no detail) goes first; ours below is the last word
             except BrokerError:
                 pass
@@ -324,9 +334,12 @@ class Gateway:
             device = getattr(self.config.devices, role)
             if device is not None:
                 where = device.serial_port if device.transport == "rtu" else f"{device.host}:{device.port}"
-                devices.append(f"{role} {where} unit {device.unit_id}")
-        log.info("%s: starting on site %s: broker %s, %s clock every %g s, devices %s", self.agent_id, self.site,
-                 self.config.broker.url, self.config.cycle.clock, self.config.cycle.period_s, ", ".join(devices))
+                via = f" (link {device.link})" if device.link else ""
+                described = f", map {device.map}" if device.map else ""
+                devices.append(f"{role} {where}{via} unit {device.unit_id}{described}")
+        log.info("%s: starting on site %s: broker %s, %s clock every %g s (hours of %s), devices %s, %s forecast",
+                 self.agent_id, self.site, self.config.broker.url, self.config.cycle.clock, self.config.cycle.period_s,
+                 self.config.cycle.time_zone, ", ".join(devices), self.forecast.kind)
         await self.devices.open()
         if self.config.cycle.clock == "timer":
             await self._run_timer()
@@ -341,7 +354,14 @@ class Gateway:
 
     async def _run_timer(self) -> None:
         async for step in timer_steps(self.config.cycle.period_s, self._stop):
-            await self.cycle(step)
+            if self._due(step):
+                await self.cycle(step)
+
+    def _due(self, step: int) -> bool:
+        """Whether ``step`` gets a cycle: always, unless ``cycle.every_steps`` makes this a slower agent and its last
+        cycle (not a failsafe one) ran fewer steps ago in this episode."""
+        every = self.config.cycle.every_steps
+        return every == 1 or self._dirty or not self.done_step <= step < self.done_step + every
 
     async def _run_bus(self) -> None:
         period = self.config.cycle.period_s
@@ -352,6 +372,8 @@ class Gateway:
                 await self._sleep(period)
             if self._stop.is_set():
                 return
+            if step is not None and not self._due(step):
+                continue  # a slower agent (cycle.every_steps): not its step; the clock is alive, its devices hold
             if step is not None and (step != self.done_step or self._dirty):
                 await self.cycle(step)
                 continue
@@ -483,6 +505,7 @@ class Gateway:
 
     async def _read_and_report(self, step: int) -> dict[str, str]:
         """Read the devices and publish telemetry (queued in the outbox when it cannot go out); failsafe reasons."""
+        self.devices.begin_step(step)  # the forecast is of the step about to be dispatched
         try:
             if self._started:
                 await self.proxy.report(step)
@@ -493,8 +516,8 @@ class Gateway:
         return {}
 
     async def _coordinate(self, step: int, reasons: dict[str, str]) -> np.ndarray | None:
-        """The step's setpoint and consensus, then the price and the peers: the observation (None when the broker
-        failed, which becomes a failsafe reason)."""
+        """The step's setpoint and consensus, then the price, the aggregates and the neighbours: the observation
+        (None when the broker failed, which becomes a failsafe reason)."""
         try:
             await self.proxy.coordinate(step)  # setpoint, consensus (no-op without coordination)
             return await self.proxy.collect(step)
@@ -557,12 +580,19 @@ class Gateway:
                "action": None if action is None else [float(a) for a in action],
                "action_source": None if action is None else self._action_source,
                "observation": None if action is None or self._observation is None else self._observation.tolist(),
+               "forecast": self._forecast_used() if action is not None else None,
                "setpoint_mw": p.setpoint_mw if coordinated else None, "dispatch_mw": p.dispatch_mw if coordinated else None,
                "consensus_rounds": p.consensus_rounds if coordinated else 0,
                "traded_mw": float(clearing.net_mw([self.agent_id])[0]) if clearing is not None else None,
                "clearing_price_usd_per_mwh": clearing.price_usd_per_mwh if clearing is not None else None}
         if self.config.journal_file is not None:  # serialised now, appended off the loop, in order
             self._journal_writer.submit(functools.partial(_append_line, self.config.journal_file, json.dumps(row)))
+
+    def _forecast_used(self) -> str | None:
+        """The source of the forecast in this cycle's observation (``mqtt``, ``profile``, ``persistence``), None when
+        the devices were not read fresh."""
+        forecast = self.devices.forecast
+        return forecast.source if forecast is not None and self.devices.meter_fresh else None
 
     def _track_setpoint(self, action: np.ndarray, local: np.ndarray) -> np.ndarray:
         """With a valid exchange setpoint, re-dispatch the battery so the forecast import meets it."""
@@ -579,11 +609,11 @@ class Gateway:
         return a
 
     async def _write_safe(self) -> None:
-        meter = self.devices.meter if self.devices.meter_fresh else None
+        forecast = self.devices.forecast if self.devices.meter_fresh else None
         sp = safe_setpoints(self.config.failsafe,
-                            load_mw=meter.load_mw if meter else None,
-                            pv_available_mw=meter.pv_available_mw if meter else None,
-                            wind_available_mw=meter.wind_available_mw if meter else None)
+                            load_mw=forecast.load_mw if forecast else None,
+                            pv_available_mw=forecast.pv_mw if forecast else None,
+                            wind_available_mw=forecast.wind_mw if forecast else None)
         try:
             await self.devices.write(sp.battery_mw, sp.generator_mw, sp.pv_curtailment, sp.wind_curtailment)
         except DeviceError as exc:
@@ -607,6 +637,9 @@ class Gateway:
         for role, n in self.devices.timing.write_mismatches.items():  # acknowledged, but the read-back differed
             c[f"write_mismatch_{role}"] = n
         c["keepalive_writes"] = self.devices.keepalive_writes
+        for source, n in self.forecast.stats.given.items():  # which forecast the observations used
+            c[f"forecast_{source}"] = n
+        c["forecast_late"] = self.forecast.stats.late
         c.update(telemetry=self.broker.telemetry, outbox_pending=len(self.outbox), outbox_queued=self.outbox.queued,
                  outbox_overflow=self.outbox.overflow, outbox_write_failed=self.outbox.failures,
                  failsafe_entries=self.failsafe.entries, failsafe_cycles=self.failsafe.cycles,
@@ -617,7 +650,7 @@ class Gateway:
         """Rejected messages by source and reason (each one was also logged where it was rejected)."""
         out: dict[RejectSource, dict[str, int]] = {
             "message": self.proxy.stats.rejected.as_dict(), "command": self.inbox.rejected.as_dict(),
-            "clock": self.clock_rejected.as_dict()}
+            "clock": self.clock_rejected.as_dict(), "forecast": self.forecast.stats.rejected.as_dict()}
         if self.proxy.roles is not None:
             out["protocol"] = self.proxy.roles.link.stats.rejected.as_dict()
         return {source: counts for source, counts in out.items() if counts}
@@ -627,6 +660,7 @@ class Gateway:
         return {"agent_id": self.agent_id, "state": "failsafe" if self.failsafe.active else "online",
                 "detail": self.failsafe.detail, "since": self.failsafe.since, "step": self.step,
                 "cycle_ms": self.timing.last_ms, "timing": self.timing.as_dict(), "counters": self.counters(),
+                "forecast": {"kind": self.forecast.kind, "last": self._forecast_used()},
                 "rejected": self.rejections(),
                 "transitions": self.failsafe.transitions[-20:], "time": time.time()}
 

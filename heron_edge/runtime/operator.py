@@ -11,7 +11,7 @@ agents decided, with the clearing broadcast). After its services ran for step N 
 agent said done, so the market always clears after the decisions and before the plant steps.
 
 A repeated announcement of a step already done (the plant repeats while it waits, e.g. for an agent
-back from a broker restart) re-broadcasts that step's price and says done again; it does not
+back from a broker restart) re-broadcasts that step's price and aggregates and says done again; it does not
 re-run the waits (telemetry, orders), whose messages are gone. A step that failed (broker error) is
 run again in full on its next announcement.
 """
@@ -164,6 +164,8 @@ class CoordinationService:
                  meter: FeederMeter | None = None, ledger: Path | None = None) -> None:
         self.operator = operator
         self.price_of = price_of
+        if operator.price_of is None:  # the aggregates' day-ahead outlook comes from the same prices
+            operator.price_of = price_of
         self.meter = meter
         self.ledger = ledger
         self._loading: dict[int, float] = {}
@@ -209,6 +211,7 @@ class CoordinationService:
         roles = self.operator.roles
         roles.link.step = step
         await self.operator.coordination.price.operator(roles.link, self.price_of(step), self._loading.get(step, 0.0))
+        await self.operator.resend_aggregates(step)
 
 
 @dataclass

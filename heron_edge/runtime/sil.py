@@ -3,9 +3,11 @@ operator as real subprocesses; their configs; stopping them by PID; the comparis
 centralized run of the same policy and days.
 
 Quantisation between the SIL and the in-process runs (why they agree to ~1e-6 MW, not bit for bit):
-the meter's float64 MW registers give the agents the very values the environment works with (load,
-PV, wind: exact, so the setpoints from the reported needs and the orders' quantities are exact too;
-exchange and violation: what the plant measured); SoC comes from SunSpec model 713
+the agents' forecast source is ``mqtt``: the plant publishes every microgrid's exact forecast of each step
+(load, PV, wind as float64 JSON numbers: the very values the environment works with, so the setpoints from
+the reported needs and the orders' quantities are exact too); the exchange comes from a standard SunSpec
+site meter (213: float32 W; 203: int16 W with its scale factor) and the voltage violation from that meter's
+voltage at the device bus (the environment sums it over the microgrid's buses); SoC comes from SunSpec model 713
 (0.1 %) and the battery / generator power from model 701 W (100 W), which the rule policy does not
 read; setpoints are written through model 704 WSet at 1 W resolution (WSet_SF = 0 at these
 ratings), so each applied power differs by at most 0.5 W from the centralized run; PV and wind are
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from heron_edge.counters import RejectSource
-from heron_edge.errors import RunError
+from heron_edge.errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from heron_edge.trajectory import Trajectory
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["COMPARED", "CONSENSUS_COMPARED", "LEGACY_STEP", "PROTOCOL_COMPARED", "AgentCounters", "AgentHealth", "Comparison",
            "Deviation", "FileMarks", "ManagedProcess", "OperatorHealth", "RunHealth", "SilFiles", "agent_config",
+           "agent_every_steps",
            "compare", "coordination_settings", "episode_starts", "load_trajectory", "profile_tolerances",
            "run_health", "settle", "stop_in_order", "tolerances"]
 
@@ -128,8 +131,9 @@ def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, 
                  workdir: Path, period_s: float = 0.5, step_timeout_s: float = 0.5,
                  upstream_timeout_s: float = UPSTREAM_TIMEOUT_S, protocols: list[str] | None = None,
                  protocol_options: dict[str, dict[str, Any]] | None = None, max_step: int | None = None,
-                 policy: str | Path | None = None) -> dict[str, Any]:
+                 policy: str | Path | None = None, every_steps: int = 1) -> dict[str, Any]:
     """The gateway config (a TOML-ready dict) of microgrid ``index`` in a SIL run (``protocols``: as in simulate;
+    ``every_steps``: a slower agent's cycle, in plant steps (real time, :func:`agent_every_steps`);
     ``max_step``: the profile year's last step, past which a clock announcement is refused; ``policy``: a policy
     bundle directory, else the rule with the scenario's costs)."""
     mg = scenario.microgrids[index]
@@ -144,7 +148,12 @@ def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, 
             table["min_limit_pct"] = 0.0
         return table
 
-    devices = {role: device(role) for role in ("battery", "generator", "pv", "wind", "meter") if role in endpoints[mg.name]}
+    devices: dict[str, Any] = {role: device(role) for role in ("battery", "generator", "pv", "wind", "meter")
+                               if role in endpoints[mg.name]}
+    v_nom_v = endpoints[mg.name]["meter"].get("v_nom_v")
+    if v_nom_v is not None:  # the meter's voltage against the scenario's band: the local violation feature
+        devices.update(meter_v_nom_v=v_nom_v, v_min_pu=scenario.penalties.v_min_pu,
+                       v_max_pu=scenario.penalties.v_max_pu)
     return {
         "agent_id": mg.name, "site": site, "upstream_id": "system_operator", "peers": names,
         "battery_p_max_mw": mg.battery.p_max_mw, "generator_p_max_mw": gen.p_max_mw,
@@ -156,13 +165,28 @@ def agent_config(scenario: Scenario, index: int, *, site: str, broker_url: str, 
                    "cost_a_usd_per_mw2h": gen.cost_a_usd_per_mw2h, "cost_b_usd_per_mwh": gen.cost_b_usd_per_mwh,
                    "cost_c_usd_per_h": gen.cost_c_usd_per_h, "window_steps": scenario.steps_per_day},
         "cycle": {"clock": "bus", "period_s": period_s, "step_timeout_s": step_timeout_s,
-                  "steps_per_day": scenario.steps_per_day, **({} if max_step is None else {"max_step": max_step})},
+                  "steps_per_day": scenario.steps_per_day, "time_zone": scenario.time_zone, **({} if max_step is None else {"max_step": max_step}),
+                  **({} if every_steps == 1 else {"every_steps": every_steps})},
         "failsafe": {"upstream_timeout_s": upstream_timeout_s, "battery_mw": 0.0, "generator_mw": 0.0,
                      "export_limit_mw": 0.0},
+        "forecast": {"kind": "mqtt", "sender": "plant"},  # the plant's exact forecast: SIL equals the centralized run
         "outbox": {"path": str(workdir / f"outbox-{mg.name}.sqlite"), "max_records": 10_000},
         "journal_file": str(workdir / f"journal-{mg.name}.jsonl"),
         "coordination": coordination_settings(scenario, protocols, protocol_options),
     }
+
+
+def agent_every_steps(every: Mapping[str, int], *, names: Sequence[str]) -> dict[str, int]:
+    """Each agent's cycle in plant steps for a real-time SIL run (``every``: agent -> N, a cycle on every N-th step, its
+    period N times the plant's; those not named: every step). ConfigError naming an unknown agent or an N below 1.
+    (A slower agent's failsafe is checked in its own cycles, after it heard that step's price.)"""
+    unknown = sorted(set(every) - set(names))
+    if unknown:
+        raise ConfigError(f"--agent-every names unknown agents {unknown}; the agents are {', '.join(names)}")
+    small = sorted(name for name, n in every.items() if n < 1)
+    if small:
+        raise ConfigError(f"--agent-every {small[0]}={every[small[0]]}: N must be at least 1")
+    return {name: every.get(name, 1) for name in names}
 
 
 def to_toml(data: dict[str, Any]) -> str:

@@ -8,7 +8,9 @@ plant applies (clamped by the plant) when it advances.
 What each device measures (W, + injected: model 701 or 103, by the device's profile), at the start of
 step N (after step N-1): battery: its power in step N-1 and its state of charge (713 or 802); generator:
 its output in step N-1; PV / wind inverter: its output in step N-1; the site meter: the exchange at the
-point of connection in step N-1 (+ import; SunSpec meter 213 or 203, next to the heron meter map).
+point of connection in step N-1 (+ import; a standard SunSpec meter, 213 or 203 by the profile) and the
+voltage of the microgrid's device bus. The next step's load, PV and wind are no device's: the SIL plant
+publishes them as the microgrids' exact forecast (:meth:`PlantDevices.forecast`).
 Setpoints (W, whatever path the profile has: 704 WSet, 124 InWRte / OutWRte, 123 or 704 WMaxLimPct):
 battery power (+ discharge), generator output, and for PV / wind an output cap, turned into the
 curtailment of the step being dispatched when the plant advances (:meth:`PlantDevices.request_for_step`).
@@ -18,7 +20,7 @@ idle, generator off, PV / wind uncurtailed.
 from __future__ import annotations
 
 from firmware_bridge import Measurement, Nameplate
-from heron_edge.runtime.meter import MeterReading
+from heron_edge.messages import ForecastBody, ForecastValues
 from sim.plant import Plant, Setpoints
 
 __all__ = ["BatteryDevice", "GeneratorDevice", "PlantDevices", "RenewableDevice", "SiteMeterDevice"]
@@ -60,14 +62,14 @@ class PlantDevices:
     def site_meter(self, i: int) -> SiteMeterDevice:
         return SiteMeterDevice(self, i)
 
-    def meter(self, i: int) -> MeterReading:
-        """Microgrid ``i``'s site-meter reading now (see ``heron_edge.runtime.meter``)."""
-        plant = self.plant
-        last = plant.latest()  # sim's PlantStateError before the plant's first reset()
-        forecast = plant.forecast()
-        return MeterReading(step=plant.t, load_mw=float(forecast.load_mw[i]), pv_available_mw=float(forecast.pv_mw[i]),
-                            wind_available_mw=float(forecast.wind_mw[i]), exchange_mw=float(last.exchange_mw[i]),
-                            violation_pu=float(last.violation_v_pu[i]))
+    def forecast(self) -> ForecastBody:
+        """Every microgrid's exact forecast of the step about to be simulated (MW: the plant's own profiles), as an
+        external forecaster would publish it (sim's PlantStateError before the plant's first reset())."""
+        forecast = self.plant.forecast()
+        return ForecastBody(microgrids={
+            name: ForecastValues(load_mw=float(forecast.load_mw[i]), pv_mw=float(forecast.pv_mw[i]),
+                                 wind_mw=float(forecast.wind_mw[i]))
+            for i, name in enumerate(self.plant.names)})
 
     def request_for_step(self) -> Setpoints:
         """The request to apply to the step about to be simulated: caps become curtailment fractions of its availability."""

@@ -1,15 +1,17 @@
 """The SIL plant: one simulated Plant served as emulated Modbus devices, advanced on a clock over MQTT.
 
 Per microgrid it serves, on 127.0.0.1 (one TCP port each, unit id 1): a SunSpec battery, a SunSpec
-generator, a SunSpec PV and a wind inverter (when rated above 0) and the site meter
-(``heron_edge.runtime.meter``: the heron meter map, and a SunSpec meter over the exchange). The SunSpec
+generator, a SunSpec PV and a wind inverter (when rated above 0) and the site meter (a standard SunSpec
+meter over the exchange at the point of connection). The SunSpec
 models are those of a **device profile** (``firmware_bridge.sunspec_device.PROFILE_MODELS``): ``ieee1547``
 (7xx), ``legacy`` (1xx as SMA, Fronius, SolarEdge ship them), or ``mixed`` (the microgrids alternate,
 legacy first: each gateway resolves what its own devices have). The clock is ``heron/{site}/plant/clock`` (ClockBody), answered on each participant's
 ``heron/{site}/{id}/done``:
 
 - lock-step: the plant sends its feeder-head reading stamped N (``heron/{site}/plant/meter``, the
-  substation meter the operator's congestion rule reads) and announces step N (sender ``plant``);
+  substation meter the operator's congestion rule reads), every microgrid's exact forecast of N
+  (``heron/{site}/plant/forecast``, what gateways with ``[forecast] kind = "mqtt"`` read) and announces
+  step N (sender ``plant``);
   the operator publishes the price (and setpoints) for N, waits for the agents' orders when trading
   runs, clears and says ``done``; each agent runs its cycle for N (setpoint, consensus, decision,
   order and clearing) and says ``done`` after it; when every expected
@@ -17,15 +19,14 @@ legacy first: each gateway resolves what its own devices have). The clock is ``h
   plant), advances, and announces N+1. While it waits it repeats the announcement every
   ``repeat_s`` (a done lost to a broker restart is then sent again); after ``max_wait_s`` it
   advances anyway and counts a forced step.
-- real time: the plant announces a step every ``period_s`` and advances at the end of the period
-  whatever was said.
+- real time: the plant sends the forecast and announces a step every ``period_s`` and advances at the end
+  of the period whatever was said.
 
 Before the first step it waits until every participant's retained status says online.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from firmware_bridge import PROFILES, Emulator, Profile, SunSpecDevice
+from firmware_bridge import PROFILES, Emulator, Profile
 from heron_edge.brokers import Broker, Subscription
 from heron_edge.counters import int_fields
 from heron_edge.errors import BrokerError
@@ -49,12 +50,12 @@ from heron_edge.messages import (
     decode_on,
     make_envelope,
 )
-from heron_edge.runtime.meter import MeterServer
 from heron_edge.runtime.sil_devices import PlantDevices
+from heron_edge.trajectory import tap_columns
 from sim.plant import Measurements, Plant
 
 __all__ = ["DEVICE_PROFILES", "PLANT_ID", "ClockMode", "DeviceEndpoint", "DeviceProfile", "PlantResult", "PlantRuntime",
-           "measurement_row", "microgrid_profiles"]
+           "endpoint_dict", "measurement_row", "microgrid_profiles"]
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +77,25 @@ def microgrid_profiles(profile: DeviceProfile, n: int) -> list[Profile]:
 
 @dataclass(frozen=True)
 class DeviceEndpoint:
-    """Where one emulated device listens."""
+    """Where one emulated device listens (a meter: with its nominal line-to-line voltage, V)."""
 
     host: str
     port: int
     unit_id: int = 1
+    v_nom_v: float | None = None
 
 
 @dataclass
 class _Microgrid:
     emulators: dict[str, Emulator] = field(default_factory=dict)
-    meter: MeterServer | None = None
+
+
+def endpoint_dict(e: DeviceEndpoint) -> dict[str, object]:
+    """An endpoint as the endpoints file and :func:`heron_edge.runtime.sil.agent_config` hold it."""
+    out: dict[str, object] = {"host": e.host, "port": e.port, "unit_id": e.unit_id}
+    if e.v_nom_v is not None:
+        out["v_nom_v"] = e.v_nom_v
+    return out
 
 
 def measurement_row(m: Measurements, zones: list[np.ndarray], steps_per_day: int, step_hours: float) -> dict[str, object]:
@@ -100,7 +109,7 @@ def measurement_row(m: Measurements, zones: list[np.ndarray], steps_per_day: int
         "exchange_mw": m.exchange_mw, "fuel_cost_usd": m.fuel_cost_usd, "penalty_usd": m.penalty_usd, "violation_v_pu": m.violation_v_pu,
         "overload_percent": m.overload_percent,
         "vm_min_pu": [m.vm_pu[b].min() for b in zones], "vm_max_pu": [m.vm_pu[b].max() for b in zones],
-        "converged": float(m.converged),
+        "converged": float(m.converged), **tap_columns(m.regulator_taps, m.tap_changes),
     }
 
 
@@ -134,6 +143,7 @@ class PlantRuntime:
         self.step_times: list[float] = []
         self._clock_topic = agent_topic(site, PLANT_ID, "clock")
         self._meter_topic = agent_topic(site, PLANT_ID, "meter")
+        self._forecast_topic = agent_topic(site, PLANT_ID, "forecast")
         self._zones = [np.asarray(z.buses) for z in plant.built.zones]
         self._stopping = False
         self.finished_at: float | None = None
@@ -153,27 +163,23 @@ class PlantRuntime:
                 mg.emulators["pv"] = Emulator(d.renewable(i, "pv"), host=self.host, profile=profile)
             if self.plant.wind_rating[i] > 0:
                 mg.emulators["wind"] = Emulator(d.renewable(i, "wind"), host=self.host, profile=profile)
-            mg.meter = MeterServer(functools.partial(d.meter, i), host=self.host,
-                                   sunspec=SunSpecDevice(d.site_meter(i), profile=profile))
+            mg.emulators["meter"] = Emulator(d.site_meter(i), host=self.host, profile=profile)
             for emulator in mg.emulators.values():
                 await emulator.start()
-            await mg.meter.start()
             self.microgrids[name] = mg
 
     def endpoints(self) -> dict[str, dict[str, DeviceEndpoint]]:
         """microgrid -> role (battery, generator, pv, wind, meter) -> endpoint."""
         out: dict[str, dict[str, DeviceEndpoint]] = {}
-        for name, mg in self.microgrids.items():
-            roles = {role: DeviceEndpoint(self.host, e.port, e.unit_id) for role, e in mg.emulators.items()}
-            assert mg.meter is not None
-            roles["meter"] = DeviceEndpoint(self.host, mg.meter.port, mg.meter.unit_id)
-            out[name] = roles
+        for i, (name, mg) in enumerate(self.microgrids.items()):
+            out[name] = {role: DeviceEndpoint(self.host, e.port, e.unit_id,
+                                              self.devices.v_nom_v(i) if role == "meter" else None)
+                         for role, e in mg.emulators.items()}
         return out
 
     def write_endpoints(self, path: Path) -> None:
         """The endpoints as JSON (written atomically: its appearance means the devices are listening)."""
-        data = {mg: {role: {"host": e.host, "port": e.port, "unit_id": e.unit_id} for role, e in roles.items()}
-                for mg, roles in self.endpoints().items()}
+        data = {mg: {role: endpoint_dict(e) for role, e in roles.items()} for mg, roles in self.endpoints().items()}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
         tmp.replace(path)
@@ -184,8 +190,6 @@ class PlantRuntime:
         for mg in self.microgrids.values():
             for emulator in mg.emulators.values():
                 await emulator.stop()
-            if mg.meter is not None:
-                await mg.meter.stop()
 
     # ------------------------------------------------------------------ clock
     async def _wait_ready(self) -> None:
@@ -231,6 +235,14 @@ class PlantRuntime:
             self.stats.meter_failed += 1
             log.info("plant: cannot send the meter reading of step %d: %s", step, exc)
 
+    async def _publish_forecast(self, step: int) -> None:
+        """Every microgrid's exact forecast of ``step`` (the plant's profiles), stamped ``step``."""
+        try:
+            await self.broker.publish(self._forecast_topic, make_envelope(PLANT_ID, self.devices.forecast(), step=step))
+        except BrokerError as exc:
+            self.stats.forecast_failed += 1
+            log.info("plant: cannot send the forecast of step %d: %s", step, exc)
+
     async def _lockstep_wait(self, sub: Subscription, step: int) -> None:
         waiting = set(self.participants)
         start = time.monotonic()
@@ -275,6 +287,7 @@ class PlantRuntime:
                     t0 = time.perf_counter()
                     step = self.plant.t
                     await self._publish_meter(step)
+                    await self._publish_forecast(step)
                     if self.mode == "lockstep":
                         await self._lockstep_wait(sub, step)
                     else:
@@ -331,6 +344,7 @@ class PlantStats:
     done_rejected: int = 0
     announce_failed: int = 0
     meter_failed: int = 0
+    forecast_failed: int = 0
 
 
 @dataclass(frozen=True)

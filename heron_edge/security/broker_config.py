@@ -49,6 +49,22 @@ What else the broker enforces (:func:`mosquitto_conf_text`):
 * ``max_packet_size`` :data:`~heron_edge.brokers.base.MAX_PACKET_BYTES`: a larger packet is never
   delivered, and its sender is disconnected.
 
+Many sites (:class:`BridgeConfig`, ``heron-edge broker-config --bridge-to URL``): the site broker
+also opens a Mosquitto bridge to a central broker over TLS (username/password of the site's bridge
+identity, the central's CA; optionally a client certificate) and forwards only
+
+* out: every identity's ``status`` (``heron/S/+/status``, retained) and the operator's telemetry
+  summary ``heron/S/O/aggregates`` (site means, one message a step): never per-agent telemetry,
+  orders, consensus rounds, or commands;
+* in: the site's commands, which are addressed to its operator, ``heron/S/O/cmd/+`` (the fleet talks
+  to a site through its operator; only the site operator commands the agents, as without a bridge).
+
+The operator then also reads ``heron/S/O/cmd/+``. ``central-acl`` (written with the bridge) holds the
+lines the central broker's ACL needs for the bridge identity: write exactly those out topics of this
+site, read exactly its commands; the central broker also needs the identity's password
+(``credentials.json`` -> ``bridge``). Bridge notifications are off (their ``0``/``1`` payloads are no
+envelopes). With a bridge the password is in ``mosquitto.conf``, so it is written mode 0600.
+
 Mosquitto filters reads per message, so a subscription to ``heron/S/#`` is accepted and only the
 permitted topics are delivered; a denied QoS-1 publish is answered "not authorized". The ACL checks
 who publishes on a topic, not the ``sender`` inside the envelope: receivers also reject an envelope
@@ -78,16 +94,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from heron_edge.brokers.base import MAX_PACKET_BYTES
 from heron_edge.brokers.mqtt import MqttBroker, TlsOptions
+from heron_edge.brokers.mqtt_security import parse_url
 from heron_edge.errors import ConfigError
 from heron_edge.security.auth import CommandGuard, CommandSigner, parse_key
 
 __all__ = [
+    "BridgeConfig",
+    "BridgeCredentials",
     "BrokerSiteConfig",
     "SiteCredentials",
     "SiteFiles",
     "UserCredentials",
     "acl_text",
+    "bridge_conf_text",
+    "bridge_topics",
     "broker_user",
+    "central_acl_text",
     "find_mosquitto_passwd",
     "hash_passwords",
     "load_credentials",
@@ -104,6 +126,10 @@ ACL_NAME: Final = "acl"
 PASSWD_NAME: Final = "passwd"
 CREDENTIALS_NAME: Final = "credentials.json"
 SERVER_KEY_NAME: Final = "server.key"
+CENTRAL_CA_NAME: Final = "central-ca.crt"
+CENTRAL_ACL_NAME: Final = "central-acl"
+CENTRAL_CERT_NAME: Final = "central-client.crt"
+CENTRAL_KEY_NAME: Final = "central-client.key"
 MOSQUITTO_DEFAULT_USER: Final = "mosquitto"  # the user Mosquitto drops to, started by root without a 'user' option
 
 
@@ -117,6 +143,44 @@ def _user(value: str) -> str:
     if value == _RESERVED_USER:
         raise ValueError(f"user name {value!r} is reserved: it is the command level of the topics")
     return _name(value, "user name")
+
+
+class BridgeConfig(BaseModel):
+    """A bridge from the site broker to a central broker (see the module doc): where, as whom, which CA."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    url: str = Field(description="The central broker, mqtts://host[:port] (TLS is required).")
+    username: str = Field(description="The site's bridge identity on the central broker.")
+    password: str | None = Field(default=None, description="Its password on the central broker; None: generated.")
+    ca_file: Path | None = Field(default=None, description="The central broker's CA certificate (copied next to the "
+                                 "config as central-ca.crt); None: the site's own ca.crt (one CA for the fleet).")
+    cert_file: Path | None = Field(default=None, description="A client certificate for the central broker.")
+    key_file: Path | None = Field(default=None, description="Its key.")
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not parse_url(value).tls:
+            raise ValueError(f"bridge url {value!r} must be mqtts:// (the bridge always uses TLS)")
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _check_username(cls, value: str) -> str:
+        return _user(value)
+
+    @field_validator("password")
+    @classmethod
+    def _check_password(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c in value for c in " \t\n\r\"#")):
+            raise ValueError("bridge password must be non-empty, without spaces, '#' or '\"'")
+        return value
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> BridgeConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("bridge client certificate and key go together")
+        return self
 
 
 class BrokerSiteConfig(BaseModel):
@@ -140,6 +204,7 @@ class BrokerSiteConfig(BaseModel):
     run_as_user: str | None = Field(default=None, description="Mosquitto's 'user' option: the user it runs as "
                                     "when started by root (None: its default, 'mosquitto').")
     cert_days: int = Field(default=365, ge=1, description="Validity of generated certificates, days.")
+    bridge: BridgeConfig | None = Field(default=None, description="A bridge to a central broker (many sites).")
 
     @field_validator("site")
     @classmethod
@@ -173,6 +238,8 @@ class BrokerSiteConfig(BaseModel):
             raise ValueError(f"plant {self.plant!r} is also the operator or an agent")
         if self.monitor is not None and self.monitor in (*self.agents, self.operator, self.plant):
             raise ValueError(f"monitor {self.monitor!r} is also the operator, the plant or an agent")
+        if self.bridge is not None and self.bridge.username in self.users:
+            raise ValueError(f"bridge user {self.bridge.username!r} is also a user of the site")
         return self
 
     @property
@@ -193,6 +260,15 @@ class UserCredentials(BaseModel):
     key_file: str | None = None
 
 
+class BridgeCredentials(BaseModel):
+    """The site's bridge identity on the central broker (give the central broker this user and password)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    url: str
+    username: str
+    password: str
+
+
 class SiteCredentials(BaseModel):
     """The content of ``credentials.json``: enough to connect any user of the site and check commands."""
 
@@ -203,6 +279,7 @@ class SiteCredentials(BaseModel):
     port: int
     ca_file: str
     users: dict[str, UserCredentials]
+    bridge: BridgeCredentials | None = Field(default=None, description="The bridge to a central broker, if any.")
 
     def user(self, name: str) -> UserCredentials:
         """One user's credentials; ConfigError when unknown."""
@@ -255,8 +332,11 @@ class SiteFiles:
 
     @property
     def broker_files(self) -> tuple[Path, ...]:
-        """What Mosquitto opens after dropping its privileges: ``passwd``, ``acl``, ``server.key``."""
-        return (self.password_file, self.acl, self.directory / SERVER_KEY_NAME)
+        """What Mosquitto opens after dropping its privileges: ``passwd``, ``acl``, ``server.key`` (and the
+        bridge's client key, when there is one)."""
+        bridge_key = self.directory / CENTRAL_KEY_NAME
+        return (self.password_file, self.acl, self.directory / SERVER_KEY_NAME,
+                *((bridge_key,) if bridge_key.exists() else ()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,7 +363,8 @@ def acl_text(config: BrokerSiteConfig) -> str:
             f"topic deny heron/{s}/{user}/cmd",
             *([f"topic write heron/{s}/+/cmd/+"] if user == config.operator else []),
             f"topic read heron/{s}/+/+",
-            *([f"topic read heron/{s}/{user}/cmd/+"] if user in config.agents else []),
+            *([f"topic read heron/{s}/{user}/cmd/+"] if user in config.agents
+              or (user == config.operator and config.bridge is not None) else []),
             "",
         ] if user != config.monitor else [
             f"user {user}",
@@ -330,6 +411,62 @@ def mosquitto_conf_text(config: BrokerSiteConfig, *, directory: Path) -> str:
         f"require_certificate {'true' if config.require_certificate else 'false'}\n"
         f"{identity}"
     )
+
+
+def bridge_topics(config: BrokerSiteConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(out, in): the topic filters the bridge forwards to the central broker, and from it."""
+    s, op = config.site, config.operator
+    return (f"heron/{s}/+/status", f"heron/{s}/{op}/aggregates"), (f"heron/{s}/{op}/cmd/+",)
+
+
+def bridge_conf_text(config: BrokerSiteConfig, *, directory: Path, password: str) -> str:
+    """The ``connection`` section of ``mosquitto.conf`` (``config.bridge`` must be set): TLS to the central
+    broker with the bridge identity, only :func:`bridge_topics` crossing, QoS 1."""
+    bridge = config.bridge
+    if bridge is None:
+        raise ConfigError("the site has no bridge configured")
+    endpoint = parse_url(bridge.url)
+    d = Path(directory)
+    out_topics, in_topics = bridge_topics(config)
+    ca = d / (CENTRAL_CA_NAME if bridge.ca_file is not None else "ca.crt")
+    cert = (f"bridge_certfile {d / CENTRAL_CERT_NAME}\nbridge_keyfile {d / CENTRAL_KEY_NAME}\n"
+            if bridge.cert_file is not None else "")
+    return (
+        "\n# Bridge to the central broker: only statuses and the operator's summaries go out, only the\n"
+        "# commands addressed to this site's operator come in (nothing else crosses).\n"
+        f"connection heron-{config.site}\n"
+        f"address {endpoint.host}:{endpoint.port}\n"
+        "bridge_protocol_version mqttv311\n"
+        f"remote_clientid {bridge.username}\n"
+        f"remote_username {bridge.username}\n"
+        f"remote_password {password}\n"
+        f"bridge_cafile {ca}\n"
+        f"{cert}"
+        "bridge_insecure false\n"
+        "bridge_tls_version tlsv1.2\n"
+        "try_private true\n"
+        "cleansession true\n"
+        "notifications false\n"
+        "start_type automatic\n"
+        "restart_timeout 2 30\n"
+        "keepalive_interval 30\n"
+        + "".join(f"topic {t} out 1\n" for t in out_topics)
+        + "".join(f"topic {t} in 1\n" for t in in_topics)
+    )
+
+
+def central_acl_text(config: BrokerSiteConfig) -> str:
+    """The lines the central broker's ACL needs for this site's bridge identity (``config.bridge`` set)."""
+    if config.bridge is None:
+        raise ConfigError("the site has no bridge configured")
+    out_topics, in_topics = bridge_topics(config)
+    return "\n".join([
+        f"# add to the central broker's ACL: the bridge of site {config.site} (generated by 'heron-edge broker-config')",
+        f"user {config.bridge.username}",
+        *(f"topic write {t}" for t in out_topics),
+        *(f"topic read {t}" for t in in_topics),
+        "",
+    ])
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,12 +592,27 @@ def write_broker_config(
             users[user] = UserCredentials(password=passwords[user], command_key=keys[user], cert_file=cert_file,
                                           key_file=key_file)
     op = config.operator
+    bridge: BridgeCredentials | None = None
+    if config.bridge is not None:
+        bridge = BridgeCredentials(url=config.bridge.url, username=config.bridge.username,
+                                   password=config.bridge.password or secrets.token_urlsafe(24))
+        for source, name in ((config.bridge.ca_file, CENTRAL_CA_NAME), (config.bridge.cert_file, CENTRAL_CERT_NAME)):
+            if source is not None:
+                shutil.copyfile(source, out / name)
+                os.chmod(out / name, 0o644)
+        if config.bridge.key_file is not None:
+            _write_private(out / CENTRAL_KEY_NAME, Path(config.bridge.key_file).read_text())
+        (out / CENTRAL_ACL_NAME).write_text(central_acl_text(config))
     credentials = SiteCredentials(site=config.site, operator=op, monitor=config.monitor, port=config.port,
-                                  ca_file=str(directory / "ca.crt"), users=users)
+                                  ca_file=str(directory / "ca.crt"), users=users, bridge=bridge)
 
     hash_passwords(out / PASSWD_NAME, passwords, binary=mosquitto_passwd)
     _write_private(out / ACL_NAME, acl_text(config))  # Mosquitto 2.x warns about (later: refuses) a readable ACL
-    (out / CONF_NAME).write_text(mosquitto_conf_text(config, directory=directory))
+    conf = mosquitto_conf_text(config, directory=directory)
+    if bridge is not None:  # the conf then holds the bridge's password: private
+        _write_private(out / CONF_NAME, conf + bridge_conf_text(config, directory=directory, password=bridge.password))
+    else:
+        (out / CONF_NAME).write_text(conf)
     _write_private(credentials_file, credentials.model_dump_json(indent=2) + "\n")
     files = SiteFiles(out, out / CONF_NAME, out / ACL_NAME, out / PASSWD_NAME, credentials_file, credentials)
     if not chown:

@@ -82,21 +82,21 @@ def test_mismatches_are_refused_in_one_line(exported, tmp_path) -> None:
     manifest = load_manifest(directory)
     ratings = {"mg1": ob.Ratings(0.5, 0.66)}
     with pytest.raises(ConfigError, match="trained with protocols \\['setpoint'\\]; here runs none"):
-        check_compatible(manifest, layout=ob.local_layout(3, ("setpoint_mw",)), protocols=[], ratings=ratings, where="here")
-    with pytest.raises(ConfigError, match="reads 14 observation entries; here gives 13"):
-        check_compatible(manifest, layout=ob.local_layout(3), protocols=["setpoint"], ratings=ratings, where="here")
-    with pytest.raises(ConfigError, match="reads 'peer2.exchange_mw' at observation entry 12; here gives 'setpoint_mw'"):
-        check_compatible(manifest, layout=ob.local_layout(2, ("setpoint_mw", "x")), protocols=["setpoint"],
+        check_compatible(manifest, layout=ob.local_layout(("setpoint_mw",)), protocols=[], ratings=ratings, where="here")
+    with pytest.raises(ConfigError, match="reads 26 observation entries; here gives 25"):
+        check_compatible(manifest, layout=ob.local_layout(), protocols=["setpoint"], ratings=ratings, where="here")
+    with pytest.raises(ConfigError, match="reads 'setpoint_mw' at observation entry 25; here gives 'dispatch_mw'"):
+        check_compatible(manifest, layout=ob.local_layout(("dispatch_mw",)), protocols=["setpoint"],
                          ratings=ratings, where="here")
     with pytest.raises(ConfigError, match="reads local observations; here gives global"):
         check_compatible(manifest, layout=ob.ObservationLayout("global", manifest.layout.names), protocols=["setpoint"],
                          ratings=ratings, where="here")
-    check_compatible(manifest, layout=ob.local_layout(3, ("setpoint_mw",)), protocols=["setpoint"],
+    check_compatible(manifest, layout=ob.local_layout(("setpoint_mw",)), protocols=["setpoint"],
                      ratings={"big": ob.Ratings(5.0, 0.0)}, where="here")  # normalised per rating: any size fits
     raw = manifest.model_copy(update={"normalization": manifest.normalization.model_copy(
-        update={"kind": "none", "divide_by": ["one"] * 14})})
+        update={"kind": "none", "divide_by": ["one"] * 26})})
     with pytest.raises(ConfigError, match="reads unnormalised MW"):
-        check_compatible(raw, layout=ob.local_layout(3, ("setpoint_mw",)), protocols=["setpoint"],
+        check_compatible(raw, layout=ob.local_layout(("setpoint_mw",)), protocols=["setpoint"],
                          ratings={"big": ob.Ratings(5.0, 0.0)}, where="here")
     # a changed network, a broken manifest, no folder
     copy = tmp_path / "copy"
@@ -112,6 +112,14 @@ def test_mismatches_are_refused_in_one_line(exported, tmp_path) -> None:
         load_bundle(copy)
     with pytest.raises(ConfigError, match="no such directory"):
         load_bundle(tmp_path / "nothing")
+    data = json.loads((directory / MANIFEST_NAME).read_text())
+    data["layout"]["version"] = 1  # a bundle trained on the layout whose size grew with the site
+    (copy / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as refused:
+        load_bundle(copy)
+    assert "\n" not in str(refused.value)
+    assert str(refused.value).endswith("reads observation layout v1; this heron-edge builds v2 (see docs/policies.md): "
+                                       "train it again")
 
 
 def test_postprocessing_kinds(exported) -> None:

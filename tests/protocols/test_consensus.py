@@ -13,6 +13,7 @@ from heron_edge.brokers import InMemoryBroker
 from heron_edge.errors import ActionError, ConfigError
 from heron_edge.messages import ConsensusBody, SetpointBody, agent_topic, make_envelope
 from heron_edge.protocols import ConsensusConfig, ConsensusProtocol, GeneratorCost, Link
+from heron_edge.protocols.consensus import RoundsWarning
 from heron_edge.protocols.dispatch import dispatch_at, economic_dispatch
 from tests.conftest import run_async
 from tests.protocols.conftest import Transport
@@ -35,9 +36,13 @@ def test_centralized_form_is_the_average() -> None:
         proto.average(np.ones(2))
     with pytest.raises(ConfigError):
         ConsensusProtocol({"nodes": ("a", "a")})
+    with pytest.raises(ConfigError, match="expander topology only"):
+        ConsensusProtocol({"nodes": IDS, "topology": "ring", "degree": 4})
+    assert max(len(v) for v in ConsensusProtocol({"nodes": [f"n{k}" for k in range(40)], "degree": 4})
+               .graph.neighbours.values()) <= 4
 
 
-@pytest.mark.parametrize("topology", ["complete", "path", "star", "ring"])
+@pytest.mark.parametrize("topology", ["expander", "complete", "path", "star", "ring"])
 def test_distributed_rounds_agree_with_the_fixed_point(transport: Transport, topology: str) -> None:
     proto = ConsensusProtocol({"nodes": IDS, "topology": topology, "tol": 1e-6})
     values = np.array([[1.0, 5.0], [2.0, -1.0], [10.0, 0.0]])
@@ -49,14 +54,14 @@ def test_distributed_rounds_agree_with_the_fixed_point(transport: Transport, top
     results = run_async(main())
     expected = proto.average(values)
     rounds = {r.rounds for r in results}
-    assert len(rounds) == 1 and 1 <= rounds.pop() <= proto.config.max_rounds  # all stop at the same round
+    assert len(rounds) == 1 and 1 <= rounds.pop() <= proto.max_rounds  # all stop at the same round
     for k, r in enumerate(results):
         assert r.converged and r.excluded == ()
         assert np.max(np.abs(r.value - expected[k])) <= proto.config.tol
 
 
 @settings(max_examples=40, deadline=None)
-@given(topology=st.sampled_from(["path", "star"]), n=st.integers(2, 6),
+@given(topology=st.sampled_from(["path", "star", "expander"]), n=st.integers(2, 12),
        data=st.data())
 def test_consensus_reaches_the_true_average_on_path_and_star(topology: str, n: int, data: st.DataObject) -> None:
     values = np.array(data.draw(st.lists(st.floats(-100.0, 100.0, allow_nan=False), min_size=n, max_size=n)))
@@ -72,6 +77,64 @@ def test_consensus_reaches_the_true_average_on_path_and_star(topology: str, n: i
     for r in results:
         assert r.converged
         assert abs(float(r.value[0]) - values.mean()) <= 1e-6
+
+
+def test_expander_consensus_takes_at_most_50_rounds_at_1000_nodes_and_matches_the_average() -> None:
+    ids = tuple(f"mg{k}" for k in range(1000))
+    proto = ConsensusProtocol({"nodes": ids, "tol": 1e-6})  # the default graph: the expander
+    assert max(len(v) for v in proto.graph.neighbours.values()) <= 8  # the default degree
+    assert proto.needed_rounds <= 50  # derived from the spectral gap, for values spread over 1e9 tol
+    values = np.random.default_rng(7).uniform(-100.0, 100.0, size=(1000, 2))
+    results = proto.average_lockstep(values)
+    expected = proto.average(values)
+    assert {r.rounds for r in results} == {results[0].rounds} and results[0].rounds <= 50
+    assert all(r.converged for r in results)
+    assert np.max(np.abs(np.array([r.value for r in results]) - expected)) <= proto.config.tol
+
+
+def test_lockstep_average_equals_the_distributed_rounds_bit_for_bit() -> None:
+    ids = tuple(f"n{k}" for k in range(24))
+    proto = ConsensusProtocol({"nodes": ids})
+    values = np.random.default_rng(3).normal(size=24)
+
+    async def main() -> list:
+        async with InMemoryBroker() as broker:
+            return await _run_nodes(proto, {a: Link(broker, site="s", agent_id=a) for a in ids}, values)
+
+    distributed = run_async(main())
+    lockstep = proto.average_lockstep(values)
+    assert [r.rounds for r in distributed] == [r.rounds for r in lockstep]
+    assert all(np.array_equal(d.value, c.value) for d, c in zip(distributed, lockstep))
+    assert lockstep[0].rounds < 40 and np.allclose([r.value[0] for r in lockstep], values.mean(), atol=1e-6)
+
+
+@pytest.mark.parametrize("topology", ["expander", "ring", "star"])
+def test_lockstep_dispatch_equals_the_distributed_nodes_bit_for_bit(topology: str) -> None:
+    rng = np.random.default_rng(11)
+    ids = tuple(f"g{k}" for k in range(14))
+    gens = [GeneratorCost(float(rng.uniform(0.02, 0.3)), float(rng.uniform(5.0, 40.0)), 0.0, float(rng.uniform(0.5, 3.0)))
+            for _ in ids]
+    demands = list(rng.uniform(0.1, 1.5, len(ids)))
+    proto = ConsensusProtocol({"nodes": ids, "topology": topology})
+
+    async def main() -> list:
+        async with InMemoryBroker() as broker:
+            return await _distributed_dispatch(proto, {a: Link(broker, site="s", agent_id=a) for a in ids}, gens, demands)
+
+    distributed = run_async(main())
+    assert proto.dispatch_lockstep(gens, demands) == distributed  # every field, every node, exactly
+    _assert_within_one_percent(distributed, gens, demands)
+
+
+def test_a_too_low_max_rounds_warns_and_reports_unconverged() -> None:
+    ids = tuple(f"n{k}" for k in range(30))
+    ring = ConsensusProtocol({"nodes": ids, "topology": "ring"})  # the ring stays available; it needs far more rounds
+    assert ring.max_rounds == 2 * ring.needed_rounds and ring.needed_rounds > 100
+    with pytest.warns(RoundsWarning, match="max_rounds=20 is below"):
+        short = ConsensusProtocol({"nodes": ids, "topology": "ring", "max_rounds": 20})
+    results = short.average_lockstep(np.arange(30.0))
+    assert all(not r.converged and r.rounds == 20 for r in results)
+    assert all(r.converged for r in ring.average_lockstep(np.arange(30.0)))
 
 
 def test_a_silent_node_is_excluded_after_one_timeout_and_the_rest_agree() -> None:
@@ -193,7 +256,7 @@ def _assert_within_one_percent(results: list, gens: list[GeneratorCost], demands
 
 
 @settings(max_examples=60, deadline=None)
-@given(fleets(), st.sampled_from(["complete", "path", "star", "ring"]))
+@given(fleets(), st.sampled_from(["expander", "complete", "path", "star", "ring"]))
 def test_distributed_dispatch_matches_the_centralized_optimum_within_one_percent(
         fleet: tuple[list[GeneratorCost], list[float]], topology: str) -> None:
     gens, demands = fleet
@@ -213,7 +276,7 @@ def test_distributed_dispatch_matches_the_centralized_optimum_within_one_percent
     _assert_within_one_percent(results, gens, demands)
 
 
-@pytest.mark.parametrize("topology", ["complete", "path"])
+@pytest.mark.parametrize("topology", ["expander", "path"])
 def test_distributed_dispatch_agrees_over_each_transport(transport: Transport, topology: str) -> None:
     proto = ConsensusProtocol({"nodes": IDS, "topology": topology})
     demands = [2.0, 3.0, 2.5]

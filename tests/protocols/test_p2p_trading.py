@@ -185,3 +185,38 @@ def test_random_books_clear_identically_in_both_forms(rows: list[tuple[float, fl
     market, confs = run_async(main())
     assert market == proto.clear(book)
     assert all(c.clearing == market for c in confs)
+
+
+@pytest.mark.parametrize("n", [3, 24])
+def test_each_participant_decodes_one_message_per_round_whatever_the_market_size(transport: Transport, n: int) -> None:
+    """Orders reach the market only, one clearing goes out: a participant's Link takes exactly one message a round
+    (the clearing) and has nothing else queued, at 3 and at 24 participants; the market takes the n orders."""
+    proto = P2PTradingProtocol({"fee_usd_per_mwh": 1.0})
+    names = tuple(f"mg{i + 1}" for i in range(n))
+    rng = np.random.default_rng(n)
+    rounds = 3
+
+    async def main() -> tuple[list[Clearing], list[Clearing], dict[str, Link]]:
+        async with transport.links(("market", *names), timeout_s=5.0) as links:
+            await proto.prepare(links["market"], "market")
+            await asyncio.gather(*(proto.prepare(links[m], "participant") for m in names))
+            got, expected = [], []
+            for step in range(rounds):
+                for link in links.values():
+                    link.step = step
+                orders = proto.orders_from_net(names, rng.uniform(-1.0, 1.0, n), rng.uniform(20.0, 80.0, n))
+                market, confs = await _round(proto, links, orders, names)
+                assert all(c.clearing == market for c in confs)
+                got.append(market)
+                expected.append(proto.clear(orders))
+            queued = {a: sum(len(box.sub) + len(box.stash) for box in link._boxes.values()) for a, link in links.items()}
+            assert not any(queued.values()), queued
+            return got, expected, links
+
+    got, expected, links = run_async(main(), timeout=60.0)
+    assert got == expected and any(c.trades for c in got)
+    for name in names:
+        s = links[name].stats
+        assert (s.received, s.ignored, s.stale, s.duplicates, s.sent) == (rounds, 0, 0, 0, rounds), (name, s)
+    market = links["market"].stats
+    assert (market.received, market.ignored, market.sent) == (rounds * n, 0, rounds)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from heron_edge.agents import SystemOperator
+from heron_edge.agents.operator import TELEMETRY_WAIT_SHARE
 from heron_edge.brokers import MqttBroker
 from heron_edge.coordination import Coordination
 from heron_edge.runtime.config import parse_gateway_config
@@ -20,7 +21,7 @@ from heron_edge.runtime.gateway import Gateway
 from heron_edge.runtime.operator import CoordinationService, FeederMeter, OperatorRuntime
 from heron_edge.runtime.sil import agent_config
 from heron_edge.runtime.sil_plant import PLANT_ID, PlantRuntime
-from heron_edge.runtime.wallclock import hour_of_year_index
+from heron_edge.runtime.wallclock import hour_of_year_index, zone
 from sim.plant import Plant
 
 SITE = "t"
@@ -49,7 +50,9 @@ class Rig:
         self.protocols = protocols
         self.protocol_options = protocol_options or {}
         self.coordination = Coordination(self.plant.scenario, protocols, dict(self.protocol_options))
-        self.operator = SystemOperator(OPERATOR, self.op_broker, self.coordination, site=SITE, step_timeout_s=1.0)
+        # as `heron-edge operator` does: on the timer clock the telemetry wait (aggregates, setpoints) ends within the period
+        self.operator = SystemOperator(OPERATOR, self.op_broker, self.coordination, site=SITE, step_timeout_s=1.0,
+                                       telemetry_wait_s=TELEMETRY_WAIT_SHARE * period_s if clock == "timer" else None)
         self.ledger = workdir / "ledger.jsonl"
         self.clock = clock
         price_of = self.plant.price if clock == "bus" else self.wall_price
@@ -74,6 +77,8 @@ class Rig:
                                 **self._timing)
             data["broker"]["reconnect_max_delay_s"] = 0.5
             data["cycle"]["clock"] = self.clock
+            if self.clock == "timer":  # the field set-up: no forecaster stamps the gateways' wall-clock steps
+                data["forecast"] = {"kind": "persistence"}
             for role in ("battery", "generator", "pv", "wind"):
                 if role in data["devices"]:
                     data["devices"][role].update(self._device_overrides)
@@ -106,7 +111,8 @@ class Rig:
     def wall_price(self, step: int) -> float:
         """The timer clock's price: the profile's at the same time of year as the step's wall-clock start."""
         period_s = self._timing["period_s"]
-        return self.plant.price(hour_of_year_index(step * period_s, self.plant.dt_h, self.plant.n_steps_in_year))
+        return self.plant.price(hour_of_year_index(step * period_s, self.plant.dt_h, self.plant.n_steps_in_year,
+                                                   zone(self.plant.scenario.time_zone)))
 
     @property
     def steps_done(self) -> int:

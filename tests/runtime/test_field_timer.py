@@ -16,7 +16,7 @@ import pytest
 from heron_edge.brokers import MqttBroker
 from heron_edge.messages import PriceBody, agent_topic, decode
 from heron_edge.runtime.mosquitto import MosquittoProcess
-from heron_edge.runtime.wallclock import hour_of_year_index, step_at
+from heron_edge.runtime.wallclock import hour_of_year_index, step_at, zone
 from sim.profiles import load_profiles
 from sim.scenario import load_scenario
 from tests.conftest import run_async
@@ -97,6 +97,7 @@ def test_operator_cli_on_the_timer_clock_prices_the_time_of_year(mosquitto: Mosq
     assert steps == list(range(steps[0], steps[0] + len(steps)))
     for m in messages:
         assert isinstance(m.body, PriceBody) and m.sender == "system_operator"
-        expected = float(profile[hour_of_year_index(m.step * period, scenario.step_hours, len(profile))])
+        expected = float(profile[hour_of_year_index(m.step * period, scenario.step_hours, len(profile),
+                                                    zone(scenario.time_zone))])  # the data's (California) clock
         assert np.isclose(m.body.price_usd_per_mwh, expected)
     assert [r["step"] for r in _rows(ledger)][: len(steps)] == steps

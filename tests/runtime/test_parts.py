@@ -1,4 +1,4 @@
-"""The runtime's parts without a broker: outbox, config, meter map, failsafe commands, agent config files."""
+"""The runtime's parts without a broker: outbox, config, site meter, failsafe commands, agent config files."""
 from __future__ import annotations
 
 import asyncio
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from firmware_bridge import Telemetry
 from heron_edge.errors import BrokerError, ConfigError, DeviceError
 from heron_edge.runtime.config import FailsafeSettings, load_gateway_config, parse_gateway_config
 from heron_edge.runtime.failsafe import FailsafeState, safe_setpoints
-from heron_edge.runtime.meter import MeterReading, decode_meter, encode_meter
+from heron_edge.runtime.meter import meter_reading, violation_pu
 from heron_edge.runtime.outbox import Outbox
 from tests.conftest import run_async
 
@@ -65,17 +66,15 @@ def test_outbox_flush_keeps_to_its_time_budget(tmp_path: Path) -> None:
     box.close()
 
 
-def test_meter_roundtrip_is_float64_exact() -> None:
-    reading = MeterReading(step=70_000, load_mw=0.8123456789, pv_available_mw=0.0731, wind_available_mw=0.0,
-                           exchange_mw=-0.25, violation_pu=0.0123)
-    back = decode_meter(encode_meter(reading))
-    assert back.step == 70_000
-    for name in ("load_mw", "pv_available_mw", "wind_available_mw", "exchange_mw", "violation_pu"):
-        assert getattr(back, name) == getattr(reading, name)  # bit-exact: setpoints and orders are computed from these
-    with pytest.raises(DeviceError):
-        decode_meter([0] * 24)
-    with pytest.raises(DeviceError, match="v2"):
-        decode_meter([0x4845, 1] + [0] * 22)  # a version-1 (float32) map is refused, not misread
+def test_site_meter_reading_from_a_standard_meter() -> None:
+    t = Telemetry(timestamp=1.0, stale=False, p_w=-250_000.0, v_v=4160.0 * 1.07)
+    reading = meter_reading(t, v_nom_v=4160.0, v_min_pu=0.95, v_max_pu=1.05)
+    assert reading.exchange_mw == -0.25 and reading.v_pu == pytest.approx(1.07)
+    assert reading.violation_pu == pytest.approx(0.02)  # 1.07 p.u. is 0.02 above the band
+    assert meter_reading(t, v_nom_v=None, v_min_pu=0.95, v_max_pu=1.05).violation_pu == 0.0  # no nominal: unknown
+    assert violation_pu(0.9, 0.95, 1.05) == pytest.approx(0.05)
+    with pytest.raises(DeviceError, match="no active power"):
+        meter_reading(Telemetry(timestamp=1.0, stale=False, p_w=None), v_nom_v=None, v_min_pu=0.95, v_max_pu=1.05)
 
 
 def test_failsafe_commands_and_transitions() -> None:

@@ -61,6 +61,9 @@ def test_sil_day_matches_centralized(tmp_path: Path) -> None:
     for name in ("plant", "operator", "agent-mg1", "agent-mg2", "agent-mg3"):
         assert (tmp_path / f"{name}.log").exists()
     assert "protocols: none" in out
+    for name in ("mg1", "mg2", "mg3"):  # every decision on the plant's exact forecast (the mqtt source)
+        journal = [json.loads(line) for line in (tmp_path / f"journal-{name}.jsonl").read_text().splitlines()]
+        assert len(journal) == 24 and {row["forecast"] for row in journal} == {"mqtt"}, name
 
 
 def test_sil_day_with_setpoints(tmp_path: Path) -> None:

@@ -74,11 +74,11 @@ def test_gateway_refuses_a_bundle_that_does_not_fit_in_one_line(bundle: Path, tm
         assert done.returncode == code, done.stderr
         if code == 0:
             policy = make_policy(parse_gateway_config(config))
-            assert policy.act(np.zeros(13, np.float32)).shape == (4,)
+            assert policy.act(np.zeros(25, np.float32)).shape == (4,)
             continue
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and f"policy.path {bundle}: policy bundle" in lines[0], done.stderr
-        assert ("reads 13 observation entries; gateway mg1 gives 14" if protocols == ["setpoint"] else
+        assert ("reads 25 observation entries; gateway mg1 gives 26" if protocols == ["setpoint"] else
                 "trained with protocols none; gateway mg1 runs ['price_signal']") in lines[0]
 
 

@@ -26,7 +26,8 @@ def _sil(tmp_path: Path, *args: str) -> str:
 
 def _agent_devices(tmp_path: Path) -> dict[str, list[str]]:
     """Per agent, the devices its gateway used (from the agent config the rig wrote)."""
-    return {name: sorted(tomllib.loads((tmp_path / f"agent-{name}.toml").read_text())["devices"])
+    return {name: sorted(role for role, table in tomllib.loads((tmp_path / f"agent-{name}.toml").read_text())["devices"]
+                         .items() if isinstance(table, dict))  # the device tables, not the meter's voltage settings
             for name in ("mg1", "mg2", "mg3")}
 
 

@@ -1,14 +1,16 @@
 """Fuzzing: thousands of hypothesis-made payloads on every topic an agent listens to.
 
 Random bytes, random JSON, envelope-shaped JSON and mutated valid envelopes go through an
-InMemoryBroker into a real ProxyAgent (its observation inputs: ``heron/{site}/+/+``) and into a
+InMemoryBroker into a real ProxyAgent (its observation inputs: the upstream's price and aggregates, its
+neighbours' telemetry; every other topic must never reach it) and into a
 CommandGuard (its commands: ``heron/{site}/{agent}/cmd/+``). Neither may crash, and every bad
 payload must end in exactly one rejection counter: the sum of those counters grows by the
 number of bad payloads sent, no more, no less.
 
 Which payloads are bad is decided here from the wire contract, not by asking the agent: a payload
 is bad when :func:`heron_edge.messages.decode` refuses it, or (for the proxy) when it is a price
-not sent by the upstream or telemetry not sent by the peer whose topic it is on; for the guard,
+not sent by the upstream or telemetry not sent by the neighbour whose topic it is on, or a power beyond
+the site's bound; for the guard,
 everything but the one genuine command of each batch (signed with the agent's key, newer step).
 The proxy's own telemetry topic is left out: the proxy ignores its echo by design.
 """
@@ -30,6 +32,7 @@ from heron_edge.agents import ProxyAgent
 from heron_edge.brokers import InMemoryBroker, Subscription
 from heron_edge.messages import (
     LIMITS,
+    AggregatesBody,
     ClockBody,
     ConsensusBody,
     DecodeError,
@@ -58,8 +61,12 @@ FAR_FUTURE = 4.0e9  # unix seconds (year 2096): commands in the fuzz never expir
 EXAMPLES = 200  # x 8 to 40 payloads, per test: several thousand payloads per test and run
 
 PRICE_TOPIC = agent_topic(SITE, UPSTREAM, "price")
+AGGREGATES_TOPIC = agent_topic(SITE, UPSTREAM, "aggregates")
+HEARD = frozenset({PRICE_TOPIC, AGGREGATES_TOPIC, agent_topic(SITE, "mg2", "telemetry")})
+"""What the proxy subscribes to: mg1's one site-graph neighbour on the feeder (mg1 - mg2 - mg3) is mg2."""
 REPORT_TOPICS = [agent_topic(SITE, who, kind) for who in (*PEERS, UPSTREAM, "plant", "stranger")
-                 for kind in ("price", "market", "clearing", "consensus", "clock", "done", "telemetry", "status", "action")]
+                 for kind in ("price", "market", "clearing", "consensus", "clock", "done", "telemetry", "status", "action",
+                              "aggregates")]
 COMMAND_TOPICS = [command_topic(SITE, AGENT, kind) for kind in ("setpoint", "action", "other")]
 
 
@@ -103,6 +110,10 @@ def valid_reports(step: int) -> list[tuple[str, bytes]]:
         (agent_topic(SITE, "mg2", "telemetry"), encode(make_envelope("mg2", TelemetryBody(values={"exchange_mw": 0.3}),
                                                                      step=step))),
         (agent_topic(SITE, "mg3", "status"), encode(make_envelope("mg3", StatusBody(state="online"), step=step))),
+        (AGGREGATES_TOPIC, encode(make_envelope(UPSTREAM, AggregatesBody(
+            reporting=3, mean_load_mw=0.4, mean_pv_mw=0.02, mean_wind_mw=0.05, mean_soc=0.6, mean_exchange_mw=0.3,
+            price_day_min_usd_per_mwh=20.8, price_day_mean_usd_per_mwh=48.7, price_day_max_usd_per_mwh=74.8,
+            price_quantile=0.42, price_rest_min_usd_per_mwh=30.0, price_rest_max_usd_per_mwh=74.8), step=step))),
         (agent_topic(SITE, "mg2", "market"), encode(make_envelope("mg2", OrderBody(side="bid", quantity_mw=1.0,
                                                                                    limit_price_usd_per_mwh=30.0), step=step))),
         (agent_topic(SITE, "mg3", "consensus"), encode(make_envelope("mg3", ConsensusBody(round=0, values=[1.0]),
@@ -172,8 +183,8 @@ def is_bad_report(topic: str, payload: bytes) -> bool:
     except DecodeError:
         return True
     if isinstance(envelope.body, TelemetryBody):
-        exchange = envelope.body.values.get("exchange_mw", 0.0)
-        return topic.split("/")[2] not in PEERS or abs(exchange) > LIMITS.power_mw
+        powers = [envelope.body.values.get(k, 0.0) for k in ("load_mw", "pv_mw", "wind_mw", "exchange_mw")]
+        return topic not in HEARD or any(abs(p) > LIMITS.power_mw for p in powers)
     return False
 
 
@@ -214,8 +225,8 @@ def test_proxy_agent_survives_and_counts_every_bad_report(rig: Rig, batch: list[
     assert obs.shape == (proxy.observation_size,)
     assert np.isfinite(obs).all()
     after = (proxy.stats.received, proxy.stats.rejected.total())
-    # the agent subscribes to the price and to every agent's telemetry only: other topics never reach it
-    heard = [(t, p) for t, p in batch if t == PRICE_TOPIC or t.endswith("/telemetry")]
+    # the agent subscribes to the price, the aggregates and its neighbour's telemetry only: nothing else reaches it
+    heard = [(t, p) for t, p in batch if t in HEARD]
     assert after[0] - before[0] == len(heard)
     assert after[1] - before[1] == sum(is_bad_report(t, p) for t, p in heard)
 

@@ -28,6 +28,7 @@ def test_fast_solver_matches_runpp(scenario: str) -> None:
         net.load["q_mvar"] = plant._base_q * factor
         net.sgen["p_mw"] = np.concatenate((m.applied.generator_mw, m.pv_mw, m.wind_mw))
         net.storage["p_mw"] = -m.applied.battery_mw
+        net.trafo.loc[[r.trafo for r in plant.built.regulators], "tap_pos"] = m.regulator_taps  # where they moved
         pp.runpp(net, max_iteration=30, tolerance_mva=1e-10)
         assert np.abs(net.res_bus.vm_pu.to_numpy() - m.vm_pu).max() < 1e-6
         assert np.abs(net.res_line.loading_percent.to_numpy() - m.line_loading_percent).max() < 1e-3
