@@ -7,10 +7,37 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from firmware_bridge.sunspec import BASE_ADDRESS
 
-__all__ = ["ModbusDeviceConfig"]
+__all__ = ["ModbusDeviceConfig", "ModbusLinkConfig"]
 
 
-class ModbusDeviceConfig(BaseModel):
+class ModbusLinkConfig(BaseModel):
+    """One Modbus link (a TCP endpoint or an RS-485 port) and how patiently it is used; the fields are explained on
+    :class:`ModbusDeviceConfig`, which adds the device's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    transport: Literal["tcp", "rtu"] = "tcp"
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = None
+    baudrate: int = Field(9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: float = Field(1.0, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.05, ge=0, le=10)
+    backoff_max_s: float = Field(2.0, ge=0, le=60)
+    min_gap_s: float = Field(0.0, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _rtu_needs_a_port(self) -> ModbusLinkConfig:
+        if self.transport == "rtu" and not self.serial_port:
+            raise ValueError("transport 'rtu' needs serial_port")
+        return self
+
+
+class ModbusDeviceConfig(ModbusLinkConfig):
     """How to reach one SunSpec device, and how patiently.
 
     transport: "tcp" (host, port) or "rtu" (serial_port, e.g. /dev/ttyUSB0, or a pyserial URL such as
@@ -35,20 +62,7 @@ class ModbusDeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    transport: Literal["tcp", "rtu"] = "tcp"
-    host: str = "127.0.0.1"
-    port: int = Field(502, ge=1, le=65535)
-    serial_port: str | None = None
-    baudrate: int = Field(9600, gt=0)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
     unit_id: int = Field(1, ge=0, le=255)
-    timeout_s: float = Field(1.0, gt=0, le=60)
-    retries: int = Field(2, ge=0, le=10)
-    backoff_s: float = Field(0.05, ge=0, le=10)
-    backoff_max_s: float = Field(2.0, ge=0, le=60)
-    min_gap_s: float = Field(0.0, ge=0, le=5)
     base_address: int = Field(BASE_ADDRESS, ge=0, le=65535)
     setpoint_revert_s: int = Field(60, ge=0, le=0xFFFF_FFFE)
     keepalive: bool = False
@@ -58,9 +72,7 @@ class ModbusDeviceConfig(BaseModel):
     link: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
 
     @model_validator(mode="after")
-    def _rtu_needs_a_port(self) -> ModbusDeviceConfig:
-        if self.transport == "rtu" and not self.serial_port:
-            raise ValueError("transport 'rtu' needs serial_port")
+    def _rtu_unit_id(self) -> ModbusDeviceConfig:
         if self.transport == "rtu" and not 1 <= self.unit_id <= 247:
             raise ValueError(f"an RTU unit_id is 1..247, not {self.unit_id}")
         return self

@@ -28,7 +28,7 @@ import pandapower as pp
 
 from sim.devices import BatteryFleet, GeneratorFleet
 from sim.errors import PlantStateError, ScenarioError
-from sim.plant import SETPOINT_FIELDS, SETTLE_AT_RESET_S, Plant, Setpoints
+from sim.plant import SETPOINT_FIELDS, SETTLE_AT_RESET_S, Plant, Setpoints, clamp_setpoints
 from sim.regulators import TapController
 from sim.scenario import Scenario, load_scenario
 
@@ -480,12 +480,7 @@ class BatchPlant:
         g_low, g_high = self.generators.limits(self.dt_h)
         if rows is not None:
             b_low, b_high, g_low, g_high = b_low[rows], b_high[rows], g_low[rows], g_high[rows]
-        applied = Setpoints(np.minimum(np.maximum(request.battery_mw, b_low), b_high),
-                            np.minimum(np.maximum(request.generator_mw, g_low), g_high),
-                            np.minimum(np.maximum(request.pv_curtailment, 0.0), 1.0),
-                            np.minimum(np.maximum(request.wind_curtailment, 0.0), 1.0))
-        clamped = {f: np.abs(getattr(applied, f) - getattr(request, f)) > 1e-9 for f in SETPOINT_FIELDS}
-        return applied, clamped
+        return clamp_setpoints(request, (b_low, b_high), (g_low, g_high))
 
     def step(self, request: Setpoints) -> BatchMeasurements:
         """Apply each scenario's request (K, N arrays; clamped), solve, let the regulators act, advance devices and

@@ -115,6 +115,20 @@ def build_network(scenario: Scenario) -> BuiltNetwork:
     return built
 
 
+
+def clamp_setpoints(request: Setpoints, battery: tuple[np.ndarray, np.ndarray],
+                    generator: tuple[np.ndarray, np.ndarray]) -> tuple[Setpoints, dict[str, np.ndarray]]:
+    """``request`` limited to the devices' (low, high) bounds, curtailments to [0, 1]; and per field, which entries
+    were limited. Any array shape: one plant's (N,) or a batch's (K, N)."""
+    # np.minimum/np.maximum: np.clip costs ~3 us on arrays this small
+    applied = Setpoints(np.minimum(np.maximum(request.battery_mw, battery[0]), battery[1]),
+                        np.minimum(np.maximum(request.generator_mw, generator[0]), generator[1]),
+                        np.minimum(np.maximum(request.pv_curtailment, 0.0), 1.0),
+                        np.minimum(np.maximum(request.wind_curtailment, 0.0), 1.0))
+    clamped = {f: np.abs(getattr(applied, f) - getattr(request, f)) > 1e-9 for f in SETPOINT_FIELDS}
+    return applied, clamped
+
+
 class Plant:
     """Apply setpoints, advance one step, measure: the simulated physical system of a scenario."""
 
@@ -262,15 +276,7 @@ class Plant:
     # ------------------------------------------------------------------ step
     def clamp(self, request: Setpoints) -> tuple[Setpoints, dict[str, np.ndarray]]:
         """Limit a request to what each device can do this step; also say which fields were limited."""
-        b_low, b_high = self.batteries.limits(self.dt_h)
-        g_low, g_high = self.generators.limits(self.dt_h)
-        # np.minimum/np.maximum: np.clip costs ~3 us on arrays this small
-        applied = Setpoints(np.minimum(np.maximum(request.battery_mw, b_low), b_high),
-                            np.minimum(np.maximum(request.generator_mw, g_low), g_high),
-                            np.minimum(np.maximum(request.pv_curtailment, 0.0), 1.0),
-                            np.minimum(np.maximum(request.wind_curtailment, 0.0), 1.0))
-        clamped = {f: np.abs(getattr(applied, f) - getattr(request, f)) > 1e-9 for f in SETPOINT_FIELDS}
-        return applied, clamped
+        return clamp_setpoints(request, self.batteries.limits(self.dt_h), self.generators.limits(self.dt_h))
 
     def step(self, request: Setpoints) -> Measurements:
         """Apply ``request`` (clamped) for one step, solve the network, advance the devices and the clock."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
 from firmware_bridge import ModbusDeviceConfig
+from firmware_bridge.config import ModbusLinkConfig
 from heron_edge.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -96,32 +97,14 @@ class BrokerSettings(_Model):
         return value
 
 
-class LinkSettings(_Model):
+class LinkSettings(ModbusLinkConfig):
     """A shared Modbus link, ``[links.NAME]``: a TCP endpoint (host, port) or an RS-485 port (transport = "rtu":
     serial_port, baudrate, parity, stopbits, bytesize), and how patiently it is used (timeout_s, retries,
     backoff_s, backoff_max_s, min_gap_s: the least idle time between two requests on the line). Devices name it
     (``link = "NAME"``) with their own ``unit_id``; however many they are, they share one connection and one request
     queue. The fields mean what they mean on a device (``firmware_bridge.ModbusDeviceConfig``)."""
 
-    transport: Literal["tcp", "rtu"] = "tcp"
-    host: str = "127.0.0.1"
-    port: int = Field(502, ge=1, le=65535)
-    serial_port: str | None = None
-    baudrate: int = Field(9600, gt=0)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    timeout_s: float = Field(1.0, gt=0, le=60)
-    retries: int = Field(2, ge=0, le=10)
-    backoff_s: float = Field(0.05, ge=0, le=10)
-    backoff_max_s: float = Field(2.0, ge=0, le=60)
-    min_gap_s: float = Field(0.0, ge=0, le=5)
-
-    @model_validator(mode="after")
-    def _rtu_needs_a_port(self) -> LinkSettings:
-        if self.transport == "rtu" and not self.serial_port:
-            raise ValueError("transport 'rtu' needs serial_port")
-        return self
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 _LINK_FIELDS = tuple(LinkSettings.model_fields)

@@ -30,6 +30,7 @@ from heron_edge.policies import make_policies
 from heron_edge.policies.bundle import PolicyManifest, TrainingSpec
 from heron_edge.training.evaluation import DayCosts, daily_costs, held_out_days
 from heron_edge.training.export import export_bundle
+from heron_edge.training.slots import AgentSlotsVecEnv
 
 __all__ = ["AgentVecEnv", "Recipe", "TrainResult", "train_config", "train_sb3"]
 
@@ -92,7 +93,7 @@ class TrainResult:
     manifest: PolicyManifest | None = None
 
 
-class AgentVecEnv(VecEnv):
+class AgentVecEnv(AgentSlotsVecEnv):
     """``n`` MultiAgentMicrogrids as one stable-baselines3 VecEnv with a slot per agent (all agents share the
     policy). Every environment's episode ends for all its agents at once; it is then reset (SB3's auto-reset,
     ``terminal_observation`` in the infos)."""
@@ -148,22 +149,9 @@ class AgentVecEnv(VecEnv):
         for env in self.envs:
             env.close()
 
-    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        return [getattr(self.envs[0], attr_name, None) for _ in self._indices(indices)]
-
-    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        return
-
-    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
-        return [None for _ in self._indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class: Any, indices: Any = None) -> list[bool]:
-        return [False for _ in self._indices(indices)]
-
-    def _indices(self, indices: Any) -> list[int]:
-        if indices is None:
-            return list(range(self.num_envs))
-        return [indices] if isinstance(indices, int) else list(indices)
+    @property
+    def _attribute_owner(self) -> Any:
+        return self.envs[0]
 
 
 def _schedule(start: float, end: float | None) -> float | Callable[[float], float]:

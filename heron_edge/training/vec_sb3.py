@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv
 
 from heron_edge.errors import ConfigError, UsageError
+from heron_edge.training.slots import AgentSlotsVecEnv
 from heron_edge.vector import VectorMicrogrids
 
 __all__ = ["VectorAgentVecEnv"]
 
 
-class VectorAgentVecEnv(VecEnv):
+class VectorAgentVecEnv(AgentSlotsVecEnv):
     """A :class:`VectorMicrogrids` as one SB3 VecEnv with a slot per (environment, agent)."""
 
     def __init__(self, vector: VectorMicrogrids, *, reward_scale_usd: float = 1.0, seed: int = 0) -> None:
@@ -62,19 +62,6 @@ class VectorAgentVecEnv(VecEnv):
     def close(self) -> None:
         self.vector.close()
 
-    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
-        return [getattr(self.vector, attr_name, None) for _ in self._indices(indices)]
-
-    def set_attr(self, attr_name: str, value: Any, indices: Any = None) -> None:
-        return
-
-    def env_method(self, method_name: str, *method_args: Any, indices: Any = None, **method_kwargs: Any) -> list[Any]:
-        return [None for _ in self._indices(indices)]
-
-    def env_is_wrapped(self, wrapper_class: Any, indices: Any = None) -> list[bool]:
-        return [False for _ in self._indices(indices)]
-
-    def _indices(self, indices: Any) -> list[int]:
-        if indices is None:
-            return list(range(self.num_envs))
-        return [indices] if isinstance(indices, int) else list(indices)
+    @property
+    def _attribute_owner(self) -> Any:
+        return self.vector
