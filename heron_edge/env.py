@@ -111,7 +111,6 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
         self.site_graph = site_graph(self.possible_agents, self.config.site_graph)
         """Whose telemetry each agent observes (``heron_edge.site_graph``): its neighbour aggregates."""
         self._neighbours = self.site_graph.index_arrays()
-        self._operator = np.zeros(ob.N_OPERATOR)
         self._day: tuple[tuple[int, int], np.ndarray] | None = None  # ((year, first step of the day), its prices)
         self._local = np.zeros((n, ob.N_LOCAL))
         self._context = np.zeros(ob.N_CONTEXT)
@@ -296,13 +295,13 @@ class MultiAgentMicrogrids(ParallelEnv):  # type: ignore[misc]  # pettingzoo shi
             rows = ob.normalize(rows, self._scales)
         return {a: rows[i] for i, a in enumerate(self.possible_agents)}
 
-    def _operator_features(self, plant: Plant) -> np.ndarray:
+    def _operator_features(self, plant: Plant) -> list[float]:
         """The operator's aggregates of this step as the distributed agents receive them (site means, the outlook)."""
         per_day = plant.profiles.steps_per_day
         key = (plant.year, plant.t - plant.t % per_day)
         if self._day is None or self._day[0] != key:
             self._day = (key, ob.day_prices(plant.price, plant.t, per_day))
-        return ob.operator_features(ob.site_means(self._local), ob.price_outlook(self._day[1], plant.t), self._operator)
+        return ob.operator_features(ob.site_means(self._local).tolist(), ob.price_outlook(self._day[1], plant.t).tolist())
 
     def _normalized(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The distributed agents' observations, normalised when configured."""

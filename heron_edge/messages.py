@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Final, Literal, NamedTuple, get_args
@@ -533,9 +535,61 @@ def check_topic(topic: str, envelope: Envelope) -> Envelope:
     return envelope
 
 
+_DECODED_CAPACITY: Final = 2048
+"""The decode cache holds at most this many envelopes: a step's messages of a site of a thousand microgrids."""
+_DECODED_BYTES: Final = 2 << 20
+"""... and at most this many payload bytes (entries of at most 1/128 of it each)."""
+
+
+class _DecodeOnce:
+    """Validates each distinct payload once per process: on one broker, every subscriber of a topic (the operator and
+    the sender's neighbours, a consensus node's neighbours) receives the same bytes.
+
+    Envelopes are immutable, so sharing one between receivers is safe. Expiry is checked on every use (it depends on
+    the time), the topic binding whenever the topic differs from the one the payload last passed on, and a rejected
+    payload is decoded again (and rejected again). Bounded in entries and in bytes (first in, first out), so large
+    payloads cannot grow it.
+    """
+
+    def __init__(self) -> None:
+        self._envelopes: dict[bytes, tuple[Envelope, str]] = {}  # payload -> (envelope, a topic it passed on)
+        self._order: deque[bytes] = deque()
+        self.bytes = 0
+        self._lock = threading.Lock()  # insertions only: a hit is one dict lookup
+
+    def __call__(self, topic: str, payload: bytes | bytearray | memoryview | str, now: float | None) -> Envelope:
+        if type(payload) is not bytes:
+            return check_topic(topic, decode(payload, now=now))
+        cached = self._envelopes.get(payload)
+        if cached is not None:
+            envelope, checked = cached
+            if envelope.expires is not None:  # a cached envelope may have expired since
+                require_unexpired(envelope, now)
+            return envelope if topic == checked else check_topic(topic, envelope)
+        envelope = check_topic(topic, decode(payload, now=now))
+        size = len(payload)
+        if size <= _DECODED_BYTES // 128:
+            with self._lock:
+                if payload not in self._envelopes:
+                    while self._order and (len(self._order) >= _DECODED_CAPACITY or self.bytes + size > _DECODED_BYTES):
+                        oldest = self._order.popleft()
+                        del self._envelopes[oldest]
+                        self.bytes -= len(oldest)
+                    self._envelopes[payload] = (envelope, topic)
+                    self._order.append(payload)
+                    self.bytes += size
+        return envelope
+
+
+_decode_once: Final = _DecodeOnce()
+
+
 def decode_on(topic: str, payload: bytes | bytearray | memoryview | str, *, now: float | None = None) -> Envelope:
-    """:func:`decode` a payload received on ``topic`` and :func:`check_topic` it: what every receiver calls."""
-    return check_topic(topic, decode(payload, now=now))
+    """:func:`decode` a payload received on ``topic`` and :func:`check_topic` it: what every receiver calls.
+
+    Identical payloads are validated once per process (a bounded cache); expiry is checked on every call.
+    """
+    return _decode_once(topic, payload, now)
 
 
 def offline_will(site: str, agent_id: str, *, detail: str = "connection lost") -> tuple[str, bytes]:

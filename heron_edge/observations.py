@@ -92,9 +92,12 @@ class LocalTelemetry:
         return cls(**{name: values[name] for name in LOCAL_NAMES if name in values})
 
     @staticmethod
-    def into_row(values: Mapping[str, float], row: np.ndarray) -> None:
+    def into_row(values: Mapping[str, float], row: np.ndarray | list[float]) -> None:
         """Write a telemetry body's values into a local feature row (``local_features`` layout) in place: what a
         neighbour and the operator keep of each report; a name the sender left out keeps its last value."""
+        if len(values) == N_LOCAL and tuple(values) == LOCAL_NAMES:  # what every agent sends: all, in order
+            row[:] = list(values.values())
+            return
         for name, value in values.items():
             k = _COLUMN.get(name)
             if k is not None:
@@ -181,6 +184,20 @@ def neighbour_means(local: np.ndarray, index: np.ndarray, valid: np.ndarray) -> 
     return out
 
 
+def neighbour_mean(rows: Sequence[Sequence[float]]) -> tuple[float, float, float]:
+    """:func:`neighbour_means` of one observer whose every neighbour's row is ``rows``, in plain floats (a ProxyAgent,
+    every step): the same sums in the same order, so the same bits."""
+    if not rows:
+        return 0.0, 0.0, 0.0
+    exchange = soc = need = 0.0
+    for row in rows:
+        exchange += row[6]
+        soc += row[3]
+        need += row[0] - row[1] - row[2]
+    count = float(len(rows))
+    return exchange / count, soc / count, need / count
+
+
 def site_means(local: np.ndarray) -> np.ndarray:
     """The operator's site means ``(5,)`` (:data:`SITE_NAMES`) of every microgrid's local features ``(n, 8)``."""
     means: np.ndarray = local[:, _SITE_COLUMNS].mean(axis=0)
@@ -202,14 +219,12 @@ def price_outlook(prices: np.ndarray, step: int) -> np.ndarray:
                      rest.min(), rest.max()])
 
 
-def operator_features(means: np.ndarray, outlook: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Fill ``out`` (11,) with the observation's operator aggregates: the site means as they are, the outlook's
-    prices / 100 (:data:`PRICE_SCALE`) and its quantile as it is."""
-    n = len(SITE_NAMES)
-    out[:n] = means
-    out[n:] = outlook / PRICE_SCALE
-    out[n + _QUANTILE] = outlook[_QUANTILE]
-    return out
+def operator_features(means: Sequence[float], outlook: Sequence[float]) -> list[float]:
+    """The observation's operator aggregates (11): the site means (5) as they are, the outlook's (6) prices / 100
+    (:data:`PRICE_SCALE`) and its quantile as it is. Plain floats: every agent computes them every step."""
+    features = [*means, *(price / PRICE_SCALE for price in outlook)]
+    features[len(SITE_NAMES) + _QUANTILE] = outlook[_QUANTILE]
+    return features
 
 
 # ---------------------------------------------------------------------------------------------- layouts

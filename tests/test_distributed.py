@@ -236,13 +236,12 @@ def test_close_after_the_broker_is_gone_still_closes_everything() -> None:
 
 
 def test_the_shared_decode_cache_is_bounded_in_bytes() -> None:
-    from heron_edge.agents.proxy import _DECODED_BYTES, _DecodeOnce
+    from heron_edge.messages import _DECODED_BYTES, _DecodeOnce
 
     cache = _DecodeOnce()
-    topic = agent_topic("s", "mg2", "telemetry")
     for i in range(400):  # 400 distinct ~10 kB telemetries: more than the cache may hold
         values = {f"k{j}_{i}": float(j) for j in range(500)}
-        cache(topic, encode(make_envelope("mg2", TelemetryBody(values=values), step=i)))
+        cache(agent_topic("s", "mg2", "telemetry"), encode(make_envelope("mg2", TelemetryBody(values=values), step=i)), None)
         assert cache.bytes <= _DECODED_BYTES
     assert cache.bytes > 0 and len(cache._envelopes) < 400
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from heron_edge import observations as ob
-from heron_edge.brokers import Broker, Subscription
+from heron_edge.brokers import Broker, Delivery, Subscription
 from heron_edge.coordination import Coordination, OperatorRoles
 from heron_edge.counters import Rejections, RejectSource, int_fields
 from heron_edge.errors import UsageError
-from heron_edge.messages import AggregatesBody, DecodeError, TelemetryBody, agent_filter, agent_topic, decode_on
+from heron_edge.messages import AggregatesBody, DecodeError, TelemetryBody, agent_topic, decode_on
 from heron_edge.protocols import Clearing, Link, PriceSignal
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,16 @@ class SystemOperator:
         self.telemetry_wait_s = step_timeout_s if telemetry_wait_s is None else min(telemetry_wait_s, step_timeout_s)
         self.roles = OperatorRoles(coordination, Link(broker, site=site, agent_id=agent_id, timeout_s=step_timeout_s))
         self.stats = OperatorStats()
-        self._telemetry: Subscription | None = None
+        self._telemetry: list[Subscription] | None = None  # each microgrid's telemetry, in coordination.names order
         self._started = False
         self.price_of = price_of
         self.steps_per_day = coordination.scenario.steps_per_day
         self.last_aggregates: AggregatesBody | None = None
         """What the last step's aggregates said (re-sent as they were when a step is announced again)."""
         self._rows = np.zeros((len(coordination.names), ob.N_LOCAL))  # each microgrid's last telemetry
-        self._index = {name: i for i, name in enumerate(coordination.names)}
         self._day: tuple[int, np.ndarray] | None = None  # (first step of the day, its prices)
         self._aggregates_topic = agent_topic(site, agent_id, "aggregates")
+        self._power_limit_mw = coordination.power_limit_mw
 
     async def start(self) -> None:
         """Subscribe what the operator listens to (idempotent: every step calls it)."""
@@ -82,7 +82,11 @@ class SystemOperator:
             return
         await self.broker.connect()
         await self.roles.prepare()
-        self._telemetry = await self.broker.subscribe(agent_filter(self.site, "telemetry"))
+        # each microgrid's own topic, not the site's wildcard: on a connection the operator shares with agents (the
+        # in-process distributed mode), one telemetry then reaches it and the sender's neighbours as one delivery.
+        # QoS 0 as for the agents' streams: sessions start clean, so a PUBACK would buy nothing.
+        self._telemetry = [await self.broker.subscribe(agent_topic(self.site, name, "telemetry"), qos=0)
+                           for name in self.coordination.names]
         self._started = True
 
     def reset(self, step: int) -> None:
@@ -148,45 +152,53 @@ class SystemOperator:
         how many came in time."""
         if self._telemetry is None:
             raise UsageError("SystemOperator.start() was not awaited")
-        fresh = np.zeros(len(self._rows), dtype=bool)
+        fresh = [False] * len(self._telemetry)
         clock = asyncio.get_running_loop().time  # the loop's clock: simulated on a SimulatedTimeLoop
         deadline = clock() + self.telemetry_wait_s
-        limit = self.coordination.power_limit_mw
-        while not fresh.all():
-            delivery = self._telemetry.get_nowait()
-            if delivery is None:
-                remaining = deadline - clock()
-                if remaining <= 0:
-                    missing = [n for n, ok in zip(self.coordination.names, fresh, strict=True) if not ok]
-                    self.stats.late += 1
-                    self.stats.late_by_agent.update(missing)
-                    log.warning("%s: telemetry of step %d missing from %s after %.2f s; using their last values",
-                                self.agent_id, step, missing, self.telemetry_wait_s)
-                    break
-                try:
-                    delivery = await self._telemetry.get(timeout=remaining)
-                except TimeoutError:
-                    continue
-            try:
-                envelope = decode_on(delivery.topic, delivery.payload)
-            except DecodeError as exc:
-                self._reject(exc.reason, delivery.topic, exc)
-                continue
-            i = self._index.get(envelope.sender)
-            if i is None or not isinstance(envelope.body, TelemetryBody):
-                self._reject("sender", delivery.topic, f"telemetry from {envelope.sender!r}, not a microgrid")
-                continue
-            if envelope.step != step:
-                self.stats.stale += 1
-                continue
-            values = envelope.body.values
-            powers = [values.get(name, 0.0) for name in ("load_mw", "pv_mw", "wind_mw", "exchange_mw")]
-            if any(abs(p) > limit for p in powers):
-                self._reject("bounds", delivery.topic, f"powers {powers} MW beyond +/-{limit:g} MW")
-                continue
-            ob.LocalTelemetry.into_row(values, self._rows[i])
-            fresh[i] = True
-        return int(fresh.sum())
+        # in the microgrids' order, which is their reports' order: one wait at most per microgrid not yet heard,
+        # and after the deadline only what has come
+        for i, sub in enumerate(self._telemetry):
+            while not fresh[i]:
+                delivery = sub.get_nowait()
+                if delivery is None:
+                    remaining = deadline - clock()
+                    if remaining <= 0:
+                        break
+                    try:
+                        delivery = await sub.get(timeout=remaining)
+                    except TimeoutError:
+                        break
+                fresh[i] = self._take(i, delivery, step)
+        late = [name for name, ok in zip(self.coordination.names, fresh, strict=True) if not ok]
+        if late:
+            self.stats.late += 1
+            self.stats.late_by_agent.update(late)
+            log.warning("%s: telemetry of step %d missing from %s after %.2f s; using their last values",
+                        self.agent_id, step, late, self.telemetry_wait_s)
+        return len(fresh) - len(late)
+
+    def _take(self, i: int, delivery: Delivery, step: int) -> bool:
+        """Microgrid ``i``'s telemetry into its row; True when it is of ``step`` and usable."""
+        try:
+            envelope = decode_on(delivery.topic, delivery.payload)
+        except DecodeError as exc:
+            self._reject(exc.reason, delivery.topic, exc)
+            return False
+        body = envelope.body
+        if not isinstance(body, TelemetryBody):  # decode_on admits only telemetry on a telemetry topic
+            self._reject("topic", delivery.topic, f"a {body.kind} body")
+            return False
+        if envelope.step != step:
+            self.stats.stale += 1
+            return False
+        values = body.values
+        powers = [values.get(name, 0.0) for name in ("load_mw", "pv_mw", "wind_mw", "exchange_mw")]
+        limit = self._power_limit_mw
+        if max(map(abs, powers)) > limit:
+            self._reject("bounds", delivery.topic, f"powers {powers} MW beyond +/-{limit:g} MW")
+            return False
+        ob.LocalTelemetry.into_row(values, self._rows[i])
+        return True
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
         self.stats.rejected.record(reason, log, self.agent_id, topic, detail)
@@ -205,7 +217,8 @@ class SystemOperator:
 
     async def close(self) -> None:
         if self._telemetry is not None:
-            await self.broker.unsubscribe(self._telemetry)
+            for sub in self._telemetry:
+                await self.broker.unsubscribe(sub)
             self._telemetry = None
         self._started = False
         await self.roles.link.close()

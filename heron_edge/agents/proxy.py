@@ -35,56 +35,18 @@ from heron_edge.messages import (
     LIMITS,
     AggregatesBody,
     DecodeError,
-    Envelope,
     PriceBody,
     StatusBody,
     TelemetryBody,
     agent_topic,
-    check_topic,
-    decode,
+    decode_on,
     encode,
     make_envelope,
-    require_unexpired,
 )
 from heron_edge.protocols import Clearing
 from heron_edge.site_graph import site_graph
 
 log = logging.getLogger(__name__)
-
-_DECODED_CAPACITY = 256
-_DECODED_BYTES = 1 << 20
-"""The decode cache holds at most this many payload bytes (and entries of at most 1/64 of it each)."""
-
-
-class _DecodeOnce:
-    """Decodes each distinct payload once per process: every agent of a site receives the same bytes.
-
-    Envelopes are immutable, so sharing one between agents is safe; expiry and the topic binding are
-    still checked on every use (they depend on the time and the topic), and a rejected payload is
-    decoded again (and rejected again). Bounded in entries and in bytes, so large payloads cannot grow it.
-    """
-
-    def __init__(self) -> None:
-        self._envelopes: dict[bytes, Envelope] = {}
-        self.bytes = 0
-
-    def __call__(self, topic: str, payload: bytes) -> Envelope:
-        envelope = self._envelopes.get(payload)
-        if envelope is None:
-            envelope = decode(payload)
-            if len(payload) <= _DECODED_BYTES // 64:
-                while self._envelopes and (len(self._envelopes) >= _DECODED_CAPACITY
-                                           or self.bytes + len(payload) > _DECODED_BYTES):
-                    self.bytes -= len(oldest := next(iter(self._envelopes)))
-                    del self._envelopes[oldest]
-                self._envelopes[payload] = envelope
-                self.bytes += len(payload)
-            return check_topic(topic, envelope)
-        return check_topic(topic, require_unexpired(envelope))  # a cached envelope may have expired since
-
-
-_decode_once = _DecodeOnce()
-
 
 @dataclass
 class ProxyStats:
@@ -131,11 +93,10 @@ class ProxyAgent:
         self._price_step = -1
         self.price_received_at = -math.inf  # time.monotonic() of the last price accepted for its step
         d = len(self.neighbours)
-        self._neighbour_rows = np.zeros((d, ob.N_LOCAL))  # each neighbour's last telemetry (local feature layout)
-        self._neighbour_step = [-1] * d  # a list, not an array: scalar updates on every message
-        self._neighbour_index = np.arange(d, dtype=np.intp)[None, :]
-        self._neighbour_valid = np.ones((1, d), dtype=bool)
-        self._operator = np.zeros(ob.N_OPERATOR)  # the last aggregates, as observation entries
+        # lists, not arrays: scalar updates on every message
+        self._neighbour_rows = [[0.0] * ob.N_LOCAL for _ in range(d)]  # each neighbour's last telemetry (local features)
+        self._neighbour_step = [-1] * d
+        self._operator = [0.0] * ob.N_OPERATOR  # the last aggregates, as observation entries
         self._aggregates_step = -1
         self.roles = roles
         self._local = np.zeros(ob.N_LOCAL)
@@ -259,8 +220,7 @@ class ProxyAgent:
         ob.context(day_step, self.steps_per_day, self._price, obs[: ob.N_CONTEXT])
         start, protocol = ob.N_CONTEXT + ob.N_LOCAL, self._protocol_start
         obs[ob.N_CONTEXT : start] = self._local
-        neighbours = ob.neighbour_means(self._neighbour_rows, self._neighbour_index, self._neighbour_valid)
-        obs[start : start + ob.N_NEIGHBOUR] = neighbours[0]
+        obs[start : start + ob.N_NEIGHBOUR] = ob.neighbour_mean(self._neighbour_rows)
         obs[start + ob.N_NEIGHBOUR : protocol] = self._operator
         if protocol < self._n_observation:
             assert self.roles is not None
@@ -291,7 +251,7 @@ class ProxyAgent:
     def take_queued(self, step: int) -> None:
         """Handle whatever has arrived for ``step`` without waiting (e.g. a price re-sent on a repeated step)."""
         for stream in self._started_streams():
-            for delivery in stream.drain():
+            while (delivery := stream.get_nowait()) is not None:
                 self._handle(delivery.topic, delivery.payload, step)
 
     async def _receive(self, step: int) -> None:
@@ -320,7 +280,7 @@ class ProxyAgent:
             return  # our own report, echoed back by the broker
         self.stats.received += 1
         try:
-            envelope = _decode_once(topic, payload)
+            envelope = decode_on(topic, payload)
         except DecodeError as exc:
             self._reject(exc.reason, topic, exc)
             return
@@ -338,15 +298,13 @@ class ProxyAgent:
                 self.stats.stale += 1
                 return
             means = (body.mean_load_mw, body.mean_pv_mw, body.mean_wind_mw, body.mean_exchange_mw)
-            if any(abs(x) > self._power_limit_mw for x in means):
+            if max(map(abs, means)) > self._power_limit_mw:
                 self._reject("bounds", topic, f"site means {means} MW beyond +/-{self._power_limit_mw:g} MW")
                 return
-            site = np.array([body.mean_load_mw, body.mean_pv_mw, body.mean_wind_mw, body.mean_soc,
-                             body.mean_exchange_mw])
-            outlook = np.array([body.price_day_min_usd_per_mwh, body.price_day_mean_usd_per_mwh,
-                                body.price_day_max_usd_per_mwh, body.price_quantile, body.price_rest_min_usd_per_mwh,
-                                body.price_rest_max_usd_per_mwh])
-            ob.operator_features(site, outlook, self._operator)
+            site = (body.mean_load_mw, body.mean_pv_mw, body.mean_wind_mw, body.mean_soc, body.mean_exchange_mw)
+            outlook = (body.price_day_min_usd_per_mwh, body.price_day_mean_usd_per_mwh, body.price_day_max_usd_per_mwh,
+                       body.price_quantile, body.price_rest_min_usd_per_mwh, body.price_rest_max_usd_per_mwh)
+            self._operator = ob.operator_features(site, outlook)
             self._aggregates_step = step
             return
         if isinstance(body, TelemetryBody) and topic.endswith("/telemetry"):
@@ -359,7 +317,7 @@ class ProxyAgent:
                 return
             values = body.values
             powers = [values.get(name, 0.0) for name in ("load_mw", "pv_mw", "wind_mw", "exchange_mw")]
-            if any(abs(x) > self._power_limit_mw for x in powers):
+            if max(map(abs, powers)) > self._power_limit_mw:
                 self._reject("bounds", topic, f"powers {powers} MW beyond +/-{self._power_limit_mw:g} MW")
                 return
             ob.LocalTelemetry.into_row(values, self._neighbour_rows[i])

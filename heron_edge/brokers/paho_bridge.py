@@ -81,6 +81,9 @@ class _Request:
 
     future: asyncio.Future[None]
     on_ack: Callable[[], None] | None
+    deadline: float
+    """Event-loop time after which it fails (every request has the same timeout: later requests, later deadlines)."""
+    what: str
 
 
 class PahoBridge:
@@ -123,7 +126,8 @@ class PahoBridge:
         self._opening: asyncio.Future[Any] | None = None  # the executor's blocking connect
         self._connack: asyncio.Future[None] | None = None
         self._closed_ack: asyncio.Future[None] | None = None
-        self._pending: dict[int, _Request] = {}
+        self._pending: dict[int, _Request] = {}  # in the order sent, so in the order of their deadlines
+        self._sweep: asyncio.TimerHandle | None = None  # one timer, at the oldest pending request's deadline
         self._sid_available = True
 
     # ------------------------------------------------------------------------------------------
@@ -140,6 +144,7 @@ class PahoBridge:
         """Bind to the running loop: the socket, the timers and every future live there."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        self._sweep = None
 
     def check_loop(self) -> None:
         """BrokerError unless called on the bound loop."""
@@ -229,13 +234,26 @@ class PahoBridge:
         BrokerError when refused, failed or not acknowledged within the request timeout."""
         loop = self.loop
         future: asyncio.Future[None] = loop.create_future()
-        self._pending[mid] = _Request(future, on_ack)
-        timer = loop.call_later(self._timeout, _expire, future, what)
+        request = self._pending[mid] = _Request(future, on_ack, loop.time() + self._timeout, what)
+        if self._sweep is None:  # one timer for every pending request, not one each (hundreds per step)
+            self._sweep = loop.call_at(request.deadline, self._expire_due)
         try:
             await future
         finally:
-            timer.cancel()
             self._pending.pop(mid, None)
+            if not self._pending and self._sweep is not None:  # nothing left to time out: hold no timer
+                self._sweep.cancel()
+                self._sweep = None
+
+    def _expire_due(self) -> None:
+        """Fail the requests whose deadline has passed; wait for the next one's."""
+        self._sweep = None
+        now = self.loop.time()
+        for request in list(self._pending.values()):
+            if request.deadline > now:
+                self._sweep = self.loop.call_at(request.deadline, self._expire_due)
+                return
+            _expire(request.future, request.what)
 
     def fail_pending(self, reason: str) -> None:
         """Fail every waiting request and a pending CONNACK with BrokerError(reason)."""
