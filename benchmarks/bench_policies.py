@@ -1,8 +1,8 @@
 """Mean daily cost of random, idle, rule, the optimum and the ``heron-edge train`` default recipe on the whole 2024 year.
 
 The recipe (stable-baselines3 PPO, one policy shared by the three microgrids, ``local`` observations normalised
-per rating, random initial state of charge, stored energy valued at the day's mean price at the end of each
-training day) trains for ``--steps`` agent steps on days of 2023 (default: the ``train`` command's budget, stated
+per rating, two-day episodes from a random initial state of charge, their ends bootstrapped with the critic's
+value: ``heron_edge.training.sb3.Recipe``) trains for ``--steps`` agent steps on days of 2023 (default: the ``train`` command's budget, stated
 in the JSON with the wall time; it must stay under 30 minutes on 2 cores), is exported as a policy bundle and run
 from that bundle, through onnxruntime, exactly as ``heron-edge simulate --policy DIR`` runs it. Every policy then
 runs the 2024 year as one continuous episode (the batteries carry their charge from day to day, from the

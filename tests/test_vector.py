@@ -110,3 +110,25 @@ def test_sb3_adapter_trains_a_few_hundred_steps() -> None:
     _, rewards, dones, infos = vec.step(actions)
     assert rewards.shape == (6,) and np.isfinite(rewards).all() and not dones.any()
     vec.close()
+
+
+@pytest.mark.parametrize("vectorized", [True, False])
+def test_sb3_vec_envs_bootstrap_a_time_limit_only_without_a_terminal_energy_value(vectorized: bool) -> None:
+    """A terminal energy value stands for the rest of the run: the VecEnv must not also flag the episode's end as a
+    time limit (SB3 would add the critic's value of the charge left on top of it, valuing it twice). Without one,
+    the end is a time limit, bootstrapped, as in a continuous run."""
+    from heron_edge.training.sb3 import AgentVecEnv, train_config
+    from heron_edge.training.vec_sb3 import VectorAgentVecEnv
+
+    for value, flagged in (("mean_price", False), (None, True)):
+        config = train_config(max_episode_steps=2, terminal_energy_value=value)
+        vec = (VectorAgentVecEnv(VectorMicrogrids(config, num_envs=2)) if vectorized
+               else AgentVecEnv([MultiAgentMicrogrids(config) for _ in range(2)]))
+        vec.reset()
+        actions = np.zeros((vec.num_envs, 4), dtype=np.float32)
+        _, _, dones, infos = vec.step(actions)
+        assert not dones.any() and not any(i["TimeLimit.truncated"] for i in infos)
+        _, _, dones, infos = vec.step(actions)
+        assert dones.all() and all("terminal_observation" in i for i in infos)
+        assert [i["TimeLimit.truncated"] for i in infos] == [flagged] * vec.num_envs, value
+        vec.close()

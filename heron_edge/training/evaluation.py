@@ -5,7 +5,11 @@ training. Each day starts from the scenario's state of charge and is scored by i
 net of sales and trades + penalties, USD, summed over the microgrids) minus the value of the energy it left in
 the batteries beyond what it started with (``terminal_value_usd``, when the evaluation environment has a
 ``terminal_energy_value``): a day that drains the batteries pays for the energy it took, as a continuous run
-would, instead of getting it free from the next day's reset.
+would, instead of getting it free from the next day's reset. An evaluation episode may span several days
+(``max_episode_steps``; ``held_out_days(window_days=)``): they run as one continuous stretch, the batteries
+carrying their charge from day to day as in the year, and its cost is reported per day. That credit favours a
+policy that ends its episode full, which a continuous year pays only if the policy later uses that charge well:
+longer windows dilute it.
 """
 from __future__ import annotations
 
@@ -25,7 +29,8 @@ Decide = Callable[[Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 @dataclass(frozen=True)
 class DayCosts:
-    """Cost per evaluated day (USD, all microgrids) and the days (first step of the year)."""
+    """Cost per evaluated day (USD, all microgrids; an episode of several days: its mean day) and the episodes'
+    first steps of the year."""
 
     starts: tuple[int, ...]
     costs_usd: tuple[float, ...]
@@ -35,16 +40,18 @@ class DayCosts:
         return float(np.mean(self.costs_usd)) if self.costs_usd else float("nan")
 
 
-def held_out_days(n_days: int, *, steps_per_day: int = 24, days_in_year: int = 366) -> list[int]:
-    """``n_days`` days spread evenly over 2024 (first step of each), from 1 January."""
-    days = np.linspace(0, days_in_year - 2, num=max(n_days, 1)).round().astype(int)
+def held_out_days(n_days: int, *, steps_per_day: int = 24, days_in_year: int = 366, window_days: int = 1) -> list[int]:
+    """``n_days`` days spread evenly over 2024 (first step of each), from 1 January; each followed by at least
+    ``window_days - 1`` more days of the year (an evaluation episode of ``window_days`` days fits)."""
+    days = np.linspace(0, days_in_year - 1 - window_days, num=max(n_days, 1)).round().astype(int)
     return [int(d) * steps_per_day for d in sorted(set(days.tolist()))]
 
 
 def daily_costs(env: Any, decide: Decide | Mapping[str, Policy], starts: Sequence[int]) -> DayCosts:
-    """Run one episode per start step on ``env`` (an evaluation environment: ``train`` False, scenario SoC, no
-    terminal value) with ``decide`` (a function of all observations, or one policy per agent: they keep their state
-    from day to day, as in a continuous run) and total each day's cost."""
+    """Run one episode per start step on ``env`` (an evaluation environment: ``train`` False, scenario SoC) with
+    ``decide`` (a function of all observations, or one policy per agent: they keep their state from day to day, as
+    in a continuous run) and total each episode's cost, per day (an episode of ``max_episode_steps`` longer than a
+    day is run as one continuous stretch, its batteries carrying their charge from day to day as in the year)."""
     costs = []
     if isinstance(decide, Mapping):
         policies = decide
@@ -55,6 +62,7 @@ def daily_costs(env: Any, decide: Decide | Mapping[str, Policy], starts: Sequenc
         act: Decide = decide_all
     else:
         act = decide
+    days = env.config.max_episode_steps / env.plant.scenario.steps_per_day
     for start in starts:
         obs, _ = env.reset(options={"start_step": int(start)})
         total = 0.0
@@ -62,5 +70,5 @@ def daily_costs(env: Any, decide: Decide | Mapping[str, Policy], starts: Sequenc
             obs, _, _, _, infos = env.step(dict(act(obs)))
             total += sum(i["fuel_cost_usd"] + i["energy_cost_usd"] + i["penalty_usd"] - i["terminal_value_usd"]
                          for i in infos.values())
-        costs.append(float(total))
+        costs.append(float(total) / days)
     return DayCosts(tuple(int(s) for s in starts), tuple(costs))

@@ -1,9 +1,14 @@
 """The default recipe of ``heron-edge train``: stable-baselines3 PPO, one policy shared by every agent.
 
 Environment: ``MultiAgentMicrogrids`` with ``local`` observations normalised per rating (so the policy is the
-one a gateway runs, and one network fits every microgrid), episodes of one day of 2023 with a random initial
-state of charge and the stored energy valued at the day's mean price at the end (``terminal_energy_value``), so
-draining the battery is not free. :class:`AgentVecEnv` turns ``n_envs`` copies of it into one SB3 VecEnv with one
+one a gateway runs, and one network fits every microgrid), episodes of two days of 2023 (``Recipe.episode_steps``)
+with a random initial state of charge. An episode's end is a time limit, not the end of the task: PPO bootstraps
+it with the critic's value of the state reached (SB3's ``TimeLimit.truncated``), so the charge left in a battery
+is worth what the policy will make of it next, as in a continuous run, and draining is not free. With a
+``Recipe.terminal_energy_value`` the stored energy is instead valued at that price at the end and the episode is
+not bootstrapped (either values the charge left, never both: :func:`bootstrapped`). The earlier recipe did both on
+one-day episodes: the critic's value of the charge came on top of the day's mean price, the policy learned to end
+every day full, and on the continuous year it kept the batteries full through the evening peak. :class:`AgentVecEnv` turns ``n_envs`` copies of it into one SB3 VecEnv with one
 slot per agent (parameter sharing: every agent's experience trains the same network). Rewards are divided by
 ``reward_scale_usd``.
 
@@ -20,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
@@ -36,12 +41,13 @@ __all__ = ["AgentVecEnv", "Recipe", "TrainResult", "train_config", "train_sb3"]
 
 
 def train_config(scenario: Any = "ieee34_3x13", protocol: Sequence[str] | str | None = None, *,
-                 max_episode_steps: int = 24) -> dict[str, Any]:
+                 max_episode_steps: int = 24,
+                 terminal_energy_value: float | Literal["mean_price"] | None = "mean_price") -> dict[str, Any]:
     """The training environment's config: local normalised observations, random days of 2023, random initial SoC,
-    stored energy valued at the day's mean price at the end of the episode."""
+    stored energy valued at the day's mean price at the end of the episode (``terminal_energy_value``)."""
     return {"observation": "local", "normalize": True, "train": True, "initial_soc": "random",
-            "terminal_energy_value": "mean_price", "max_episode_steps": max_episode_steps, "scenario": scenario,
-            "protocol": protocol}
+            "terminal_energy_value": terminal_energy_value, "max_episode_steps": max_episode_steps,
+            "scenario": scenario, "protocol": protocol}
 
 
 def eval_config(scenario: Any = "ieee34_3x13", protocol: Sequence[str] | str | None = None, *,
@@ -64,7 +70,7 @@ class Recipe:
     learning_rate: float = 3e-4
     learning_rate_end: float | None = 0.0
     """Linear decay of the learning rate to this value over the run (None: constant)."""
-    gamma: float = 0.99
+    gamma: float = 0.995
     gae_lambda: float = 0.95
     clip_range: float = 0.2
     ent_coef: float = 0.0
@@ -74,6 +80,13 @@ class Recipe:
     eval_every: int = 50_000
     """Agent steps between evaluations (and at the end)."""
     eval_days: int = 12
+    eval_window_days: int = 1
+    """Days of each evaluation episode (continuous, from the scenario's state of charge; scored per day)."""
+    episode_steps: int = 48
+    """Steps of a training episode (two days): its end is bootstrapped unless ``terminal_energy_value`` is set."""
+    terminal_energy_value: float | Literal["mean_price"] | None = None
+    """The stored energy's value at a training episode's end (USD/MWh or the episode's mean price; None: the
+    critic's value of the state reached instead)."""
     vectorized: bool = True
     """Step the ``n_envs`` environments as one ``VectorMicrogrids`` (a batched plant, ``VectorAgentVecEnv``) instead
     of ``n_envs`` single environments (``AgentVecEnv``): the same episodes; about as fast at 4 environments, faster
@@ -93,10 +106,18 @@ class TrainResult:
     manifest: PolicyManifest | None = None
 
 
+def bootstrapped(config: Any) -> bool:
+    """Whether an episode's time limit is bootstrapped with the critic's value (SB3's ``TimeLimit.truncated``): not
+    when the environment values the stored energy at the end (``terminal_energy_value``), which then stands for
+    the rest of the run: counting both would value the charge left twice."""
+    return getattr(config, "terminal_energy_value", None) is None
+
+
 class AgentVecEnv(AgentSlotsVecEnv):
     """``n`` MultiAgentMicrogrids as one stable-baselines3 VecEnv with a slot per agent (all agents share the
     policy). Every environment's episode ends for all its agents at once; it is then reset (SB3's auto-reset,
-    ``terminal_observation`` in the infos)."""
+    ``terminal_observation`` in the infos); its time limit is bootstrapped unless a terminal energy value closes
+    it (:func:`bootstrapped`)."""
 
     def __init__(self, envs: Sequence[Any], *, reward_scale_usd: float = 1.0, seed: int = 0) -> None:
         self.envs = list(envs)
@@ -138,7 +159,8 @@ class AgentVecEnv(AgentSlotsVecEnv):
                 obs_rows.append(obs[a])
                 rewards.append(reward[a] / self.reward_scale)
                 dones.append(done)
-                item: dict[str, Any] = {"TimeLimit.truncated": bool(truncated[a]) and done}
+                item: dict[str, Any] = {"TimeLimit.truncated": bool(truncated[a]) and done
+                                        and bootstrapped(env.config)}
                 if done:
                     item["terminal_observation"] = final[a]
                 infos.append(item)
@@ -187,18 +209,22 @@ def train_sb3(out: str | Path, *, steps: int = 1_000_000, scenario: Any = "ieee3
     torch.set_num_threads(1)
     t0 = time.monotonic()
     vec: VecEnv
+    config = train_config(scenario, protocol, max_episode_steps=plan.episode_steps,
+                          terminal_energy_value=plan.terminal_energy_value)
     if plan.vectorized:
         from heron_edge.training.vec_sb3 import VectorAgentVecEnv
         from heron_edge.vector import VectorMicrogrids
 
-        vec = VectorAgentVecEnv(VectorMicrogrids(train_config(scenario, protocol), num_envs=plan.n_envs),
+        vec = VectorAgentVecEnv(VectorMicrogrids(config, num_envs=plan.n_envs),
                                 reward_scale_usd=plan.reward_scale_usd, seed=seed)
     else:
-        envs = [MultiAgentMicrogrids(train_config(scenario, protocol)) for _ in range(plan.n_envs)]
+        envs = [MultiAgentMicrogrids(config) for _ in range(plan.n_envs)]
         vec = AgentVecEnv(envs, reward_scale_usd=plan.reward_scale_usd, seed=seed)
-    evaluation_env = MultiAgentMicrogrids(eval_config(scenario, protocol))
-    rule_env = MultiAgentMicrogrids(eval_config(scenario, protocol, normalize=False))
-    days = held_out_days(plan.eval_days, steps_per_day=evaluation_env.plant.scenario.steps_per_day)
+    per_day = MultiAgentMicrogrids(eval_config(scenario, protocol)).plant.scenario.steps_per_day
+    window = plan.eval_window_days * per_day
+    evaluation_env = MultiAgentMicrogrids(eval_config(scenario, protocol, max_episode_steps=window))
+    rule_env = MultiAgentMicrogrids(eval_config(scenario, protocol, normalize=False, max_episode_steps=window))
+    days = held_out_days(plan.eval_days, steps_per_day=per_day, window_days=plan.eval_window_days)
     rule = daily_costs(rule_env, make_policies("rule", rule_env), days)
     rule_env.close()
     result = TrainResult(steps=steps, seconds=0.0, rule_usd=rule.mean_usd)

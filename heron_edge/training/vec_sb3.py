@@ -3,7 +3,8 @@
 Every agent of every environment is one slot of the VecEnv (parameter sharing: one policy for all), in the
 order env 0's agents, env 1's agents, ... An environment's episode ends for all its agents at once; it is
 reset in the same step (the vector environment's autoreset) and the slot's ``terminal_observation`` is in
-its info, as SB3 expects. Rewards are divided by ``reward_scale_usd``. The same seeds as
+its info, as SB3 expects; a time limit is flagged ``TimeLimit.truncated`` (bootstrapped) unless a terminal energy
+value closes the episode (:func:`heron_edge.training.sb3.bootstrapped`). Rewards are divided by ``reward_scale_usd``. The same seeds as
 :class:`heron_edge.training.sb3.AgentVecEnv` (environment k gets ``seed + k``), so both give the same episodes.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from heron_edge.errors import ConfigError, UsageError
+from heron_edge.training.sb3 import bootstrapped
 from heron_edge.training.slots import AgentSlotsVecEnv
 from heron_edge.vector import VectorMicrogrids
 
@@ -34,6 +36,7 @@ class VectorAgentVecEnv(AgentSlotsVecEnv):
         self._base_seed = seed
         self._actions: np.ndarray | None = None
         self._shape = (vector.num_envs, vector.n_agents)
+        self._bootstrap = bootstrapped(vector.config)
         super().__init__(vector.num_envs * vector.n_agents, space, vector.action_space(agents[0]))
 
     def reset(self) -> np.ndarray:
@@ -50,7 +53,7 @@ class VectorAgentVecEnv(AgentSlotsVecEnv):
         self._actions = None
         obs, reward, terminated, truncated, infos = self.vector.step(actions)
         done = (terminated | truncated).ravel()
-        items: list[dict[str, Any]] = [{"TimeLimit.truncated": bool(t) and not bool(d)}
+        items: list[dict[str, Any]] = [{"TimeLimit.truncated": bool(t) and not bool(d) and self._bootstrap}
                                        for t, d in zip(truncated.ravel(), terminated.ravel(), strict=True)]
         if infos.final_observation is not None:
             final = infos.final_observation.reshape(self.num_envs, -1)
