@@ -133,6 +133,29 @@ class NodeDispatch:
     excluded: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class _Chebyshev:
+    """The Chebyshev acceleration of ``x <- W x`` over the graph's spectral interval [a, b] (of W's eigenvalues other
+    than 1): one recurrence for the distributed nodes and the lock-step arrays, so both compute the same bits."""
+
+    alpha: float
+    beta: float
+    mu: float
+
+    @classmethod
+    def of(cls, graph: Graph) -> _Chebyshev:
+        a, b = graph.chebyshev_interval
+        alpha, beta = 2.0 / (b - a), -(a + b) / (b - a)
+        return cls(alpha, beta, alpha + beta)
+
+    def next(self, t: int, wx: np.ndarray, x: np.ndarray, x_prev: np.ndarray, r: float) -> tuple[np.ndarray, float]:
+        """Round ``t``'s next iterate from ``wx`` (= W x), ``x`` and the one before; and the recurrence's ratio."""
+        w_prime_x = self.alpha * wx + self.beta * x
+        r_next = 1.0 / self.mu if t == 0 else 1.0 / (2.0 * self.mu - r)
+        x_next = r_next * w_prime_x if t == 0 else r_next * (2.0 * w_prime_x - r * x_prev)
+        return x_next, r_next
+
+
 def neighbour_topics(graph: Graph, link: Link) -> tuple[str, ...]:
     """The consensus topics of ``link``'s neighbours (what its node listens to), in the graph's order."""
     return tuple(agent_topic(link.site, j, "consensus") for j in graph.neighbours[link.agent_id])
@@ -189,9 +212,7 @@ class _Session:
     async def average(self, x0: np.ndarray) -> tuple[np.ndarray, int, bool]:
         """Chebyshev-accelerated average consensus from ``x0`` with the stopping rule; (estimate, rounds, converged)."""
         d = self.graph.diameter
-        a, b = self.graph.chebyshev_interval
-        alpha, beta = 2.0 / (b - a), -(a + b) / (b - a)
-        mu = alpha + beta
+        cheb = _Chebyshev.of(self.graph)
         k = x0.size
         x = x0.astype(float, copy=True)
         x_prev = x
@@ -215,9 +236,7 @@ class _Session:
             history.append(x)
             if new_slots[d] <= self.threshold:  # every node holds the same value: all stop at this round
                 return history[0], t + 1, True
-            w_prime_x = alpha * wx + beta * x
-            r_next = 1.0 / mu if t == 0 else 1.0 / (2.0 * mu - r)
-            x_next = r_next * w_prime_x if t == 0 else r_next * (2.0 * w_prime_x - r * x_prev)
+            x_next, r_next = cheb.next(t, wx, x, x_prev, r)
             x_prev, x, r, slots = x, x_next, r_next, new_slots
         return x, self.max_rounds, False
 
@@ -258,9 +277,7 @@ class _Lockstep:
     async def average(self, x0: np.ndarray) -> tuple[np.ndarray, int, bool]:
         """:meth:`_Session.average` of every node; ``x0`` is (nodes, k)."""
         d = self.graph.diameter
-        a, b = self.graph.chebyshev_interval
-        alpha, beta = 2.0 / (b - a), -(a + b) / (b - a)
-        mu = alpha + beta
+        cheb = _Chebyshev.of(self.graph)
         k = x0.shape[1]
         x = x0.astype(float, copy=True)
         x_prev = x
@@ -285,9 +302,7 @@ class _Lockstep:
                 if not stop.all():
                     raise UsageError("consensus nodes left the lock step at different rounds")
                 return history[0], t + 1, True
-            w_prime_x = alpha * wx + beta * x
-            r_next = 1.0 / mu if t == 0 else 1.0 / (2.0 * mu - r)
-            x_next = r_next * w_prime_x if t == 0 else r_next * (2.0 * w_prime_x - r * x_prev)
+            x_next, r_next = cheb.next(t, wx, x, x_prev, r)
             x_prev, x, r, slots = x, x_next, r_next, new_slots
         return x, self.max_rounds, False
 
